@@ -359,7 +359,8 @@ class ActiveAsyncJob(_JobBase):
         scope, self._scope = self._scope, None
         swallowed = scope.__exit__(exc_type, exc, tb)
         dom = self._domain
-        if self._destroyed:
+        if self._destroyed and (swallowed or exc is not None):
+            # Pre-empted by DESTROY: whatever the body died of, this is why.
             error: BaseException | None = JobAbortedError(
                 f"async job {self.kind.name} on domain {dom.name!r} was pre-empted by DESTROY",
                 reason="destroyed",
@@ -370,7 +371,7 @@ class ActiveAsyncJob(_JobBase):
         else:
             error = exc
         await dom._end_async(self, error)
-        if self._destroyed and error is not None:
+        if isinstance(error, JobAbortedError) and error is not exc:
             raise error from exc
         return swallowed
 
@@ -706,7 +707,7 @@ class Domain:
             raise JobStateError(f"no async job to abort on domain {self.name!r}")
         self._emit(TraceKind.ABORT_REQUEST, target, {"reason": reason})
         async with self.job(Job.ABORT, owner=f"abort:{reason}", timeout=timeout) as job:
-            if self._async is not target or target._section is None:
+            if self._async is not target or not job.in_section:
                 raise JobStateError(
                     f"async job {target.kind.name} on domain {self.name!r} ended "
                     "before it could be aborted"
@@ -992,13 +993,17 @@ class Domain:
                     self._finish_barrier()
         self._dispatch()
 
-    def _finish_barrier(self) -> None:
+    def _finish_barrier(self, abandoned: bool = False) -> None:
         barrier, self._barrier = self._barrier, None
         event, self._barrier_event = self._barrier_event, None
         waited = anyio.current_time() - self._barrier_started
         self._barrier_wait_time += waited
         if barrier is not None:
-            self._emit(TraceKind.BARRIER_END, barrier._ajob, {"waited": waited})
+            detail: dict[str, Any] = {"waited": waited}
+            if abandoned:
+                # The async job ended (cancelled) while jobs of its section ran on.
+                detail["abandoned"] = sorted(j.id for j in barrier.jobs)
+            self._emit(TraceKind.BARRIER_END, barrier._ajob, detail)
         if event is not None:
             event.set()
 
@@ -1033,7 +1038,7 @@ class Domain:
         # Jobs still running from a section the async job never finished
         # leaving are plain regular jobs now; nobody waits at that barrier.
         if self._barrier is not None and self._barrier._ajob is job:
-            self._finish_barrier()
+            self._finish_barrier(abandoned=True)
         self._dispatch()
         return info
 
