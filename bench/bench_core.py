@@ -47,9 +47,12 @@ async def bare_lock(n: int) -> float:
     return await _time_loop(n, body)
 
 
-async def job_layer(n: int, domains: int = 1) -> float:
+async def job_layer(n: int, domains: int = 1, traced: bool = False) -> float:
     mon = NoopMonitor()
-    doms = [jobctl.Domain(f"vm{i}", monitor=mon) for i in range(domains)]
+    hub = jobctl.TraceHub()
+    if traced:
+        hub.subscribe(lambda event: None)
+    doms = [jobctl.Domain(f"vm{i}", monitor=mon, trace=hub) for i in range(domains)]
 
     async def body(i: int) -> None:
         async with doms[i % domains].job(Job.QUERY) as job, job.monitor() as m:
@@ -60,14 +63,15 @@ async def job_layer(n: int, domains: int = 1) -> float:
 
 async def measure(n: int, rounds: int) -> dict[str, Any]:
     # Interleave rounds so that machine noise hits both sides alike; keep the best.
-    base, layer = float("inf"), float("inf")
+    base, layer, traced = float("inf"), float("inf"), float("inf")
     for _ in range(rounds):
         base = min(base, await bare_lock(n))
         layer = min(layer, await job_layer(n))
+        traced = min(traced, await job_layer(n, traced=True))
     scaling = {}
     for count in (10, 100, 1_000, 10_000):
         scaling[count] = min([await job_layer(max(n, count), count) for _ in range(rounds)])
-    return {"base": base, "layer": layer, "scaling": scaling}
+    return {"base": base, "layer": layer, "traced": traced, "scaling": scaling}
 
 
 def main() -> None:
@@ -76,14 +80,18 @@ def main() -> None:
     args = parser.parse_args()
     n, rounds = (2_000, 2) if args.quick else (20_000, 5)
     print(f"jobctl core bench: {n} jobs per round, best of {rounds} rounds\n")
-    print(f"{'backend':8} {'bare lock+noop':>16} {'QUERY job+monitor+noop':>24} {'ratio':>7}")
+    print(
+        f"{'backend':8} {'bare lock+noop':>16} {'QUERY job+monitor+noop':>24} {'ratio':>7}"
+        f" {'with a trace listener':>22}"
+    )
     results = {}
     for backend in ("trio", "asyncio"):
         r = anyio.run(measure, n, rounds, backend=backend)
         results[backend] = r
         print(
             f"{backend:8} {r['base'] * 1e6:>13.2f} us {r['layer'] * 1e6:>21.2f} us "
-            f"{r['layer'] / r['base']:>6.2f}x"
+            f"{r['layer'] / r['base']:>6.2f}x {r['traced'] * 1e6:>13.2f} us "
+            f"({r['traced'] / r['base']:.2f}x)"
         )
     print("\ncost per job by number of domains (jobs spread round-robin)")
     print(f"{'backend':8} " + " ".join(f"{c:>10}" for c in (10, 100, 1_000, 10_000)) + "  max/min")

@@ -1088,10 +1088,12 @@ class Domain:
 
     def _release_monitor(self, session: MonitorSession) -> None:
         """``session`` leaves the monitor; the next waiter (if any) takes it."""
+        held = session._state == "held"
         session._state = "closed"
         if self._monitor_session is not session:
             return
-        self._emit(TraceKind.MONITOR_EXIT, session._job, None)
+        if held:
+            self._emit(TraceKind.MONITOR_EXIT, session._job, None)
         self._monitor_session = None
         while self._monitor_queue:
             waiting, event = self._monitor_queue.popleft()
