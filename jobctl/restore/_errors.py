@@ -1,0 +1,44 @@
+"""The exceptions of the restore pipeline."""
+
+from __future__ import annotations
+
+from typing import final
+
+from .._errors import JobError
+
+__all__ = ["ChunkSizeError", "RestoreConfigError", "RestoreError"]
+
+
+@final
+class RestoreError(JobError):
+    """A restore failed at one chunk; the rest of the restore was cancelled.
+
+    Only the first failure is reported. ``index`` is the chunk it came from
+    (``None`` if the final flush failed), ``cause`` (also ``__cause__``) is
+    the exception the source, the target or the progress callback raised.
+    """
+
+    def __init__(self, index: int | None, cause: Exception) -> None:
+        where = "at the final flush" if index is None else f"at chunk {index}"
+        super().__init__(f"restore failed {where}: {type(cause).__name__}: {cause}")
+        self.index = index
+        self.cause = cause
+        self.__cause__ = cause
+
+
+@final
+class ChunkSizeError(ValueError):
+    """A chunk source returned a chunk whose length is not the chunk's length
+    in the chunk map. Reported as the cause of a :class:`RestoreError`."""
+
+    def __init__(self, index: int, *, expected: int, actual: int) -> None:
+        super().__init__(f"chunk {index} has {actual} bytes, expected {expected}")
+        self.index = index
+        self.expected = expected
+        self.actual = actual
+
+
+@final
+class RestoreConfigError(ValueError):
+    """A restore setting is out of range, whether passed to a call or read
+    from an environment variable (the message names which)."""
