@@ -203,6 +203,7 @@ class ActiveAsyncJob(_JobBase):
         "_allowed",
         "_destroyed",
         "_ended_at",
+        "_nowait",
         "_outcome",
         "_progress",
         "_scope",
@@ -219,6 +220,7 @@ class ActiveAsyncJob(_JobBase):
         kind: AsyncJob,
         allowed: Iterable[Job] | None,
         owner: str | None,
+        nowait: bool,
         timeout: float | None,
     ) -> None:
         if not isinstance(kind, AsyncJob):
@@ -226,6 +228,7 @@ class ActiveAsyncJob(_JobBase):
         super().__init__(domain, owner)
         self.kind = kind
         self._allowed = _allowed_set(allowed)
+        self._nowait = nowait
         self._timeout = timeout
         self.phase = "begin"
         #: The flow's own data, persisted with every phase change.
@@ -337,7 +340,7 @@ class ActiveAsyncJob(_JobBase):
 
     async def __aenter__(self) -> ActiveAsyncJob:
         dom = self._domain
-        await dom._begin(self, False, self._timeout)
+        await dom._begin(self, self._nowait, self._timeout)
         self._scope = scope = anyio.CancelScope()
         scope.__enter__()
         try:
@@ -680,16 +683,18 @@ class Domain:
         *,
         allowed: Iterable[Job] | None = None,
         owner: str | None = None,
+        nowait: bool = False,
         timeout: float | None = None,
     ) -> ActiveAsyncJob:
         """Begin the domain's async job: ``async with dom.async_job(kind) as ajob:``.
 
         ``allowed`` is the set of regular job kinds that may begin inside its
         interruptible sections (default QUERY, DESTROY, ABORT; DESTROY always).
-        If the body fails, the error propagates; a DESTROY pre-emption or an
-        abort ends it with :class:`JobAbortedError`.
+        Waits like :meth:`job` (``nowait``, ``timeout``). If the body fails,
+        the error propagates; a DESTROY pre-emption or an abort ends it with
+        :class:`JobAbortedError`.
         """
-        return ActiveAsyncJob(self, kind, allowed, owner, timeout)
+        return ActiveAsyncJob(self, kind, allowed, owner, nowait, timeout)
 
     async def abort(self, reason: str = "aborted", *, timeout: float | None = None) -> None:
         """Abort the running async job cooperatively.

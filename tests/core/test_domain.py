@@ -132,8 +132,10 @@ async def test_one_async_job_per_domain() -> None:
     dom = jobctl.Domain("vm", wait_timeout=5)
     async with dom.async_job(AsyncJob.BACKUP, owner="b1"):
         error = await attempt(dom.async_job(AsyncJob.SAVE, timeout=0))
+        busy = await attempt(dom.async_job(AsyncJob.SAVE, nowait=True))
     assert isinstance(error, jobctl.JobTimeoutError)
     assert "held by async job BACKUP (owner 'b1'" in str(error)
+    assert isinstance(busy, jobctl.JobBusyError)
 
 
 async def test_default_mask_and_destroy_always_allowed() -> None:
