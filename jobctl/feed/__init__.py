@@ -1,0 +1,38 @@
+"""The live job feed: the trace over a websocket, and a timeline page.
+
+::
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(partial(jobctl.feed.serve_feed, hub, http_port=8766))
+        print("open", address.page_url)
+
+:class:`Feed` is the websocket side alone (serve its
+:meth:`~Feed.handle_stream` however you like); :class:`PageServer` serves the
+page. The message schema is in :mod:`jobctl.feed._protocol` and
+``jobctl/feed/SCHEMA.md``. Trio only (trio-websocket is).
+"""
+
+from __future__ import annotations
+
+from ._feed import FEED_PATH, Feed, FeedStatistics
+from ._page import PageServer
+from ._protocol import FEED_SCHEMA_VERSION, FeedProtocolError, Subscription
+from ._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
+from ._state import FeedState
+from ._workload import simulated_workload
+
+__all__ = [
+    "FEED_PATH",
+    "FEED_SCHEMA_VERSION",
+    "Feed",
+    "FeedAddress",
+    "FeedConfigError",
+    "FeedProtocolError",
+    "FeedState",
+    "FeedStatistics",
+    "PageServer",
+    "Subscription",
+    "check_listen",
+    "serve_feed",
+    "simulated_workload",
+]

@@ -1,0 +1,149 @@
+"""``serve_feed``: the feed's websocket and the timeline page, on two TCP ports."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Final, NoReturn, final
+
+import attrs
+import trio
+
+from jobctl import TraceHub
+
+from ._feed import FEED_PATH, Feed
+from ._page import PageServer
+from ._protocol import FEED_SCHEMA_VERSION
+
+__all__ = ["FeedAddress", "FeedConfigError", "check_listen", "serve_feed"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+
+
+class FeedConfigError(ValueError):
+    """The feed was asked to listen in a way it refuses (e.g. off loopback
+    without a token)."""
+
+
+def check_listen(host: str, token: str | None) -> str:
+    """Validate where the feed would listen; return the IP address to bind.
+
+    ``host`` must be an IP address (or ``localhost``). Anything but a loopback
+    address needs a ``token``: the feed shows what every VM is doing.
+    """
+    literal = "127.0.0.1" if host == "localhost" else host
+    try:
+        address = ipaddress.ip_address(literal)
+    except ValueError:
+        raise FeedConfigError(
+            f"cannot listen on {host!r}: give an IP address, such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    if token is not None and not token:
+        raise FeedConfigError("the token must not be empty")
+    if not address.is_loopback and token is None:
+        raise FeedConfigError(
+            f"listening on {host} (not loopback) exposes the feed to the network; "
+            "it needs a token (--token, or JOBCTL_FEED_TOKEN)"
+        )
+    return str(address)
+
+
+@final
+@attrs.frozen
+class FeedAddress:
+    """Where a running feed listens."""
+
+    host: str
+    ws_port: int
+    http_port: int
+    token_required: bool
+
+    @property
+    def _url_host(self) -> str:
+        address = ipaddress.ip_address(self.host)
+        if address.is_unspecified:
+            return socket.gethostname()
+        return f"[{address}]" if address.version == 6 else str(address)
+
+    @property
+    def ws_url(self) -> str:
+        """The websocket endpoint (add ``?token=...`` when a token is required)."""
+        return f"ws://{self._url_host}:{self.ws_port}{FEED_PATH}"
+
+    @property
+    def page_url(self) -> str:
+        """The timeline page (add ``#token=...`` when a token is required)."""
+        return f"http://{self._url_host}:{self.http_port}/"
+
+
+def _page_origins(host: str, http_port: int) -> frozenset[str]:
+    names = {"localhost", "127.0.0.1", "[::1]", host if ":" not in host else f"[{host}]"}
+    return frozenset(f"http://{name}:{http_port}" for name in names)
+
+
+async def _listen(host: str, port: int) -> trio.SocketListener:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    # An IP address gives exactly one listener.
+    (listener,) = listeners
+    return listener
+
+
+async def serve_feed(
+    hub: TraceHub | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    ws_port: int = 0,
+    http_port: int = 0,
+    token: str | None = None,
+    buffer: int = 1024,
+    ping_interval: float = 10.0,
+    ping_timeout: float = 10.0,
+    task_status: trio.TaskStatus[FeedAddress] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve ``hub``'s trace (default: :data:`jobctl.default_trace_hub`) until cancelled.
+
+    The websocket feed listens on ``ws_port`` at ``/feed``, the timeline page
+    on ``http_port`` (0: any free port). ``host`` is loopback by default;
+    anything else requires ``token`` (:class:`FeedConfigError`), which clients
+    then present (``?token=`` on the websocket, ``#token=`` on the page). Use
+    ``address = await nursery.start(serve_feed, ...)`` to learn the ports.
+    """
+    bind = check_listen(host, token)
+    listeners: list[trio.SocketListener] = []
+    try:
+        for port in (ws_port, http_port):
+            listeners.append(await _listen(bind, port))
+        ws_listener, http_listener = listeners
+        address = FeedAddress(
+            bind,
+            ws_listener.socket.getsockname()[1],
+            http_listener.socket.getsockname()[1],
+            token is not None,
+        )
+        page = PageServer(
+            {
+                "v": FEED_SCHEMA_VERSION,
+                "ws_port": address.ws_port,
+                "ws_path": FEED_PATH,
+                "token_required": address.token_required,
+            }
+        )
+        feed = Feed(
+            hub,
+            buffer=buffer,
+            token=token,
+            allowed_origins=_page_origins(bind, address.http_port),
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
+    except BaseException:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+        raise
+    with feed:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, feed.handle_stream, [ws_listener])
+            await nursery.start(trio.serve_listeners, page.handle_stream, [http_listener])
+            task_status.started(address)
+            await trio.sleep_forever()
+    raise AssertionError("unreachable")  # pragma: no cover
