@@ -1,0 +1,54 @@
+"""An async QMP client: QEMU's machine protocol over anyio streams.
+
+It knows nothing of jobs: a :class:`QMPClient` is a :class:`jobctl.Monitor`
+that the job core drives like any other.
+
+```python
+async with open_qmp_unix("/run/vm/qmp.sock") as qmp:
+    with qmp.subscribe({"STOP", "RESUME"}) as events:
+        await qmp.execute("stop", timeout=5)
+        event = await events.receive()
+    status = await qmp.execute("query-status")
+```
+"""
+
+from jobctl.qmp._client import MAX_COMMAND_BYTES, QMPClient, QMPStatistics, open_qmp_stream
+from jobctl.qmp._connect import open_qmp_tcp, open_qmp_unix
+from jobctl.qmp._errors import (
+    CommandNotFoundError,
+    DeviceNotActiveError,
+    DeviceNotFoundError,
+    GenericError,
+    KVMMissingCapError,
+    QMPCommandError,
+    QMPError,
+    QMPProtocolError,
+    QMPTimeoutError,
+)
+from jobctl.qmp._events import EventFilter, EventSubscription, QMPEvent, SubscriptionStatistics
+from jobctl.qmp._framing import DEFAULT_MAX_LINE
+from jobctl.qmp._greeting import QMPGreeting
+
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "MAX_COMMAND_BYTES",
+    "CommandNotFoundError",
+    "DeviceNotActiveError",
+    "DeviceNotFoundError",
+    "EventFilter",
+    "EventSubscription",
+    "GenericError",
+    "KVMMissingCapError",
+    "QMPClient",
+    "QMPCommandError",
+    "QMPError",
+    "QMPEvent",
+    "QMPGreeting",
+    "QMPProtocolError",
+    "QMPStatistics",
+    "QMPTimeoutError",
+    "SubscriptionStatistics",
+    "open_qmp_stream",
+    "open_qmp_tcp",
+    "open_qmp_unix",
+]

@@ -1,0 +1,438 @@
+"""The QMP client: commands with ids over one connection, events to subscribers.
+
+Two background tasks, in a task group owned by the ``async with`` that opened
+the client, run the connection:
+
+* the *reader* parses every incoming line and routes it: a reply wakes the
+  call with its id, an event goes to the subscriptions without ever waiting;
+* the *writer* writes queued commands. Callers never touch the stream, so a
+  caller's cancellation never interrupts a write half-way.
+
+A command whose caller gives up (cancelled, ``timeout=``) after the writer
+took it stays in flight as an *orphan*: the writer writes nothing more until
+every orphan's reply has arrived, so a caller that keeps one command in
+flight (the :class:`jobctl.Monitor` contract) keeps that guarantee across
+cancellation. Without orphans, concurrent callers pipeline their commands.
+
+Error replies without an id. QEMU answers a request it cannot parse with an
+error that carries no id. This client never enables out-of-band execution, so
+QEMU answers requests strictly in order, and it only writes well-formed JSON
+of at most :data:`MAX_COMMAND_BYTES`, so QEMU's parser answers each request
+with exactly one reply. An id-less error therefore answers the oldest
+command still in flight, and fails that command; the session continues. An
+id-less error while nothing is in flight is *stray*: it is logged and
+counted in :meth:`QMPClient.statistics` and the session continues. Any other
+reply that matches no command in flight is a protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+from anyio.abc import AnyByteStream
+
+from jobctl._errors import MonitorClosedError
+from jobctl.qmp._errors import QMPCommandError, QMPProtocolError, QMPTimeoutError, command_error
+from jobctl.qmp._events import EventFilter, EventHub, EventSubscription
+from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
+from jobctl.qmp._greeting import QMPGreeting, parse_greeting
+
+__all__ = ["MAX_COMMAND_BYTES", "QMPClient", "QMPStatistics", "open_qmp_stream"]
+
+_log: Final = logging.getLogger("jobctl.qmp")
+
+#: Default buffer of one event subscription.
+DEFAULT_MAX_BUFFER: Final = 256
+
+
+class _State(enum.Enum):
+    QUEUED = "queued"  # waiting for the writer
+    WITHDRAWN = "withdrawn"  # caller left before the writer took it; never written
+    SENT = "sent"  # taken by the writer; its reply will come
+    ORPHANED = "orphaned"  # sent, and its caller left; the writer waits for its reply
+    DONE = "done"  # answered, or failed by the connection closing
+
+
+_QUEUED: Final = _State.QUEUED
+_WITHDRAWN: Final = _State.WITHDRAWN
+_SENT: Final = _State.SENT
+_ORPHANED: Final = _State.ORPHANED
+_DONE: Final = _State.DONE
+
+
+@final
+class _Call:
+    __slots__ = ("command", "done", "id", "payload", "reply", "state")
+
+    def __init__(self, call_id: int, command: str, payload: bytes) -> None:
+        self.id = call_id
+        self.command = command
+        self.payload = payload
+        self.state = _QUEUED
+        self.done = anyio.Event()
+        #: The reply message; ``None`` when the connection closed first.
+        self.reply: dict[str, Any] | None = None
+
+
+@final
+@attrs.frozen
+class QMPStatistics:
+    """A snapshot of one client's counters.
+
+    ``in_flight`` commands were written and await their reply, ``orphaned``
+    of them by callers that gave up; ``queued`` wait to be written (behind an
+    orphan, or for the writer's next turn). ``stray_errors`` counts error
+    replies without an id that came while no command was in flight.
+    """
+
+    commands_sent: int
+    replies: int
+    events: int
+    events_dropped: int
+    in_flight: int
+    orphaned: int
+    queued: int
+    stray_errors: int
+    subscriptions: int
+    closed: bool
+
+
+@final
+class QMPClient:
+    """A QMP connection in command mode; a :class:`jobctl.Monitor`.
+
+    Get one from :func:`open_qmp_unix`, :func:`open_qmp_tcp` or
+    :func:`open_qmp_stream`; it is usable inside their ``async with`` only.
+    Once the connection is gone, every call raises the
+    :class:`jobctl.MonitorClosedError` that says why.
+    """
+
+    def __init__(self, stream: AnyByteStream, *, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._stream = stream
+        self._lines = LineReader(stream, max_line)
+        self._events = EventHub()
+        self._greeting: QMPGreeting | None = None
+        self._greeted = anyio.Event()
+        self._last_id = 0
+        self._outbox: deque[_Call] = deque()
+        self._in_flight: dict[int, _Call] = {}
+        self._orphans = 0
+        self._writer_wake = anyio.Event()
+        self._closed: tuple[type[MonitorClosedError], str] | None = None
+        self._running = False
+        self._commands_sent = 0
+        self._replies = 0
+        self._stray_errors = 0
+
+    @property
+    def greeting(self) -> QMPGreeting:
+        """The server's greeting (version, capabilities)."""
+        if self._greeting is None:
+            raise RuntimeError("the QMP client has not been greeted yet")
+        return self._greeting
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+        return self._closed is not None
+
+    def statistics(self) -> QMPStatistics:
+        return QMPStatistics(
+            commands_sent=self._commands_sent,
+            replies=self._replies,
+            events=self._events.events,
+            events_dropped=self._events.dropped,
+            in_flight=len(self._in_flight),
+            orphaned=self._orphans,
+            queued=sum(call.state is _QUEUED for call in self._outbox),
+            stray_errors=self._stray_errors,
+            subscriptions=self._events.subscriptions,
+            closed=self._closed is not None,
+        )
+
+    async def execute(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run ``command`` and return its reply's ``return`` value.
+
+        Raises a :class:`QMPCommandError` subclass for an error reply,
+        :class:`jobctl.MonitorClosedError` if the connection is or goes away
+        first, :class:`QMPTimeoutError` if ``timeout`` seconds pass first, and
+        :class:`TypeError` or :class:`ValueError` (before writing anything) if
+        the request cannot be encoded. If the call is cancelled or times out
+        after the command was written, the command stays in flight and the
+        client writes no further command until its reply arrives.
+        """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout}")
+        self._last_id += 1
+        call = _Call(self._last_id, command, encode_command(command, arguments, self._last_id))
+        if timeout is None:
+            reply = await self._call(call)
+        else:
+            with anyio.move_on_after(timeout) as scope:
+                reply = await self._call(call)
+            if scope.cancelled_caught:
+                if call.state is not _DONE:
+                    raise QMPTimeoutError(command, timeout, sent=call.state is _ORPHANED)
+                reply = self._reply_of(call)  # it came as the time ran out
+        if "error" in reply:
+            error = reply["error"]
+            raise command_error(command, error["class"], error["desc"])
+        return reply["return"]
+
+    def subscribe(
+        self,
+        names: str | Iterable[str] | None = None,
+        *,
+        filter: EventFilter | None = None,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> EventSubscription:
+        """Subscribe to events named ``names`` (one name, several, or ``None`` for
+        all) whose ``data`` passes ``filter``.
+
+        Events are buffered from this call on, up to ``max_buffer``; events
+        that arrive while the buffer is full are dropped and counted. Use the
+        subscription as a context manager so it is closed.
+        """
+        return self._events.subscribe(names, filter, max_buffer)
+
+    # -- callers' side ---------------------------------------------------------
+
+    async def _call(self, call: _Call) -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._closed is not None:
+            raise self._closed_error()
+        if not self._running:
+            raise RuntimeError("QMPClient is not running: get one from open_qmp_unix() & co.")
+        self._outbox.append(call)
+        self._writer_wake.set()
+        try:
+            await call.done.wait()
+        except BaseException:
+            if call.state is _QUEUED:
+                call.state = _WITHDRAWN
+            elif call.state is _SENT:
+                call.state = _ORPHANED
+                self._orphans += 1
+            raise
+        return self._reply_of(call)
+
+    def _reply_of(self, call: _Call) -> dict[str, Any]:
+        if call.reply is None:
+            raise self._closed_error()
+        return call.reply
+
+    def _closed_error(self) -> MonitorClosedError:
+        assert self._closed is not None
+        error_type, message = self._closed
+        return error_type(message)
+
+    # -- the connection's side ---------------------------------------------------
+
+    async def _handshake(self) -> None:
+        await self._greeted.wait()
+        if self._closed is not None:
+            raise self._closed_error()
+        try:
+            await self.execute("qmp_capabilities")
+        except QMPCommandError as exc:
+            raise QMPProtocolError(f"QMP capabilities negotiation failed: {exc}") from exc
+
+    async def _write_loop(self) -> None:
+        send = self._stream.send
+        outbox = self._outbox
+        try:
+            while self._closed is None:
+                if self._orphans or not outbox:
+                    self._writer_wake = anyio.Event()
+                    await self._writer_wake.wait()
+                    continue
+                batch: list[bytes] = []
+                while outbox:
+                    call = outbox.popleft()
+                    if call.state is _QUEUED:
+                        call.state = _SENT
+                        self._in_flight[call.id] = call
+                        batch.append(call.payload)
+                if batch:
+                    self._commands_sent += len(batch)
+                    await send(batch[0] if len(batch) == 1 else b"".join(batch))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._close(MonitorClosedError, f"QMP connection failed while writing: {_why(exc)}")
+        finally:
+            self._close(MonitorClosedError, "the QMP client was closed")
+
+    async def _read_loop(self) -> None:
+        receive = self._lines.receive
+        try:
+            self._greeting = parse_greeting(await receive())
+            self._greeted.set()
+            while True:
+                message = await receive()
+                if "return" in message or "error" in message:
+                    self._on_reply(message)
+                elif "event" in message:
+                    self._events.dispatch(message)
+                else:
+                    raise QMPProtocolError(f"unrecognised QMP message: {message!r:.200}")
+        except anyio.EndOfStream:
+            self._close(MonitorClosedError, "the QMP peer closed the connection")
+        except MonitorClosedError as exc:  # includes QMPProtocolError
+            self._close(type(exc), str(exc))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._close(MonitorClosedError, f"QMP connection failed while reading: {_why(exc)}")
+        finally:
+            self._close(MonitorClosedError, "the QMP client was closed")
+        await anyio.aclose_forcefully(self._stream)
+
+    def _on_reply(self, message: dict[str, Any]) -> None:
+        error = None
+        if "error" in message:
+            error = message["error"]
+            if not (
+                isinstance(error, dict)
+                and type(error.get("class")) is str
+                and type(error.get("desc")) is str
+            ):
+                raise QMPProtocolError(f"malformed QMP error reply: {message!r:.200}")
+        if "id" in message:
+            call_id = message["id"]
+            call = self._in_flight.pop(call_id, None) if type(call_id) is int else None
+            if call is None:
+                raise QMPProtocolError(
+                    f"QMP reply for id {call_id!r}, which no command in flight has: "
+                    f"{message!r:.200}"
+                )
+        elif error is None:
+            raise QMPProtocolError(f"QMP reply without an id: {message!r:.200}")
+        elif self._in_flight:
+            # QEMU could not parse a request: in-order replies make it the oldest.
+            call = self._in_flight.pop(next(iter(self._in_flight)))
+            _log.warning("QMP error without id, taken as the reply to %s: %s", call.command, error)
+        else:
+            self._stray_errors += 1
+            _log.warning("QMP error without id while no command is in flight: %s", error)
+            return
+        self._replies += 1
+        if call.state is _ORPHANED:
+            self._orphans -= 1
+            if not self._orphans:
+                self._writer_wake.set()
+        else:
+            call.reply = message
+        call.state = _DONE
+        call.done.set()
+
+    def _close(self, error_type: type[MonitorClosedError], message: str) -> None:
+        """Fail every waiter at once; later calls raise ``error_type(message)``."""
+        if self._closed is not None:
+            return
+        self._closed = (error_type, message)
+        if error_type is QMPProtocolError:
+            _log.warning("closing the QMP connection: %s", message)
+        calls = [*self._in_flight.values(), *self._outbox]
+        self._in_flight.clear()
+        self._outbox.clear()
+        self._orphans = 0
+        for call in calls:
+            if call.state is not _DONE:
+                call.state = _DONE
+                call.done.set()
+        self._writer_wake.set()
+        self._greeted.set()
+        self._events.close(self._closed_error)
+
+
+def _why(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return repr(cause) if cause is not None and not str(exc) else repr(exc)
+
+
+@asynccontextmanager
+async def open_qmp_stream(
+    stream: AnyByteStream,
+    *,
+    max_line: int = DEFAULT_MAX_LINE,
+    timeout: float | None = None,
+) -> AsyncIterator[QMPClient]:
+    """A QMP client over ``stream``, which it owns and closes on exit.
+
+    Reads the greeting and negotiates capabilities (within ``timeout``
+    seconds, if given: else :class:`TimeoutError`) before yielding. A line
+    longer than ``max_line`` bytes is a protocol error. Leaving the block
+    closes the connection; calls still waiting raise
+    :class:`jobctl.MonitorClosedError`.
+    """
+    async with _open(stream, max_line, _deadline(timeout), "the QMP stream") as client:
+        yield client
+
+
+def _deadline(timeout: float | None) -> float:
+    if timeout is None:
+        return math.inf
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout}")
+    return anyio.current_time() + timeout
+
+
+@asynccontextmanager
+async def _open(
+    stream: AnyByteStream, max_line: int, deadline: float, where: str
+) -> AsyncIterator[QMPClient]:
+    try:
+        client = QMPClient(stream, max_line=max_line)
+    except BaseException:
+        await anyio.aclose_forcefully(stream)
+        raise
+    try:
+        async with _unwrap_single(), anyio.create_task_group() as tg:
+            tg.start_soon(client._read_loop)
+            tg.start_soon(client._write_loop)
+            client._running = True
+            try:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    await client._handshake()
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"no QMP greeting and negotiation from {where} in time")
+                yield client
+            finally:
+                client._close(MonitorClosedError, "the QMP client was closed")
+                tg.cancel_scope.cancel()
+    finally:
+        await anyio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
+async def _unwrap_single() -> AsyncIterator[None]:
+    """Let the one exception of the host task leave a task group as itself.
+
+    The background tasks never raise (they record why the connection closed),
+    so a group holding one exception holds the error of the ``async with``
+    body or of the handshake, which is what the caller should see.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        context = error.__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context
+            del error, context

@@ -1,0 +1,124 @@
+"""The exceptions of the QMP client.
+
+Everything the client raises about the monitor is a :class:`jobctl.MonitorError`,
+so the job core handles it without knowing QMP:
+
+* an error reply from QEMU is a :class:`QMPCommandError` (a :class:`QMPError`),
+  typed by QEMU's error ``class`` when it is one QEMU defines;
+* a connection that is gone is a :class:`jobctl.MonitorClosedError`; when it
+  was closed because the peer broke the protocol, a :class:`QMPProtocolError`;
+* a per-call ``timeout=`` that expired is a :class:`QMPTimeoutError` (also a
+  builtin :class:`TimeoutError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, final
+
+from jobctl._errors import MonitorClosedError, MonitorError
+
+__all__ = [
+    "CommandNotFoundError",
+    "DeviceNotActiveError",
+    "DeviceNotFoundError",
+    "GenericError",
+    "KVMMissingCapError",
+    "QMPCommandError",
+    "QMPError",
+    "QMPProtocolError",
+    "QMPTimeoutError",
+    "command_error",
+]
+
+
+class QMPError(MonitorError):
+    """Base class of the errors specific to the QMP client."""
+
+
+class QMPCommandError(QMPError):
+    """QEMU answered a command with an error reply.
+
+    ``error_class`` and ``desc`` are QEMU's ``class`` and ``desc`` members;
+    ``command`` is the command that failed. Replies whose class QEMU defines
+    raise the matching subclass; any other class raises this type.
+    """
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"{command}: {error_class}: {desc}")
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+@final
+class GenericError(QMPCommandError):
+    """QEMU's ``GenericError``: most failures, described only by ``desc``."""
+
+
+@final
+class CommandNotFoundError(QMPCommandError):
+    """QEMU's ``CommandNotFound``: the command does not exist (or is not
+    available in the current mode)."""
+
+
+@final
+class DeviceNotActiveError(QMPCommandError):
+    """QEMU's ``DeviceNotActive``: the device exists but is not active."""
+
+
+@final
+class DeviceNotFoundError(QMPCommandError):
+    """QEMU's ``DeviceNotFound``: no device by that name."""
+
+
+@final
+class KVMMissingCapError(QMPCommandError):
+    """QEMU's ``KVMMissingCap``: KVM lacks a capability the command needs."""
+
+
+#: QEMU's error classes (qapi/error.json ``QapiErrorClass``) and their types.
+_BY_CLASS: Final[Mapping[str, type[QMPCommandError]]] = {
+    "GenericError": GenericError,
+    "CommandNotFound": CommandNotFoundError,
+    "DeviceNotActive": DeviceNotActiveError,
+    "DeviceNotFound": DeviceNotFoundError,
+    "KVMMissingCap": KVMMissingCapError,
+}
+
+
+def command_error(command: str, error_class: str, desc: str) -> QMPCommandError:
+    """The typed exception for an error reply of ``command``."""
+    return _BY_CLASS.get(error_class, QMPCommandError)(command, error_class, desc)
+
+
+@final
+class QMPProtocolError(QMPError, MonitorClosedError):
+    """The peer broke the QMP protocol, so the client closed the connection.
+
+    The message names what was wrong (bad JSON, an oversized line, a reply
+    for an id nobody waits for, a malformed greeting or reply, a refused
+    ``qmp_capabilities``). Being a :class:`jobctl.MonitorClosedError`, it is
+    what every waiter on the connection gets.
+    """
+
+
+@final
+class QMPTimeoutError(QMPError, TimeoutError):
+    """A call's ``timeout=`` expired before its reply arrived.
+
+    ``sent`` tells whether the command had been written: if so it is still in
+    flight, and the client writes no other command until its reply arrives
+    (or the connection closes).
+    """
+
+    def __init__(self, command: str, timeout: float, *, sent: bool) -> None:
+        where = (
+            "it is still in flight; the next command waits for its reply"
+            if sent
+            else "it was not sent"
+        )
+        super().__init__(f"{command}: no reply within {timeout:g}s ({where})")
+        self.command = command
+        self.timeout = timeout
+        self.sent = sent

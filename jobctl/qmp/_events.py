@@ -1,0 +1,293 @@
+"""QMP events and the bounded subscriptions that deliver them.
+
+The connection's reader hands every event to :class:`EventHub`, which copies
+it into the buffer of each matching :class:`EventSubscription` without ever
+waiting: a full buffer drops the new event and counts it, so a slow
+subscriber never holds up replies or other subscribers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from jobctl.qmp._errors import QMPProtocolError
+
+__all__ = [
+    "EventFilter",
+    "EventHub",
+    "EventSubscription",
+    "QMPEvent",
+    "SubscriptionStatistics",
+]
+
+#: A predicate on an event's ``data``; only events it accepts are buffered.
+EventFilter = Callable[[Mapping[str, Any]], bool]
+
+
+@final
+@attrs.frozen
+class QMPEvent:
+    """One event from QEMU.
+
+    ``data`` is the event's ``data`` member (empty when absent), read-only;
+    ``timestamp`` is QEMU's clock when it emitted the event, in seconds since
+    the epoch.
+    """
+
+    name: str
+    data: Mapping[str, Any]
+    timestamp: float
+
+
+@final
+@attrs.frozen
+class SubscriptionStatistics:
+    """A snapshot of one subscription.
+
+    ``buffered`` events wait to be received (at most ``max_buffer``),
+    ``delivered`` were received, ``dropped`` arrived while the buffer was full.
+    """
+
+    buffered: int
+    max_buffer: int
+    delivered: int
+    dropped: int
+    closed: bool
+
+
+@final
+class EventSubscription:
+    """Events of some names (all events when ``names`` is ``None``) that pass
+    ``filter``, buffered up to ``max_buffer``.
+
+    Use it as a context manager (leaving closes it) and receive with
+    :meth:`receive`, :meth:`receive_nowait` or ``async for``. After the
+    connection closes, the buffered events are still delivered; then
+    receiving raises the connection's :class:`jobctl.MonitorClosedError`.
+    ``async for`` ends when the subscription itself is closed.
+    """
+
+    def __init__(
+        self,
+        hub: EventHub,
+        names: frozenset[str] | None,
+        event_filter: EventFilter | None,
+        max_buffer: int,
+    ) -> None:
+        self.names = names
+        self.max_buffer = max_buffer
+        self._hub = hub
+        self._filter = event_filter
+        self._buffer: deque[QMPEvent] = deque()
+        self._waiter: anyio.Event | None = None
+        #: Makes the exception raised once the buffer is drained, when no
+        #: more events will come (connection closed, filter failed).
+        self._end: Callable[[], BaseException] | None = None
+        self._closed = False
+        self._delivered = 0
+        self._dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        """How many matching events were dropped because the buffer was full."""
+        return self._dropped
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            buffered=len(self._buffer),
+            max_buffer=self.max_buffer,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            closed=self._closed,
+        )
+
+    def receive_nowait(self) -> QMPEvent:
+        """The oldest buffered event.
+
+        Raises :class:`anyio.WouldBlock` if there is none yet,
+        :class:`anyio.ClosedResourceError` if this subscription was closed,
+        and the connection's :class:`jobctl.MonitorClosedError` once the
+        connection has closed and the buffer is empty.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError("this event subscription is closed")
+        if self._buffer:
+            self._delivered += 1
+            return self._buffer.popleft()
+        if self._end is not None:
+            raise self._end()
+        raise anyio.WouldBlock
+
+    async def receive(self) -> QMPEvent:
+        """Wait for the next event; raises like :meth:`receive_nowait`."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                event = self.receive_nowait()
+            except anyio.WouldBlock:
+                if self._waiter is None:
+                    self._waiter = anyio.Event()
+                await self._waiter.wait()
+            else:
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                return event
+
+    def close(self) -> None:
+        """Stop receiving events and drop the buffered ones (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._buffer.clear()
+            self._hub.remove(self)
+            self._wake()
+
+    def __enter__(self) -> EventSubscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> QMPEvent:
+        try:
+            return await self.receive()
+        except anyio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def _offer(self, event: QMPEvent) -> None:
+        """Buffer ``event`` if it passes the filter and there is room; never blocks."""
+        if self._filter is not None:
+            try:
+                accepted = self._filter(event.data)
+            except Exception as exc:
+                self._finish(_filter_failed(event.name, exc))
+                self._hub.remove(self)
+                return
+            if not accepted:
+                return
+        if len(self._buffer) >= self.max_buffer:
+            self._dropped += 1
+            self._hub.dropped += 1
+            return
+        self._buffer.append(event)
+        self._wake()
+
+    def _finish(self, end: Callable[[], BaseException]) -> None:
+        if self._end is None:
+            self._end = end
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+
+def _filter_failed(name: str, cause: Exception) -> Callable[[], BaseException]:
+    def make() -> BaseException:
+        error = RuntimeError(f"the event filter raised on a {name} event: {cause!r}")
+        error.__cause__ = cause
+        return error
+
+    return make
+
+
+@final
+class EventHub:
+    """The subscriptions of one connection and its event counters."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, dict[EventSubscription, None]] = {}
+        self._all: dict[EventSubscription, None] = {}
+        self._open: set[EventSubscription] = set()
+        self._end: Callable[[], BaseException] | None = None
+        self.events = 0
+        self.dropped = 0
+
+    @property
+    def subscriptions(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._open)
+
+    def subscribe(
+        self,
+        names: str | Iterable[str] | None,
+        event_filter: EventFilter | None,
+        max_buffer: int,
+    ) -> EventSubscription:
+        """A new subscription; see :meth:`QMPClient.subscribe`."""
+        if max_buffer < 1:
+            raise ValueError(f"max_buffer must be at least 1, not {max_buffer}")
+        wanted: frozenset[str] | None
+        if names is None:
+            wanted = None
+        else:
+            wanted = frozenset((names,) if isinstance(names, str) else names)
+            if not wanted:
+                raise ValueError("no event names given; pass names=None for every event")
+            if not all(isinstance(name, str) for name in wanted):
+                raise TypeError(f"event names must be str: {sorted(map(repr, wanted))}")
+        subscription = EventSubscription(self, wanted, event_filter, max_buffer)
+        if self._end is not None:
+            subscription._finish(self._end)
+            return subscription
+        self._open.add(subscription)
+        if wanted is None:
+            self._all[subscription] = None
+        else:
+            for name in wanted:
+                self._by_name.setdefault(name, {})[subscription] = None
+        return subscription
+
+    def remove(self, subscription: EventSubscription) -> None:
+        self._open.discard(subscription)
+        self._all.pop(subscription, None)
+        for name in subscription.names or ():
+            subs = self._by_name.get(name)
+            if subs is not None:
+                subs.pop(subscription, None)
+                if not subs:
+                    del self._by_name[name]
+
+    def dispatch(self, message: Mapping[str, Any]) -> None:
+        """Deliver one ``{"event": ...}`` message; raises :class:`QMPProtocolError`
+        if it is malformed."""
+        name = message["event"]
+        data = message.get("data", {})
+        stamp: Any = message.get("timestamp")
+        try:
+            timestamp = stamp["seconds"] + stamp["microseconds"] / 1_000_000
+        except (KeyError, TypeError):
+            timestamp = None
+        if type(name) is not str or not isinstance(data, Mapping) or timestamp is None:
+            raise QMPProtocolError(f"malformed QMP event: {message!r:.200}")
+        self.events += 1
+        named = self._by_name.get(name)
+        if not named and not self._all:
+            return
+        event = QMPEvent(name=name, data=MappingProxyType(data), timestamp=float(timestamp))
+        for subscription in (*(named or ()), *self._all):
+            subscription._offer(event)
+
+    def close(self, end: Callable[[], BaseException]) -> None:
+        """No more events: every subscription ends with ``end()`` once drained."""
+        if self._end is None:
+            self._end = end
+            subscriptions, self._open = self._open, set()
+            self._all.clear()
+            self._by_name.clear()
+            for subscription in subscriptions:
+                subscription._finish(end)

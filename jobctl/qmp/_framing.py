@@ -1,0 +1,120 @@
+"""QMP's wire format: one JSON object per line, in both directions.
+
+QEMU ends its lines with ``\\r\\n``; JSON ignores the ``\\r``.
+Commands are encoded strictly so that QEMU's parser answers each request with
+exactly one reply: valid JSON only (no ``NaN``), at most
+:data:`MAX_COMMAND_BYTES` (under QEMU's token limits), and nested less deeply
+than QEMU's 1024 levels, because Python's encoder refuses to go deeper than
+the recursion limit (1000 unless raised).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final, final
+
+import anyio
+from anyio.abc import AnyByteReceiveStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from jobctl._errors import MonitorClosedError
+from jobctl.qmp._errors import QMPProtocolError
+
+__all__ = ["DEFAULT_MAX_LINE", "MAX_COMMAND_BYTES", "LineReader", "encode_command"]
+
+#: Default limit on one incoming line. ``query-qmp-schema`` is the largest
+#: reply QEMU sends (a few hundred KiB).
+DEFAULT_MAX_LINE: Final = 8 * 1024 * 1024
+
+#: Largest encoded command the client writes. QEMU's parser splits a request
+#: past 2**21 tokens into several error replies without ids; a request of
+#: fewer bytes than that can never reach the limit.
+MAX_COMMAND_BYTES: Final = 1024 * 1024
+
+_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def encode_command(command: str, arguments: Mapping[str, Any] | None, call_id: int) -> bytes:
+    """One ``execute`` request as a line of bytes.
+
+    Raises :class:`TypeError` or :class:`ValueError`, naming the command, if the
+    request cannot be encoded or is larger than :data:`MAX_COMMAND_BYTES`.
+    """
+    if type(command) is not str:
+        raise TypeError(f"QMP command name must be a str, not {type(command).__name__}")
+    request: dict[str, Any] = {"execute": command}
+    if arguments is not None:
+        if not isinstance(arguments, Mapping):
+            raise TypeError(
+                f"arguments of {command!r} must be a mapping, not {type(arguments).__name__}"
+            )
+        request["arguments"] = arguments if type(arguments) is dict else dict(arguments)
+    request["id"] = call_id
+    try:
+        line = _encode(request).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise type(exc)(f"arguments of {command!r} cannot be sent as JSON: {exc}") from exc
+    if len(line) > MAX_COMMAND_BYTES:
+        raise ValueError(
+            f"{command!r} encodes to {len(line)} bytes, more than the "
+            f"{MAX_COMMAND_BYTES}-byte limit of one QMP command"
+        )
+    return line
+
+
+def _excerpt(line: bytes | bytearray) -> str:
+    shown = bytes(line[:80])
+    return repr(shown) + ("..." if len(line) > 80 else "")
+
+
+@final
+class LineReader:
+    """Receives whole JSON objects, one per line, from a byte stream.
+
+    ``receive`` raises :class:`anyio.EndOfStream` at a clean end of stream,
+    :class:`jobctl.MonitorClosedError` when the stream ends inside a line and
+    :class:`QMPProtocolError` for a line that is too long, not JSON or not a
+    JSON object.
+    """
+
+    def __init__(self, stream: AnyByteReceiveStream, max_line: int) -> None:
+        if max_line < 1:
+            raise ValueError(f"max_line must be positive, not {max_line}")
+        self._buffered = BufferedByteReceiveStream(stream)
+        self._max_line = max_line
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message (may return without a checkpoint when one is buffered)."""
+        line = b""
+        while not line.strip():  # JSON allows whitespace between messages
+            line = await self._receive_line()
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise QMPProtocolError(f"bad JSON from QMP peer ({exc}): {_excerpt(line)}") from None
+        if type(message) is not dict:
+            raise QMPProtocolError(f"QMP message is not a JSON object: {_excerpt(line)}")
+        return message
+
+    async def _receive_line(self) -> bytes:
+        try:
+            line = await self._buffered.receive_until(b"\n", self._max_line)
+        except anyio.IncompleteRead:
+            pending = self._buffered.buffer
+            if not pending.strip():
+                raise anyio.EndOfStream from None
+            raise MonitorClosedError(
+                f"QMP stream ended inside a message: {_excerpt(pending)}"
+            ) from None
+        except anyio.DelimiterNotFound:
+            raise QMPProtocolError(
+                f"QMP line longer than the {self._max_line}-byte limit: "
+                f"{_excerpt(self._buffered.buffer)}"
+            ) from None
+        if len(line) > self._max_line:
+            raise QMPProtocolError(
+                f"QMP line of {len(line)} bytes, longer than the {self._max_line}-byte limit: "
+                f"{_excerpt(line)}"
+            )
+        return line
