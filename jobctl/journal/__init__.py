@@ -1,0 +1,86 @@
+"""The crash-safe task journal, and recovery after the manager restarts.
+
+When the manager dies mid-operation nothing may be lost and nothing may be
+reported done that was not done. The journal records every command with all
+of its expected child tasks in one transaction before any starts, attaches
+each task's backend id when it is known, writes states and results as they
+change, runs each command's end action exactly once, and persists every
+domain's async job on each phase change. :func:`recover` reconciles all that
+with what the backends report at start-up.
+
+The default store is an SQLite file in WAL mode (:class:`SqliteJournalStore`);
+anything implementing :class:`JournalStore` can replace it.
+"""
+
+from ._backend import BackendState, BackendStatus, TaskBackend
+from ._errors import (
+    JournalClosedError,
+    JournalCorruptError,
+    JournalError,
+    JournalInUseError,
+    JournalNotFoundError,
+    JournalSchemaError,
+    JournalStateError,
+    RecoveryError,
+)
+from ._follow import follow_command, follow_tasks
+from ._journal import EndAction, EndContext, Journal, JournalStatistics, open_journal
+from ._locks import HostEntityLocker
+from ._persister import JournalPersister
+from ._phases import PhaseAction, by_phase
+from ._qemu import QemuBlockJobs
+from ._records import (
+    AsyncJobRecord,
+    CommandRecord,
+    CommandState,
+    EntityRef,
+    TaskRecord,
+    TaskSpec,
+    TaskState,
+    TaskUpdate,
+)
+from ._recovery import AsyncJobHandler, EntityLocker, RecoveryReport, recover
+from ._sqlite import SCHEMA_VERSION, SqliteJournalStore, SqliteStoreStatistics
+from ._store import JournalStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AsyncJobHandler",
+    "AsyncJobRecord",
+    "BackendState",
+    "BackendStatus",
+    "CommandRecord",
+    "CommandState",
+    "EndAction",
+    "EndContext",
+    "EntityLocker",
+    "EntityRef",
+    "HostEntityLocker",
+    "Journal",
+    "JournalClosedError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalInUseError",
+    "JournalNotFoundError",
+    "JournalPersister",
+    "JournalSchemaError",
+    "JournalStateError",
+    "JournalStatistics",
+    "JournalStore",
+    "PhaseAction",
+    "QemuBlockJobs",
+    "RecoveryError",
+    "RecoveryReport",
+    "SqliteJournalStore",
+    "SqliteStoreStatistics",
+    "TaskBackend",
+    "TaskRecord",
+    "TaskSpec",
+    "TaskState",
+    "TaskUpdate",
+    "by_phase",
+    "follow_command",
+    "follow_tasks",
+    "open_journal",
+    "recover",
+]

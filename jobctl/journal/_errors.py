@@ -1,0 +1,76 @@
+"""The exceptions of the task journal.
+
+Every one is a :class:`JournalError`, itself a :class:`jobctl.JobError`, so a
+manager can catch the journal's failures apart from the job core's and still
+catch the whole family in one place.
+"""
+
+from __future__ import annotations
+
+from typing import final
+
+from jobctl._errors import JobError
+
+__all__ = [
+    "JournalClosedError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalInUseError",
+    "JournalNotFoundError",
+    "JournalSchemaError",
+    "JournalStateError",
+    "RecoveryError",
+]
+
+
+class JournalError(JobError):
+    """Base class of every error the task journal raises."""
+
+
+@final
+class JournalSchemaError(JournalError):
+    """The journal file is not one this version can use: a newer schema, or
+    another application's database. Nothing was changed in it."""
+
+
+@final
+class JournalCorruptError(JournalError):
+    """Data in the journal is unreadable: a row breaks the schema's rules, or
+    SQLite reports the file itself as damaged. The journal is never reset on
+    this; ``table`` and ``row`` name the bad row when one is known."""
+
+    def __init__(self, message: str, *, table: str | None = None, row: str | None = None) -> None:
+        super().__init__(message)
+        self.table = table
+        self.row = row
+
+
+@final
+class JournalStateError(JournalError):
+    """A write the journal refuses because of what it already holds: an
+    illegal task transition, ending a command whose tasks are not all done,
+    a command id or active backend id that is already taken."""
+
+
+@final
+class JournalNotFoundError(JournalError, LookupError):
+    """No command or task with the given id is in the journal."""
+
+
+@final
+class JournalInUseError(JournalError):
+    """Another open store (in this process or another) already writes this
+    journal file. The journal has one writer; a second one could run a
+    command's end action twice."""
+
+
+@final
+class JournalClosedError(JournalError):
+    """The journal (or its store) was used after it was closed."""
+
+
+@final
+class RecoveryError(JournalError):
+    """``recover()`` cannot reconcile the journal: it names a backend, a
+    command kind or an async job kind that the caller did not provide a
+    handler for. Raised before anything is changed."""

@@ -1,0 +1,257 @@
+"""The SQLite store: schema checks, bad data, one writer, group commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from jobctl import JobError
+from jobctl.journal import (
+    SCHEMA_VERSION,
+    CommandState,
+    JournalClosedError,
+    JournalCorruptError,
+    JournalError,
+    JournalInUseError,
+    JournalSchemaError,
+    JournalStateError,
+    SqliteJournalStore,
+    TaskSpec,
+    TaskState,
+    TaskUpdate,
+    open_journal,
+)
+
+from ._support import raw
+
+pytestmark = pytest.mark.anyio
+
+
+def spec(name: str, backend_id: str | None = None) -> TaskSpec:
+    return TaskSpec(name=name, backend="mem", backend_id=backend_id)
+
+
+async def test_creates_a_wal_journal_with_its_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with await SqliteJournalStore.open(path) as store:
+        assert store.path == str(path)
+    assert raw(path, "PRAGMA journal_mode") == [("wal",)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert raw(path, "PRAGMA application_id") == [(0x6A6F626A,)]
+    # Reopening keeps the data.
+    async with open_journal(path) as journal:
+        await journal.begin_command("k", [spec("a")], command_id="c1")
+    async with open_journal(path) as journal:
+        assert (await journal.command("c1")).tasks[0].name == "a"
+
+
+async def test_newer_schema_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        await journal.begin_command("k", [spec("a")], command_id="c1")
+    raw(path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = path.read_bytes()
+    with pytest.raises(JournalSchemaError, match=r"schema version 2, newer than .* 1"):
+        await SqliteJournalStore.open(path)
+    assert path.read_bytes() == before
+    assert raw(path, "SELECT id FROM commands") == [("c1",)]
+
+
+async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    raw(path, "CREATE TABLE mine (x INTEGER)")
+    with pytest.raises(JournalSchemaError, match="not a jobctl journal"):
+        await SqliteJournalStore.open(path)
+    assert raw(path, "SELECT name FROM sqlite_schema") == [("mine",)]
+
+
+async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are not the pages you are looking for" * 100)
+    with pytest.raises(JournalSchemaError, match="SQLite cannot read it") as info:
+        await SqliteJournalStore.open(path)
+    assert isinstance(info.value, JobError)
+    assert path.read_bytes().startswith(b"these are not")
+
+
+@pytest.mark.parametrize(
+    ("table", "sql", "message"),
+    [
+        (
+            "tasks",
+            "UPDATE tasks SET state = 'exploded' WHERE id = 'c1.1'",
+            r"table 'tasks' \(key 'c1.1'\).*'exploded' is not a valid TaskState",
+        ),
+        (
+            "tasks",
+            "UPDATE tasks SET params = '{broken' WHERE id = 'c1.0'",
+            r"table 'tasks' \(key 'c1.0'\)",
+        ),
+        (
+            "commands",
+            "UPDATE commands SET data = '[1, 2]' WHERE id = 'c1'",
+            r"table 'commands' \(key 'c1'\).*not an object",
+        ),
+        (
+            "commands",
+            "UPDATE commands SET state = 'ending' WHERE id = 'c1'",
+            r"table 'commands' \(key 'c1'\).*must have an outcome",
+        ),
+    ],
+)
+async def test_a_corrupt_row_is_named_never_reset(
+    tmp_path: Path, table: str, sql: str, message: str
+) -> None:
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        await journal.begin_command("k", [spec("a"), spec("b")], command_id="c1")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    conn.execute(sql)
+    conn.close()
+    async with open_journal(path) as journal:
+        with pytest.raises(JournalCorruptError, match=message) as info:
+            await journal.command("c1")
+        assert info.value.table == table
+        with pytest.raises(JournalCorruptError):
+            await journal.unfinished_commands()
+    assert raw(path, "SELECT count(*) FROM tasks") == [(2,)]
+
+
+async def test_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        for c in range(20):
+            specs = [TaskSpec(f"t{i}", "mem", params={"pad": "x" * 200}) for i in range(10)]
+            await journal.begin_command("k", specs, command_id=f"c{c}")
+    data = bytearray(path.read_bytes())
+    data[2 * 4096 : 6 * 4096] = b"\x5a" * (4 * 4096)
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorruptError, match="is damaged: database disk image is malformed"):
+        async with open_journal(path) as journal:
+            await journal.unfinished_commands()
+    assert path.read_bytes() == data
+
+
+async def test_a_corrupt_async_job_row_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with open_journal(path):
+        pass
+    raw(
+        path,
+        "INSERT INTO async_jobs VALUES ('vm1', 1, 'teleport', 'p', NULL, '[]', '{}', 's', 0.0)",
+    )
+    async with open_journal(path) as journal:
+        with pytest.raises(JournalCorruptError, match=r"'async_jobs' \(key 'vm1'\).*teleport"):
+            await journal.async_jobs()
+
+
+async def test_one_writer_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with await SqliteJournalStore.open(path):
+        with pytest.raises(JournalInUseError, match="already open for writing"):
+            await SqliteJournalStore.open(path)
+    # Closed: the next writer may open it.
+    async with await SqliteJournalStore.open(path):
+        pass
+
+
+async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
+    store = await SqliteJournalStore.open(tmp_path / "j.db")
+    await store.aclose()
+    await store.aclose()
+    assert store.statistics().closed
+    with pytest.raises(JournalClosedError):
+        await store.get_command("x")
+    with pytest.raises(JournalClosedError):
+        await store.add_command("x", "k", {}, [], [])
+
+
+async def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a file path"):
+        await SqliteJournalStore.open(":memory:")
+    with pytest.raises(ValueError, match="synchronous"):
+        await SqliteJournalStore.open(tmp_path / "j.db", synchronous="off")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="readers"):
+        await SqliteJournalStore.open(tmp_path / "j.db", readers=0)
+
+
+async def test_concurrent_writes_share_transactions_and_fail_alone(tmp_path: Path) -> None:
+    async with open_journal(tmp_path / "j.db") as journal:
+        specs = [spec(f"t{i}") for i in range(40)]
+        command = await journal.begin_command("k", specs, command_id="c1")
+        errors: list[Exception] = []
+
+        async def move(task_id: str, state: TaskState) -> None:
+            try:
+                await journal.update_task(task_id, state)
+            except JournalStateError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for task in command.tasks:
+                tg.start_soon(move, task.id, TaskState.RUNNING)
+            # Illegal: a task cannot move back; it fails alone.
+            tg.start_soon(move, command.tasks[0].id, TaskState.PENDING)
+        stats = journal.store.statistics()  # type: ignore[attr-defined]
+        assert stats.writes == 42
+        assert stats.transactions < stats.writes
+        assert stats.largest_batch > 1
+        assert len(errors) == 1
+        assert "cannot go from" in str(errors[0])
+        after = await journal.command("c1")
+        assert {t.state for t in after.tasks} == {TaskState.RUNNING}
+
+
+async def test_a_cancelled_writer_still_learns_its_write_committed(tmp_path: Path) -> None:
+    async with open_journal(tmp_path / "j.db") as journal:
+        command = await journal.begin_command("k", [spec("a"), spec("b")], command_id="c1")
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await journal.update_task(command.tasks[0].id, TaskState.RUNNING)
+        # Cancelled before the write was queued: nothing happened.
+        assert (await journal.command("c1")).tasks[0].state is TaskState.PENDING
+        first, second = command.tasks[0].id, command.tasks[1].id
+        reported: list[str] = []
+        scope_b = anyio.CancelScope()
+
+        async def write(task_id: str, scope: anyio.CancelScope) -> None:
+            with scope:
+                await journal.update_task(task_id, TaskState.RUNNING)
+                reported.append(task_id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, first, anyio.CancelScope())
+            await anyio.wait_all_tasks_blocked()  # the first write is in its thread
+            tg.start_soon(write, second, scope_b)
+            await anyio.wait_all_tasks_blocked()  # the second is queued behind it
+            scope_b.cancel()
+        # Queued, then cancelled: the second write still finished and was reported.
+        assert sorted(reported) == [first, second]
+        assert {t.state for t in (await journal.command("c1")).tasks} == {TaskState.RUNNING}
+
+
+async def test_store_errors_are_journal_errors(tmp_path: Path) -> None:
+    async with await SqliteJournalStore.open(tmp_path / "j.db") as store:
+        running = await store.add_command("c", "k", {}, [], [])
+        with pytest.raises(ValueError, match="succeeded or failed"):
+            await store.finish_command(running, CommandState.ENDING, result=None, error=None)
+        with pytest.raises(JournalStateError, match=r"'c' is running, not ending: .* not claimed"):
+            await store.finish_command(running, CommandState.FAILED, result=None, error=None)
+        first = await store.claim_end("c", max_attempts=3, last_error=None)
+        second = await store.claim_end("c", max_attempts=3, last_error=None)
+        with pytest.raises(JournalStateError, match="attempt 1 of its end action finished, but"):
+            await store.finish_command(first, CommandState.SUCCEEDED, result=None, error=None)
+        done = await store.finish_command(second, CommandState.SUCCEEDED, result={}, error=None)
+        assert done == await store.get_command("c")
+        with pytest.raises(JournalStateError, match="its end was already recorded"):
+            await store.finish_command(second, CommandState.SUCCEEDED, result=None, error=None)
+        with pytest.raises(TypeError, match=r"params of task 'a' must be a JSON object"):
+            await store.add_command(
+                "c", "k", {}, [TaskSpec("a", "mem", params={"x": object()})], []
+            )
+        with pytest.raises(JournalError, match="no task 'nope'"):
+            await store.update_tasks([TaskUpdate("nope", TaskState.RUNNING)])
