@@ -1,0 +1,109 @@
+"""A simulated QEMU 7.2 that speaks QMP, for testing without real VMs.
+
+Backend-neutral (anyio: trio or asyncio); every duration is on the event
+loop's clock, so tests run in virtual time (``trio.testing.MockClock``).
+
+The pieces::
+
+    host = SimulatedHost(detector=ConcurrencyDetector(strict=True))
+    async with SimulatedQemu("src", host=host, disks=[Disk("disk0", device="vd0")]) as src, \\
+               SimulatedQemu("dst", host=host, incoming="defer") as dst:
+        client = await src.add_monitor().connect_memory()    # an anyio ByteStream
+        path = await dst.add_monitor().serve_unix("/tmp/dst.qmp")
+        ...                                                  # speak QMP
+    host.detector.violation_count
+
+* :class:`SimulatedQemu` - one VM process: run state, monitors
+  (:meth:`~SimulatedQemu.add_monitor` returns a :class:`QmpMonitor` with
+  ``connect_memory()``, ``serve_unix(path)``, ``serve_tcp(host, port)``),
+  migration (:class:`MigrationModel`), block jobs (:class:`Disk`,
+  :class:`BackupModel`), faults (:class:`FaultPlan`).
+* :class:`SimulatedHost` - VMs of one process: the incoming-migration
+  registry keyed by URI, the shared :class:`ConcurrencyDetector`, the clock of
+  event timestamps; ``network=True`` for migrations between processes.
+* :class:`ConcurrencyDetector` - counts commands a client sent while another
+  of its commands was unanswered; ``strict=True`` crashes the VM at the
+  first one and raises :class:`ConcurrencyViolationError`.
+* Faults: :class:`Latency`, :class:`Stall`, :class:`Drop`,
+  :class:`Garbage`, :class:`ErrorReply`, :class:`Die` in
+  :class:`FaultRule` s of a :class:`FaultPlan` (scripted, or random from a
+  seed; ``simulators.qemu.strategies`` has Hypothesis strategies).
+
+Run one from the shell: ``python -m simulators.qemu --qmp unix:PATH``
+(``--help`` for the options).
+
+What is faithful to QEMU 7.2 (checked against the real thing by
+``tests/conformance``): greeting, negotiation, JSON parse errors, command and
+argument errors with QEMU's texts and classes, ``id`` echo, event
+timestamps and order (events caused by a command come before its return),
+the replies' shapes of the implemented commands, migration and backup-job
+state machines and their events. Not modelled: postcopy, multifd, xbzrle,
+OOB commands (``oob`` can be negotiated, no command allows it), dirty
+bitmaps, block migration, real disk I/O; values (sizes, counters, times) are
+plausible, not measured.
+"""
+
+from __future__ import annotations
+
+from ._block import Disk
+from ._detector import (
+    CommandRecord,
+    ConcurrencyDetector,
+    DetectorStatistics,
+    Violation,
+)
+from ._errors import ConcurrencyViolationError, QmpError, SimulatorError
+from ._faults import (
+    Die,
+    Drop,
+    ErrorReply,
+    Fault,
+    FaultInjector,
+    FaultPlan,
+    FaultRule,
+    Garbage,
+    Latency,
+    Stall,
+)
+from ._host import SimulatedHost
+from ._jobs import BackupModel
+from ._memory import MemoryByteStream, memory_stream_pair
+from ._migration import MigrationModel
+from ._monitor import QmpMonitor
+from ._schema import COMMAND_ARGUMENTS
+from ._vm import CRASH_STATUS, QEMU_VERSION, SimulatedQemu, VmStatistics
+
+#: The names of the simulated QMP commands.
+COMMANDS: tuple[str, ...] = tuple(COMMAND_ARGUMENTS)
+
+__all__ = [
+    "COMMANDS",
+    "CRASH_STATUS",
+    "QEMU_VERSION",
+    "BackupModel",
+    "CommandRecord",
+    "ConcurrencyDetector",
+    "ConcurrencyViolationError",
+    "DetectorStatistics",
+    "Die",
+    "Disk",
+    "Drop",
+    "ErrorReply",
+    "Fault",
+    "FaultInjector",
+    "FaultPlan",
+    "FaultRule",
+    "Garbage",
+    "Latency",
+    "MemoryByteStream",
+    "MigrationModel",
+    "QmpError",
+    "QmpMonitor",
+    "SimulatedHost",
+    "SimulatedQemu",
+    "SimulatorError",
+    "Stall",
+    "Violation",
+    "VmStatistics",
+    "memory_stream_pair",
+]

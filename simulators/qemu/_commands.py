@@ -1,0 +1,194 @@
+"""The command handlers: what each simulated QMP command does.
+
+A handler gets the VM, the session and the already checked arguments, runs
+under the VM's big lock, returns the ``return`` value or raises
+:class:`QmpError`. Events it emits are queued before its reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ._errors import COMMAND_NOT_FOUND, QmpError
+from ._schema import COMMAND_ARGUMENTS
+
+if TYPE_CHECKING:
+    from ._session import QmpSession
+    from ._vm import SimulatedQemu
+
+__all__ = ["HANDLERS"]
+
+Args = dict[str, Any]
+Handler = Callable[["SimulatedQemu", "QmpSession", Args], Awaitable[Any]]
+
+_NEEDS_RESET: Final = frozenset({"internal-error", "io-error", "shutdown", "guest-panicked"})
+
+
+async def qmp_capabilities(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    if session.negotiated:
+        raise QmpError(
+            "Capabilities negotiation is already complete, command ignored", COMMAND_NOT_FOUND
+        )
+    session.negotiate(oob="oob" in args.get("enable", ()))
+    return {}
+
+
+async def query_status(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return {"status": vm.run_state, "singlestep": False, "running": vm.running}
+
+
+async def stop(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    if vm.run_state == "inmigrate":
+        vm.autostart = False
+    else:
+        vm.vm_stop("paused")
+    return {}
+
+
+async def cont(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    if vm.run_state in _NEEDS_RESET:
+        raise QmpError("Resetting the Virtual Machine is required")
+    if vm.run_state == "finish-migrate":
+        raise QmpError("Migration is not finalized yet")
+    if vm.run_state == "postmigrate" and vm.block.disks and vm.migration.status == "completed":
+        raise QmpError('Failed to get "write" lock')  # the destination holds the images
+    if vm.run_state == "inmigrate":
+        vm.autostart = True
+    else:
+        vm.vm_start()
+    return {}
+
+
+async def quit_(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+    vm.request_exit(0)
+    return {}
+
+
+async def query_version(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return vm.version()
+
+
+async def query_commands(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return [{"name": name} for name in COMMAND_ARGUMENTS]
+
+
+async def query_block(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return [disk.query_block() for disk in vm.block.disks.values() if disk.device is not None]
+
+
+async def query_blockstats(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return vm.blockstats(query_nodes=args.get("query-nodes", False))
+
+
+async def migrate_set_capabilities(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.migration.set_capabilities(args["capabilities"])
+    return {}
+
+
+async def query_migrate_capabilities(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return vm.migration.query_capabilities()
+
+
+async def migrate_set_parameters(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.migration.set_parameters(args)
+    return {}
+
+
+async def query_migrate_parameters(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return vm.migration.query_parameters()
+
+
+async def migrate(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.migration.start(args["uri"], resume=args.get("resume", False))
+    return {}
+
+
+async def migrate_incoming(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    await vm.migration.start_incoming(args["uri"])
+    return {}
+
+
+async def query_migrate(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return vm.migration.query()
+
+
+async def migrate_cancel(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.migration.cancel()
+    return {}
+
+
+async def migrate_continue(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.migration.resume_switchover(args["state"])
+    return {}
+
+
+async def blockdev_backup(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.backup(args, drive=False)
+    return {}
+
+
+async def drive_backup(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.backup(args, drive=True)
+    return {}
+
+
+async def query_jobs(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return [job.query_jobs() for job in vm.block.jobs.values()]
+
+
+async def query_block_jobs(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    return [job.query_block_jobs() for job in vm.block.jobs.values()]
+
+
+async def job_cancel(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.find(args["id"]).cancel()
+    return {}
+
+
+async def job_finalize(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.find(args["id"]).finalize()
+    return {}
+
+
+async def job_dismiss(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.find(args["id"]).dismiss()
+    return {}
+
+
+async def block_job_cancel(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.find_block_job(args["device"]).cancel()
+    return {}
+
+
+HANDLERS: Final[dict[str, Handler]] = {
+    "qmp_capabilities": qmp_capabilities,
+    "query-status": query_status,
+    "stop": stop,
+    "cont": cont,
+    "quit": quit_,
+    "query-version": query_version,
+    "query-commands": query_commands,
+    "query-block": query_block,
+    "query-blockstats": query_blockstats,
+    "migrate-set-capabilities": migrate_set_capabilities,
+    "query-migrate-capabilities": query_migrate_capabilities,
+    "migrate-set-parameters": migrate_set_parameters,
+    "query-migrate-parameters": query_migrate_parameters,
+    "migrate": migrate,
+    "migrate-incoming": migrate_incoming,
+    "query-migrate": query_migrate,
+    "migrate_cancel": migrate_cancel,
+    "migrate-continue": migrate_continue,
+    "blockdev-backup": blockdev_backup,
+    "drive-backup": drive_backup,
+    "query-jobs": query_jobs,
+    "query-block-jobs": query_block_jobs,
+    "job-cancel": job_cancel,
+    "job-finalize": job_finalize,
+    "job-dismiss": job_dismiss,
+    "block-job-cancel": block_job_cancel,
+}
+
+assert HANDLERS.keys() == COMMAND_ARGUMENTS.keys()
