@@ -1,0 +1,88 @@
+"""Ready-made QEMU job flows over QMP, built on jobctl's job core.
+
+A :class:`Host` runs machines, real QEMU (:func:`open_qemu_host`) or
+simulated (:func:`open_simulated_host`); a :class:`VM` is one host's view of
+a virtual machine (its :class:`jobctl.Domain` and, while it runs there, its
+:class:`Machine`). The flows are async jobs with named phases that wait for
+QEMU's events inside interruptible sections, so queries and aborts get
+through while they run::
+
+    network = simulators.qemu.SimulatedHost(network=True)  # what both hosts share
+    async with (
+        open_simulated_host("a", sim=network) as a,
+        open_simulated_host("b", sim=network) as b,
+    ):
+        src, dst = VM(Domain("vm1@a"), a), VM(Domain("vm1@b"), b)
+        await start(src, MachineSpec(disk=await a.create_disk("vm1", 64)))
+        await migrate(src, dst)             # MIGRATION_OUT on src, MIGRATION_IN on dst
+        stats = await domstats(dst.domain)  # a QUERY job
+        await destroy(dst)
+
+The flows: :func:`start`, :func:`migrate`, :func:`backup`, :func:`save`,
+:func:`restore`, :func:`destroy`; :func:`domstats` for queries.
+``jobctl demo`` runs migrations with domstats in a tight loop
+(:mod:`jobctl.qemu._demo`); ``examples/migrate_with_domstats.py`` is the
+same, written out.
+"""
+
+from jobctl.qemu._backup import BackupResult, BackupTarget, backup, qcow2_target
+from jobctl.qemu._domstats import BlockStats, DomainStats, domstats
+from jobctl.qemu._errors import (
+    BackupError,
+    FlowError,
+    MachineError,
+    MachineStartError,
+    MigrationError,
+    NotRunningError,
+    RestoreError,
+    SaveError,
+)
+from jobctl.qemu._lifecycle import destroy, start
+from jobctl.qemu._machine import DiskImage, Host, Machine, MachineSpec
+from jobctl.qemu._migration import MigrationOptions, MigrationResult, migrate
+from jobctl.qemu._monitor_check import MonitorChecker
+from jobctl.qemu._progress import MigrationProgress
+from jobctl.qemu._qemu_host import QemuHost, open_qemu_host
+from jobctl.qemu._restore import RestoreResult, restore
+from jobctl.qemu._save import SaveResult, save
+from jobctl.qemu._sim_host import FaultPolicy, SimulatedQemuHost, open_simulated_host
+from jobctl.qemu._vm import VM
+
+__all__ = [
+    "VM",
+    "BackupError",
+    "BackupResult",
+    "BackupTarget",
+    "BlockStats",
+    "DiskImage",
+    "DomainStats",
+    "FaultPolicy",
+    "FlowError",
+    "Host",
+    "Machine",
+    "MachineError",
+    "MachineSpec",
+    "MachineStartError",
+    "MigrationError",
+    "MigrationOptions",
+    "MigrationProgress",
+    "MigrationResult",
+    "MonitorChecker",
+    "NotRunningError",
+    "QemuHost",
+    "RestoreError",
+    "RestoreResult",
+    "SaveError",
+    "SaveResult",
+    "SimulatedQemuHost",
+    "backup",
+    "destroy",
+    "domstats",
+    "migrate",
+    "open_qemu_host",
+    "open_simulated_host",
+    "qcow2_target",
+    "restore",
+    "save",
+    "start",
+]

@@ -1,0 +1,395 @@
+"""Live migration as two async jobs: MIGRATION_OUT on the source, MIGRATION_IN
+on the destination, with libvirt's phases.
+
+==============  ======  ==========================================================
+phase           side    what happens
+==============  ======  ==========================================================
+``begin``       source  check the VM runs; MIGRATION events on; bandwidth, downtime
+``prepare``     dest.   start a paused QEMU waiting for the migration
+                        (``migrate-incoming``); the source answers queries meanwhile
+``perform``     source  ``migrate``; wait for the end in interruptible sections,
+                        polling ``query-migrate`` for progress; abort runs
+                        ``migrate_cancel``
+``finish``      dest.   wait for the destination's end; ``cont`` if the VM ran
+``confirm``     source  success: detach and stop the source QEMU; failure: cancel
+                        what still runs, stop the destination, resume the source
+==============  ======  ==========================================================
+
+Every failure leaves the VM running on the source when the source can still
+run it: the destination dies or refuses, the migration fails or is
+cancelled, a monitor closes. Cancellation and DESTROY clean up the same way,
+within ``cleanup_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from contextlib import ExitStack
+from typing import Any, Final, final
+
+import anyio
+import attrs
+
+from jobctl._domain import ActiveAsyncJob, MonitorSession
+from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._kinds import AsyncJob, Job
+from jobctl.qemu._errors import FlowError, MigrationError
+from jobctl.qemu._machine import Machine
+from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
+from jobctl.qemu._vm import VM
+from jobctl.qemu._wait import wait_in_sections
+from jobctl.qmp import EventSubscription, QMPEvent
+
+__all__ = ["MigrationOptions", "MigrationResult", "migrate"]
+
+_log: Final = logging.getLogger("jobctl.qemu")
+
+EVENTS_ON: Final[Mapping[str, Any]] = {"capabilities": [{"capability": "events", "state": True}]}
+#: ``max-bandwidth`` for "no limit" (1 TiB/s; QEMU refuses more than SIZE_MAX).
+UNLIMITED_BANDWIDTH: Final = 1 << 40
+#: ``query-migrate`` may say "completed" before QEMU filled in the times.
+_FINAL_QUERIES: Final = 20
+_FINAL_QUERY_PAUSE: Final = 0.01
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, not {value!r}")
+
+
+@final
+@attrs.frozen
+class MigrationOptions:
+    """How to migrate.
+
+    ``bandwidth`` (bytes per second; None: no limit) is QEMU's
+    ``max-bandwidth``, set for every migration, since QEMU keeps it from the
+    last one; ``downtime_limit`` (milliseconds) its ``downtime-limit``, when
+    given.
+    ``poll_interval`` is how often the source leaves its section to read
+    ``query-migrate`` for progress. The destination must finish within
+    ``finish_timeout`` seconds of the source; cleaning up after a failure
+    takes at most ``cleanup_timeout`` seconds per side.
+    """
+
+    bandwidth: int | None = attrs.field(default=None, validator=_positive)
+    downtime_limit: int | None = attrs.field(default=None, validator=_positive)
+    poll_interval: float = attrs.field(default=0.5, validator=_positive)
+    finish_timeout: float = attrs.field(default=30.0, validator=_positive)
+    cleanup_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+
+@final
+@attrs.frozen
+class MigrationResult:
+    """A completed migration: the domains' names and QEMU's final figures."""
+
+    source: str
+    destination: str
+    progress: MigrationProgress
+    #: Seconds from the source's ``begin`` to the end of ``confirm``.
+    duration: float
+
+
+def _terminal(event: QMPEvent) -> str | None:
+    status = event.data.get("status")
+    return status if status in TERMINAL_STATUSES else None
+
+
+def _listening_uri(configured: str, reply: Mapping[str, Any]) -> str:
+    """Where the destination listens: QEMU's chosen port replaces ``:0``."""
+    addresses = reply.get("socket-address")
+    if isinstance(addresses, list) and addresses:
+        address = addresses[0]
+        if isinstance(address, Mapping) and address.get("type") == "inet":
+            host = str(address["host"])
+            if ":" in host:
+                host = f"[{host}]"
+            return f"tcp:{host}:{address['port']}"
+    return configured
+
+
+async def final_progress(ajob: ActiveAsyncJob, status: str) -> MigrationProgress:
+    """QEMU's final figures for a migration that ended with ``status``.
+
+    A ``query-migrate`` that the switchover stalled may answer "completed"
+    before QEMU filled in the times: it is asked again, a few times.
+    """
+    for _ in range(_FINAL_QUERIES):
+        async with ajob.monitor() as mon:
+            progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
+        if progress.status == status and (status != "completed" or progress.total_time):
+            break
+        await anyio.sleep(_FINAL_QUERY_PAUSE)
+    ajob.set_progress(progress.as_dict())
+    return progress
+
+
+async def cancel_migration(mon: MonitorSession) -> None:
+    """The source's abort hook."""
+    await mon.execute("migrate_cancel")
+
+
+async def migrate(
+    source: VM,
+    destination: VM,
+    options: MigrationOptions | None = None,
+    *,
+    owner: str = "migrate",
+) -> MigrationResult:
+    """Live-migrate the VM from ``source`` to ``destination`` (another host's
+    view of the same VM, not running there).
+
+    On success the destination's domain has the running VM and the source's
+    QEMU is stopped. Raises :class:`NotRunningError` if the VM does not run
+    on the source, :class:`MigrationError` if the migration failed, and
+    :class:`jobctl.JobAbortedError` if it was aborted (``Domain.abort`` on
+    the source, during ``perform``) or pre-empted by DESTROY; in each case
+    the VM runs on at the source if it still can. An abort that comes after
+    QEMU completed the migration is too late: the migration succeeds.
+    """
+    if source.domain is destination.domain:
+        raise ValueError(f"cannot migrate {source.name!r} to itself")
+    flow = _Migration(source, destination, options or MigrationOptions(), owner)
+    async with source.domain.async_job(AsyncJob.MIGRATION_OUT, owner=owner) as out:
+        result = await flow.run(out)
+    return result
+
+
+@final
+class _Migration:
+    """The state of one migration, shared by its phases."""
+
+    def __init__(self, source: VM, destination: VM, options: MigrationOptions, owner: str) -> None:
+        self.source = source
+        self.destination = destination
+        self.options = options
+        self.owner = owner
+        #: Whether the VM ran when the migration began (None: not known yet).
+        self.was_running: bool | None = None
+        self.started = 0.0
+
+    def _what(self) -> str:
+        return f"migration of {self.source.name!r} to {self.destination.name!r}"
+
+    async def run(self, out: ActiveAsyncJob) -> MigrationResult:
+        self.started = anyio.current_time()
+        machine = self.source.running_machine()
+        if self.destination.machine is not None and not self.destination.machine.stopped:
+            raise FlowError(f"{self._what()}: the VM already runs on the destination")
+        try:
+            await self._begin(out)
+            async with self.destination.domain.async_job(
+                AsyncJob.MIGRATION_IN, owner=self.owner
+            ) as inn:
+                progress = await self._incoming(out, inn, machine)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._recover(out, machine, exc)
+            raise
+        await out.set_phase("confirm")
+        self.source.detach()
+        # Queries that come meanwhile find the VM gone from here at once.
+        async with out.interruptible():
+            await machine.stop()
+        return MigrationResult(
+            self.source.name,
+            self.destination.name,
+            progress,
+            anyio.current_time() - self.started,
+        )
+
+    # -- source: begin -----------------------------------------------------------
+
+    async def _begin(self, out: ActiveAsyncJob) -> None:
+        out.private["destination"] = self.destination.name
+        await out.set_phase("begin")
+        bandwidth = self.options.bandwidth
+        parameters: dict[str, Any] = {
+            "max-bandwidth": UNLIMITED_BANDWIDTH if bandwidth is None else bandwidth
+        }
+        if self.options.downtime_limit is not None:
+            parameters["downtime-limit"] = self.options.downtime_limit
+        try:
+            async with out.monitor() as mon:
+                status = await mon.execute("query-status")
+                await mon.execute("migrate-set-capabilities", EVENTS_ON)
+                await mon.execute("migrate-set-parameters", parameters)
+        except MonitorError as exc:
+            raise MigrationError(
+                f"{self._what()}: the source refused: {exc}", side="source"
+            ) from exc
+        self.was_running = bool(status.get("running"))
+        out.private["was_running"] = self.was_running
+
+    # -- destination: prepare, then source: perform, then destination: finish ------
+
+    async def _incoming(
+        self, out: ActiveAsyncJob, inn: ActiveAsyncJob, machine: Machine
+    ) -> MigrationProgress:
+        with ExitStack() as stack:
+            try:
+                inn.private["source"] = self.source.name
+                await inn.set_phase("prepare")
+                # The source answers queries while the destination starts.
+                async with out.interruptible():
+                    uri, events = await self._prepare(inn, machine, stack)
+                progress = await self._perform(out, machine, uri)
+                await self._finish(out, inn, events)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._discard_destination()
+                raise
+        return progress
+
+    async def _prepare(
+        self, inn: ActiveAsyncJob, source: Machine, stack: ExitStack
+    ) -> tuple[str, EventSubscription]:
+        host = self.destination.host
+        try:
+            machine = await host.start_machine(self.destination.name, source.spec, incoming=True)
+        except FlowError as exc:
+            raise MigrationError(
+                f"{self._what()}: the destination QEMU did not start: {exc}", side="destination"
+            ) from exc
+        self.destination.attach(machine)
+        listen = host.incoming_uri(machine.name)
+        events = stack.enter_context(machine.qmp.subscribe("MIGRATION"))
+        try:
+            async with inn.monitor() as mon:
+                await mon.execute("migrate-set-capabilities", EVENTS_ON)
+                await mon.execute("migrate-incoming", {"uri": listen})
+                reply = await mon.execute("query-migrate")
+        except MonitorError as exc:
+            raise MigrationError(
+                f"{self._what()}: the destination refused: {exc}", side="destination"
+            ) from exc
+        uri = _listening_uri(listen, reply)
+        inn.private["uri"] = uri
+        return uri, events
+
+    async def _perform(self, out: ActiveAsyncJob, machine: Machine, uri: str) -> MigrationProgress:
+        out.private["uri"] = uri
+        await out.set_phase("perform")
+
+        async def poll(mon: MonitorSession) -> str | None:
+            progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
+            out.set_progress(progress.as_dict())
+            return progress.status if progress.status in TERMINAL_STATUSES else None
+
+        # The guest stops (STOP) when the switchover begins; every command
+        # stalls until it ends, so the flow stops polling: leaving the section
+        # to poll would keep queries out for the stall and its own command.
+        switching = False
+
+        def ended(event: QMPEvent) -> str | None:
+            nonlocal switching
+            if event.name == "STOP":
+                switching = True
+                return None
+            return _terminal(event)
+
+        def interval() -> float:
+            return math.inf if switching else self.options.poll_interval
+
+        try:
+            with machine.qmp.subscribe({"MIGRATION", "STOP"}) as events:
+                async with out.monitor() as mon:
+                    await mon.execute("migrate", {"uri": uri})
+                out.set_abort_hook(cancel_migration)
+                try:
+                    status, aborted = await wait_in_sections(
+                        out, events, ended, poll=poll, interval=interval
+                    )
+                finally:
+                    out.set_abort_hook(None)
+            progress = await final_progress(out, status)
+        except MonitorClosedError as exc:
+            raise MigrationError(
+                f"{self._what()}: the source's monitor closed: {exc}", side="source"
+            ) from exc
+        except MonitorError as exc:
+            raise MigrationError(f"{self._what()}: {exc}", side="source") from exc
+        if status == "completed":
+            if aborted is not None:
+                _log.info("%s: completed before the abort could stop it", self._what())
+            return progress
+        if aborted is not None:
+            raise aborted
+        why = progress.error or "QEMU gave no reason"
+        raise MigrationError(f"{self._what()} {status}: {why}", side="source", status=status)
+
+    async def _finish(
+        self, out: ActiveAsyncJob, inn: ActiveAsyncJob, events: EventSubscription
+    ) -> None:
+        # The source's QEMU has completed: an abort can no longer stop it.
+        out.set_allowed({Job.QUERY})
+        await inn.set_phase("finish")
+        try:
+            # The source answers queries until the destination runs the VM.
+            async with out.interruptible():
+                status, _ = await wait_in_sections(
+                    inn, events, _terminal, timeout=self.options.finish_timeout
+                )
+                if status != "completed":
+                    raise MigrationError(
+                        f"{self._what()}: the destination's migration {status}",
+                        side="destination",
+                        status=status,
+                    )
+                if self.was_running:
+                    async with inn.monitor() as mon:
+                        await mon.execute("cont")
+        except TimeoutError:
+            raise MigrationError(
+                f"{self._what()}: the destination did not finish within "
+                f"{self.options.finish_timeout:g} s of the source",
+                side="destination",
+            ) from None
+        except MonitorError as exc:
+            raise MigrationError(
+                f"{self._what()}: the destination failed: {exc}", side="destination"
+            ) from exc
+
+    # -- cleaning up ---------------------------------------------------------------
+
+    async def _discard_destination(self) -> None:
+        machine = self.destination.detach()
+        if machine is not None:
+            with anyio.move_on_after(self.options.cleanup_timeout):
+                await machine.stop()
+
+    async def _recover(self, out: ActiveAsyncJob, machine: Machine, error: BaseException) -> None:
+        """After a failure: make sure no migration runs, and that the source
+        runs if it ran before. A source whose monitor is gone is stopped."""
+        _log.info("%s failed (%r); recovering the source", self._what(), error)
+        with anyio.move_on_after(self.options.cleanup_timeout):
+            try:
+                await out.set_phase("confirm")
+                async with out.monitor() as mon:
+                    await self._settle(mon)
+                    if self.was_running:
+                        status = await mon.execute("query-status")
+                        if not status.get("running"):
+                            await mon.execute("cont")
+                return
+            except MonitorClosedError:
+                pass
+            except MonitorError as exc:
+                _log.warning("%s: could not resume the source: %s", self._what(), exc)
+                return
+        if machine.qmp.closed or machine.stopped:
+            self.source.detach()
+            with anyio.move_on_after(self.options.cleanup_timeout):
+                await machine.stop()
+
+    async def _settle(self, mon: MonitorSession) -> None:
+        """Cancel a migration still under way and wait until it ended."""
+        progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
+        if progress.active and progress.status != "cancelling":
+            await mon.execute("migrate_cancel")
+        while progress.active:
+            await anyio.sleep(_FINAL_QUERY_PAUSE)
+            progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))

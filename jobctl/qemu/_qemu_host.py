@@ -1,0 +1,361 @@
+"""Real QEMU: ``qemu-system-x86_64`` processes (TCG, no display, QMP on a unix socket).
+
+Each machine runs in a task of its host's task group. The host binds the
+QMP socket itself and hands QEMU the listening descriptor, so connecting
+never races QEMU's start-up. Stopping asks QEMU to ``quit``, then sends
+SIGTERM, then SIGKILL, each after a bounded wait; the socket and RAM files
+are removed whatever happened. Leaving :func:`open_qemu_host` stops every
+machine still running and removes the host's working directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import BinaryIO, Final, final
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl.qemu._errors import MachineError, MachineStartError
+from jobctl.qemu._groups import unwrap_single
+from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
+from jobctl.qmp import open_qmp_unix
+
+__all__ = ["QemuHost", "open_qemu_host"]
+
+#: How much of a QEMU's standard error is kept for error messages.
+_STDERR_TAIL: Final = 4096
+_CHUNK: Final = 4 << 20
+#: What a machine's name may bring into its file names.
+_SAFE: Final = re.compile(r"[^A-Za-z0-9@._-]")
+#: Free space a RAM file must leave on its file system.
+_SPACE_MARGIN: Final = 256 << 20
+
+
+def _write_random(file: BinaryIO, count: int) -> None:
+    file.write(os.urandom(count))
+
+
+async def _fill_random(path: Path, size: int) -> None:
+    """Write ``size`` random bytes to the new file ``path``, a chunk at a
+    time (cancellable between chunks)."""
+    with path.open("xb") as file:
+        remaining = size
+        while remaining:
+            count = min(_CHUNK, remaining)
+            await anyio.to_thread.run_sync(_write_random, file, count)
+            remaining -= count
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    """Refuse a RAM file that would not fit (with a margin) on its file system."""
+    free = shutil.disk_usage(directory).free
+    if needed + _SPACE_MARGIN > free:
+        raise MachineStartError(
+            f"a RAM file of {needed >> 20} MiB does not fit in {directory} ({free >> 20} MiB free)"
+        )
+
+
+@final
+class _Tail:
+    """The last bytes of a stream."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def drain(self, stream: anyio.abc.ByteReceiveStream | None) -> None:
+        if stream is None:
+            return
+        try:
+            async for chunk in stream:
+                self.data += chunk
+                del self.data[:-_STDERR_TAIL]
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace").strip()
+
+
+@final
+class QemuHost:
+    """A host that runs real QEMU machines; get one from :func:`open_qemu_host`."""
+
+    def __init__(
+        self,
+        name: str,
+        binary: str,
+        storage: Path,
+        workdir: Path,
+        task_group: anyio.abc.TaskGroup,
+        start_timeout: float,
+        stop_timeout: float,
+    ) -> None:
+        self._name = name
+        self.binary = binary
+        self.storage = storage
+        self.workdir = workdir
+        self._task_group = task_group
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._ids = itertools.count(1)
+        self._machines: set[Machine] = set()
+        self._closing = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def incoming_uri(self, name: str) -> str:
+        # QEMU picks a free port; query-migrate's "socket-address" tells which.
+        return "tcp:127.0.0.1:0"
+
+    @property
+    def machines(self) -> tuple[Machine, ...]:
+        """The machines running now."""
+        return tuple(self._machines)
+
+    async def create_disk(self, name: str, size_mib: int) -> DiskImage:
+        if size_mib < 1:
+            raise ValueError(f"a disk needs at least 1 MiB, not {size_mib!r}")
+        path = self.storage / f"{name}.qcow2"
+        qemu_img = shutil.which("qemu-img")
+        if qemu_img is None:
+            raise MachineError("qemu-img is not installed (apt-get install qemu-utils)")
+        try:
+            await anyio.run_process(
+                [qemu_img, "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"],
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.CalledProcessError as exc:
+            why = exc.stderr.decode(errors="replace").strip()
+            raise MachineError(f"qemu-img could not create {path}: {why}") from None
+        return DiskImage(str(path), size_mib)
+
+    async def start_machine(
+        self, name: str, spec: MachineSpec, *, incoming: bool = False
+    ) -> Machine:
+        if self._closing:
+            raise MachineError(f"host {self._name!r} is shutting down")
+        machine: Machine = await self._task_group.start(self._serve, name, spec, incoming)
+        return machine
+
+    # -- one machine's life ------------------------------------------------------
+
+    def _argv(
+        self, spec: MachineSpec, qmp_fd: int, ram: Path, incoming: bool, extra: list[int]
+    ) -> list[str]:
+        machine = "q35,accel=tcg"
+        argv = [self.binary, "-nodefaults", "-no-user-config", "-display", "none"]
+        argv += ["-m", f"{spec.ram_mib}M"]
+        if spec.random_ram:
+            backend = {
+                "qom-type": "memory-backend-file",
+                "id": "ram",
+                "size": spec.ram_mib << 20,
+                "mem-path": str(ram),
+                "share": True,
+            }
+            argv += ["-object", json.dumps(backend)]
+            machine += ",memory-backend=ram"
+        argv += ["-machine", machine]
+        if spec.disk is not None:
+            argv += _blockdev(spec.disk, spec.disk_node)
+            argv += ["-device", f"virtio-blk-pci,drive={spec.disk_node},id={spec.disk_node}-dev"]
+        if spec.backup_disk is not None:
+            argv += _blockdev(spec.backup_disk, spec.backup_node)
+        for index, fd in enumerate([qmp_fd, *extra]):
+            argv += ["-chardev", f"socket,id=qmp{index},fd={fd},server=on,wait=off"]
+            argv += ["-mon", f"chardev=qmp{index},mode=control"]
+        if incoming:
+            argv += ["-S", "-incoming", "defer"]
+        return argv
+
+    async def _serve(
+        self,
+        name: str,
+        spec: MachineSpec,
+        incoming: bool,
+        *,
+        task_status: anyio.abc.TaskStatus[Machine],
+    ) -> None:
+        stem = f"{_SAFE.sub('_', name)}.{next(self._ids)}"
+        ram = self.workdir / f"{stem}.ram"
+        sockets = [self.workdir / f"{stem}.qmp{n}" for n in range(spec.extra_monitors + 1)]
+        process: anyio.abc.Process | None = None
+        machine: Machine | None = None
+        try:
+            if spec.random_ram:
+                _check_space(self.workdir, spec.ram_mib << 20)
+                if not incoming:
+                    await _fill_random(ram, spec.ram_mib << 20)
+            try:
+                process = await self._spawn(spec, incoming, ram, sockets)
+            except OSError as exc:
+                raise MachineStartError(
+                    f"cannot start {self.binary} for machine {name!r} on host {self._name!r}: {exc}"
+                ) from exc
+            machine = await self._supervise(process, name, spec, incoming, sockets, task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process is not None:
+                    await self._reap(process)
+                for path in (ram, *sockets):
+                    path.unlink(missing_ok=True)
+                if machine is not None:
+                    machine.exit_status = None if process is None else process.returncode
+                    self._machines.discard(machine)
+                    machine._gone.set()
+
+    async def _spawn(
+        self, spec: MachineSpec, incoming: bool, ram: Path, sockets: list[Path]
+    ) -> anyio.abc.Process:
+        listeners: list[socket.socket] = []
+        try:
+            for path in sockets:
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listeners.append(listener)
+                listener.bind(str(path))
+                listener.listen(1)
+            fds = [listener.fileno() for listener in listeners]
+            argv = self._argv(spec, fds[0], ram, incoming, fds[1:])
+            return await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=fds,
+            )
+        finally:
+            # QEMU holds its own copies; ours must not keep the sockets alive.
+            for listener in listeners:
+                listener.close()
+
+    async def _supervise(
+        self,
+        process: anyio.abc.Process,
+        name: str,
+        spec: MachineSpec,
+        incoming: bool,
+        sockets: list[Path],
+        task_status: anyio.abc.TaskStatus[Machine],
+    ) -> Machine | None:
+        tail = _Tail()
+        machine: Machine | None = None
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tail.drain, process.stderr)
+            try:
+                async with open_qmp_unix(sockets[0], timeout=self._start_timeout) as qmp:
+                    machine = Machine(
+                        name,
+                        self._name,
+                        spec,
+                        qmp,
+                        incoming=incoming,
+                        pid=process.pid,
+                        extra_monitors=tuple(str(path) for path in sockets[1:]),
+                    )
+                    tg.start_soon(_watch_exit, process, machine)
+                    self._machines.add(machine)
+                    task_status.started(machine)
+                    await machine._stop.wait()
+                    if process.returncode is None and not qmp.closed:
+                        with anyio.move_on_after(self._stop_timeout):
+                            with suppress(MonitorError):
+                                await qmp.execute("quit")
+                            await process.wait()
+            except (OSError, MonitorClosedError, TimeoutError) as exc:
+                if machine is None:
+                    failure = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._end(process)
+        if failure is not None:
+            status = process.returncode
+            why = tail.text() or f"{type(failure).__name__}: {failure}"
+            raise MachineStartError(
+                f"{self.binary} for machine {name!r} on host {self._name!r} did not start "
+                f"(exit status {status}): {why}"
+            )
+        return machine
+
+    async def _end(self, process: anyio.abc.Process) -> None:
+        """Make sure the process is gone: SIGTERM, then SIGKILL."""
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(self._stop_timeout):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    async def _reap(self, process: anyio.abc.Process) -> None:
+        """End the process and close its pipes."""
+        await self._end(process)
+        await process.aclose()
+
+
+def _blockdev(disk: DiskImage, node: str) -> list[str]:
+    """A qcow2 node ``node`` over a file node, in ``-blockdev``'s JSON syntax."""
+    protocol = {"driver": "file", "filename": disk.path, "node-name": f"{node}-file"}
+    image = {"driver": "qcow2", "file": f"{node}-file", "node-name": node}
+    return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(image)]
+
+
+async def _watch_exit(process: anyio.abc.Process, machine: Machine) -> None:
+    await process.wait()
+    machine.exit_status = process.returncode
+    machine._stop.set()
+
+
+@asynccontextmanager
+async def open_qemu_host(
+    name: str = "host",
+    *,
+    storage: str | os.PathLike[str] | None = None,
+    binary: str = "qemu-system-x86_64",
+    start_timeout: float = 10.0,
+    stop_timeout: float = 5.0,
+) -> AsyncIterator[QemuHost]:
+    """A host that runs real QEMU machines.
+
+    ``storage`` is where disk images go (share it between two hosts to
+    migrate between them); by default a temporary directory of this host.
+    Machine sockets and RAM files live in a temporary working directory.
+    ``start_timeout`` bounds a machine's start-up (its QMP greeting),
+    ``stop_timeout`` each step of stopping it. Leaving the block stops every
+    machine and removes the temporary directories.
+
+    Raises :class:`MachineError` at once if ``binary`` is not installed.
+    """
+    path = shutil.which(binary)
+    if path is None:
+        raise MachineError(f"{binary} is not installed (apt-get install qemu-system-x86)")
+    workdir = Path(tempfile.mkdtemp(prefix=f"jobctl-{name}-"))
+    try:
+        shared = workdir if storage is None else Path(storage)
+        async with unwrap_single(), anyio.create_task_group() as tg:
+            host = QemuHost(name, path, shared, workdir, tg, start_timeout, stop_timeout)
+            try:
+                yield host
+            finally:
+                host._closing = True
+                for machine in host.machines:
+                    machine._stop.set()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""Restore as a RESTORE async job: a saved state migrated back into a new QEMU.
+
+==============  ===============================================================
+phase           what happens
+==============  ===============================================================
+``prepare``     start a paused QEMU waiting for a migration on a private unix
+                socket (``migrate-incoming``)
+``perform``     stream the file into that socket; wait for QEMU's end of the
+                migration in interruptible sections
+``finish``      ``cont`` (unless ``paused``)
+==============  ===============================================================
+
+On failure, cancellation or DESTROY the new QEMU is stopped and the VM stays
+off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Final, final
+
+import anyio
+import attrs
+
+from jobctl._domain import ActiveAsyncJob
+from jobctl._errors import MonitorError
+from jobctl._kinds import AsyncJob
+from jobctl.qemu._errors import FlowError, RestoreError
+from jobctl.qemu._groups import unwrap_single
+from jobctl.qemu._machine import Machine, MachineSpec
+from jobctl.qemu._migration import EVENTS_ON
+from jobctl.qemu._progress import TERMINAL_STATUSES
+from jobctl.qemu._vm import VM
+from jobctl.qemu._wait import wait_in_sections
+from jobctl.qmp import QMPEvent
+
+__all__ = ["RestoreResult", "restore"]
+
+_CHUNK: Final = 1 << 20
+
+
+@final
+@attrs.frozen
+class RestoreResult:
+    """A completed restore."""
+
+    domain: str
+    path: str
+    #: Bytes streamed from the file.
+    size: int
+    running: bool
+    duration: float
+
+
+def _terminal(event: QMPEvent) -> str | None:
+    status = event.data.get("status")
+    return status if status in TERMINAL_STATUSES else None
+
+
+@final
+class _Feeder:
+    """Streams a file into QEMU's incoming socket."""
+
+    def __init__(self, path: str, socket_path: str) -> None:
+        self.path = path
+        self.socket_path = socket_path
+        self.sent = 0
+        #: Why streaming stopped early, if it did (QEMU closed the socket...).
+        self.error: Exception | None = None
+
+    async def run(self) -> None:
+        try:
+            async with (
+                await anyio.open_file(self.path, "rb") as file,
+                await anyio.connect_unix(self.socket_path) as stream,
+            ):
+                while chunk := await file.read(_CHUNK):
+                    await stream.send(chunk)
+                    self.sent += len(chunk)
+        except (OSError, anyio.BrokenResourceError) as exc:
+            self.error = exc
+
+
+async def restore(
+    vm: VM,
+    spec: MachineSpec,
+    path: str,
+    *,
+    paused: bool = False,
+    owner: str = "restore",
+    timeout: float = 60.0,
+) -> RestoreResult:
+    """Start the VM on its host from the state :func:`save` wrote to ``path``.
+
+    It runs afterwards unless ``paused``. Raises :class:`FlowError` if the
+    VM already runs there, :class:`RestoreError` if the restore failed (the
+    new QEMU is stopped then), and :class:`jobctl.JobAbortedError` when
+    pre-empted by DESTROY. ``timeout`` bounds loading the state.
+    """
+    if not await anyio.Path(path).is_file():
+        raise RestoreError(f"cannot restore {vm.name!r}: no saved state at {path!r}")
+    async with vm.domain.async_job(AsyncJob.RESTORE, owner=owner) as ajob:
+        started = anyio.current_time()
+        if vm.machine is not None and not vm.machine.stopped:
+            raise FlowError(f"cannot restore {vm.name!r}: it already runs on {vm.host.name!r}")
+        ajob.private["path"] = path
+        await ajob.set_phase("prepare")
+        try:
+            machine = await vm.host.start_machine(vm.name, spec, incoming=True)
+        except FlowError as exc:
+            raise RestoreError(f"cannot restore {vm.name!r}: {exc}") from exc
+        vm.attach(machine)
+        directory = tempfile.mkdtemp(prefix="jobctl-restore-")
+        try:
+            feeder = _Feeder(path, os.path.join(directory, "restore.sock"))
+            try:
+                await _load(ajob, machine, feeder, timeout)
+            except TimeoutError:
+                raise RestoreError(
+                    f"cannot restore {vm.name!r}: QEMU did not load {path!r} within {timeout:g} s"
+                ) from None
+            await ajob.set_phase("finish")
+            if not paused:
+                async with ajob.monitor() as mon:
+                    await mon.execute("cont")
+        except MonitorError as exc:
+            with anyio.CancelScope(shield=True):
+                vm.detach()
+                await machine.stop()
+            raise RestoreError(f"cannot restore {vm.name!r} from {path!r}: {exc}") from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                vm.detach()
+                await machine.stop()
+            raise
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return RestoreResult(vm.name, path, feeder.sent, not paused, anyio.current_time() - started)
+
+
+async def _load(ajob: ActiveAsyncJob, machine: Machine, feeder: _Feeder, timeout: float) -> None:
+    with machine.qmp.subscribe("MIGRATION") as events:
+        async with ajob.monitor() as mon:
+            await mon.execute("migrate-set-capabilities", EVENTS_ON)
+            await mon.execute("migrate-incoming", {"uri": f"unix:{feeder.socket_path}"})
+        await ajob.set_phase("perform")
+        async with unwrap_single(), anyio.create_task_group() as tg:
+            tg.start_soon(feeder.run)
+            try:
+                status, _ = await wait_in_sections(ajob, events, _terminal, timeout=timeout)
+            finally:
+                tg.cancel_scope.cancel()
+    if status != "completed":
+        why = f": {feeder.error}" if feeder.error is not None else ""
+        raise RestoreError(f"restoring from {feeder.path!r}: the migration {status}{why}")
