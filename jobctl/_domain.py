@@ -130,15 +130,16 @@ class _JobBase:
     def _kind_name(self) -> str:
         raise NotImplementedError
 
-    def monitor(self) -> MonitorSession:
+    def monitor(self, *, nowait: bool = False) -> MonitorSession:
         """Enter the domain's monitor: ``async with job.monitor() as mon:``.
 
-        One holder at a time, first come first served. Raises
+        One holder at a time, first come first served; ``nowait=True`` raises
+        :class:`JobBusyError` at once instead of queueing. Raises
         :class:`JobStateError` instead of deadlocking when the job is not
         active, already holds the monitor, or when this task holds it
         through another job.
         """
-        return MonitorSession(self)
+        return MonitorSession(self, nowait)
 
 
 @final
@@ -459,10 +460,11 @@ class MonitorSession:
     ended raises :class:`JobStateError`.
     """
 
-    __slots__ = ("_busy", "_job", "_monitor", "_state", "_task")
+    __slots__ = ("_busy", "_job", "_monitor", "_nowait", "_state", "_task")
 
-    def __init__(self, job: _JobBase) -> None:
+    def __init__(self, job: _JobBase, nowait: bool = False) -> None:
         self._job = job
+        self._nowait = nowait
         # "new" -> "waiting" -> "held" -> "closed"
         self._state = "new"
         self._busy = False
@@ -727,12 +729,15 @@ class Domain:
             if section is not None and section._scope is not None:
                 section._scope.cancel()
 
-    def info(self) -> DomainInfo:
+    def info(self, *, keep_completed: bool = False) -> DomainInfo:
         """A frozen snapshot of the domain's job state.
 
-        The last completed async job is included once, then forgotten.
+        The last completed async job is included until one call without
+        ``keep_completed`` has returned it.
         """
-        completed, self._completed = self._completed, None
+        completed = self._completed
+        if not keep_completed:
+            self._completed = None
         barrier = self._barrier
         holder = self._monitor_session
         return DomainInfo(
@@ -1074,6 +1079,12 @@ class Domain:
             self._monitor_session = session
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
+        if session._nowait:
+            session._state = "closed"
+            holder = self._monitor_session
+            who = "earlier waiters" if holder is None else repr(holder._job)
+            await anyio.lowlevel.checkpoint()
+            raise JobBusyError(f"the monitor of domain {self.name!r} is held by {who} (nowait)")
         event = anyio.Event()
         entry = (session, event)
         self._monitor_queue.append(entry)

@@ -32,8 +32,8 @@ class JobTimeoutError(JobError):
 
 
 class JobBusyError(JobTimeoutError):
-    """A ``nowait`` job could not begin at once (a :class:`JobTimeoutError`
-    with a zero timeout)."""
+    """A ``nowait`` request (a job's begin, or a monitor entry) could not go
+    on at once: a :class:`JobTimeoutError` with a zero timeout."""
 
 
 class JobQueueFullError(JobError):

@@ -506,6 +506,7 @@ async def test_abort_calls_hook_and_async_job_fails_with_aborted() -> None:
     assert hooked == ["ABORT"]
     assert mon.commands == ["migrate_cancel"]
     assert len(outcome) == 1 and "operator" in str(outcome[0])
+    assert dom.info(keep_completed=True).completed_async_job is not None
     info = dom.info()
     assert info.completed_async_job is not None
     assert info.completed_async_job.outcome == "aborted"
@@ -703,3 +704,27 @@ def test_error_hierarchy() -> None:
     ):
         assert issubclass(getattr(jobctl, name), jobctl.JobError)
     assert issubclass(jobctl.JobBusyError, jobctl.JobTimeoutError)
+
+
+async def test_monitor_nowait() -> None:
+    mon = MemoryMonitor()
+    mon.gate = anyio.Event()
+    dom = jobctl.Domain("vm", monitor=mon)
+    errors: list[BaseException] = []
+
+    async def query(nowait: bool) -> None:
+        async with dom.job(Job.QUERY) as job:
+            try:
+                async with job.monitor(nowait=nowait) as m:
+                    await m.execute("query-status")
+            except jobctl.JobBusyError as exc:
+                errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(query, False)
+        await settle()
+        tg.start_soon(query, True)
+        await settle()
+        assert len(errors) == 1 and "is held by" in str(errors[0])
+        mon.gate.set()
+    assert dom.info().idle
