@@ -27,7 +27,6 @@ from jobctl.qemu import (
     Host,
     MachineSpec,
     MigrationOptions,
-    MonitorChecker,
     destroy,
     domstats,
     migrate,
@@ -35,6 +34,7 @@ from jobctl.qemu import (
     open_simulated_host,
     start,
 )
+from jobctl.testing import InvariantChecker
 from simulators.qemu import ConcurrencyDetector, SimulatedHost
 
 
@@ -59,9 +59,9 @@ async def two_hosts(qemu: bool) -> AsyncIterator[tuple[Host, Host, ConcurrencyDe
 
 async def main(migrations: int, qemu: bool) -> int:
     trace = TraceHub()
-    checker = MonitorChecker()  # counts monitor violations in the trace
+    checker = InvariantChecker()  # checks the seven isolation invariants on the trace
     latencies: list[float] = []
-    with trace.subscribe(checker):
+    with trace.subscribe(checker.feed):
         async with two_hosts(qemu) as (a, b, detector):
             # The same VM as each host sees it; it starts on host a.
             here = VM(Domain("vm1@a", trace=trace), a)
@@ -91,10 +91,14 @@ async def main(migrations: int, qemu: bool) -> int:
                 done.set()
             await destroy(here)
             simulated = None if detector is None else detector.violation_count
+    checker.finish()
     latencies.sort()
     p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
     print(f"domstats: {len(latencies)} calls, p99 {p99 * 1000:.2f} ms")
-    print(f"monitor violations: simulator {simulated}, trace {checker.violations}")
+    print(f"monitor violations (simulator's detector): {simulated}")
+    print(f"invariant violations (trace): {len(checker.violations)}")
+    for violation in checker.violations[:5]:
+        print(violation.describe())
     return 1 if checker.violations or simulated else 0
 
 

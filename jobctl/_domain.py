@@ -914,13 +914,14 @@ class Domain:
                 position = len(self._waiters)
             self._waiters.insert(position, waiter)
         else:
+            position = len(self._waiters)
             self._waiters.append(waiter)
         job._state = "waiting"
         self._waits += 1
         self._emit(
             TraceKind.JOB_WAIT,
             job,
-            {"async": isinstance(job, ActiveAsyncJob), "position": len(self._waiters) - 1},
+            {"async": isinstance(job, ActiveAsyncJob), "position": position},
         )
         self._dispatch()
         if waiter.granted:

@@ -35,10 +35,12 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class TraceKind(enum.StrEnum):
     """What a :class:`TraceEvent` records."""
 
-    #: A job request had to queue (``detail``: ``async``, ``position``).
+    #: A job request had to queue (``detail``: ``async``, ``position`` in the
+    #: queue, 0 first).
     JOB_WAIT = "job.wait"
     #: A queued request stopped waiting without a job (``detail``: ``result`` =
-    #: ``timeout`` | ``cancelled`` | ``queue_full`` | ``busy`` | ``error``).
+    #: ``timeout`` | ``cancelled``). Requests refused at once (``nowait``, a
+    #: full queue) never queued and emit nothing.
     JOB_WAIT_FAILED = "job.wait_failed"
     #: A regular job began (``detail``: ``in_section``, ``waited``).
     JOB_BEGIN = "job.begin"

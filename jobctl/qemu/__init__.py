@@ -20,6 +20,8 @@ through while they run::
 
 The flows: :func:`start`, :func:`migrate`, :func:`backup`, :func:`save`,
 :func:`restore`, :func:`destroy`; :func:`domstats` for queries.
+:class:`QemuRecovery` settles their async jobs after a crash, with
+:func:`jobctl.journal.recover`.
 ``jobctl demo`` runs migrations with domstats in a tight loop
 (:mod:`jobctl.qemu._demo`); ``examples/migrate_with_domstats.py`` is the
 same, written out.
@@ -40,16 +42,30 @@ from jobctl.qemu._errors import (
 from jobctl.qemu._lifecycle import destroy, start
 from jobctl.qemu._machine import DiskImage, Host, Machine, MachineSpec
 from jobctl.qemu._migration import MigrationOptions, MigrationResult, migrate
-from jobctl.qemu._monitor_check import MonitorChecker
 from jobctl.qemu._progress import MigrationProgress
 from jobctl.qemu._qemu_host import QemuHost, open_qemu_host
+from jobctl.qemu._recovery import (
+    DESTINATION_QMP,
+    QMP,
+    SOURCE_QMP,
+    Attach,
+    QemuRecovery,
+    QemuRecoveryError,
+    QemuRecoveryStatistics,
+    QemuRef,
+    attach_unix,
+)
 from jobctl.qemu._restore import RestoreResult, restore
 from jobctl.qemu._save import SaveResult, save
 from jobctl.qemu._sim_host import FaultPolicy, SimulatedQemuHost, open_simulated_host
 from jobctl.qemu._vm import VM
 
 __all__ = [
+    "DESTINATION_QMP",
+    "QMP",
+    "SOURCE_QMP",
     "VM",
+    "Attach",
     "BackupError",
     "BackupResult",
     "BackupTarget",
@@ -67,14 +83,18 @@ __all__ = [
     "MigrationOptions",
     "MigrationProgress",
     "MigrationResult",
-    "MonitorChecker",
     "NotRunningError",
     "QemuHost",
+    "QemuRecovery",
+    "QemuRecoveryError",
+    "QemuRecoveryStatistics",
+    "QemuRef",
     "RestoreError",
     "RestoreResult",
     "SaveError",
     "SaveResult",
     "SimulatedQemuHost",
+    "attach_unix",
     "backup",
     "destroy",
     "domstats",

@@ -1,0 +1,232 @@
+"""jobctl.testing: check that job flows keep jobctl's isolation invariants.
+
+jobctl's promise is isolation: an async job (a migration, a backup) and the
+regular jobs that run beside it never trip over each other on the VM's
+monitor. This package is how jobctl proves it in its own test suite, and how
+a manager built on jobctl checks its own flows. It needs the ``testing``
+extra (``pip install jobctl[testing]``: Hypothesis and pytest).
+
+The invariants
+==============
+
+Checked on the trace (:class:`~jobctl.TraceHub`), every event of every run:
+
+1. The monitor has one holder and never two commands in flight.
+2. While an async job runs outside an interruptible section, no regular job
+   is active; the async job never uses the monitor inside a section.
+3. A regular job that begins while an async job runs begins inside a section
+   and is of an allowed kind.
+4. Leaving a section, the async job does nothing until every regular job
+   that began in it has ended (the barrier); no command of another job lands
+   between two commands of one non-interruptible stretch.
+5. QUERY jobs share with QUERY jobs; every other kind is exclusive.
+6. Every request begins or fails with its typed error within bounded time;
+   nothing deadlocks; waiters are served first come, first served.
+7. Whatever was cancelled, aborted, destroyed or faulted, the domain ends
+   idle and consistent.
+
+The pieces
+==========
+
+* :class:`TraceRecorder` records a hub's events; :func:`check_invariants`
+  (or :class:`InvariantChecker`, online) raises :class:`InvariantViolation`,
+  whose message names the invariant and shows the events involved (seq,
+  time, domain, job) and the domain's events just before.
+* :class:`ScriptedMonitor` is an in-memory monitor with latency, faults
+  (error reply, stall, dropped connection, death) and a detector of
+  overlapping commands. :func:`open_simulated_vm` starts a simulated QEMU
+  (:mod:`simulators.qemu`) with jobctl's QMP client and a domain over it.
+* Plans (:class:`Scenario`, :class:`DomainPlan`, :class:`RegularJobPlan`,
+  :class:`AsyncJobPlan` with steps :class:`Phase`, :class:`Commands`,
+  :class:`Window`, :class:`Allow`, :class:`Fail`, :class:`AbortPlan`) are
+  frozen values that print as Python; :func:`play_plan` plays one on a
+  domain, :func:`run_scenario` plays a whole scenario in virtual time and
+  checks it.
+* Hypothesis strategies: :func:`scenarios`, :func:`domain_plans`,
+  :func:`regular_job_plans`, :func:`async_job_plans`, :func:`abort_plans`,
+  :func:`monitor_faults`, and :func:`schedules`. Under Hypothesis trio's
+  scheduler is seeded the same for every example, so the interleaving is
+  drawn instead: a :class:`Schedule` says how often each actor yields at
+  each decision point.
+* :func:`run_virtual` runs one trio run on virtual time with a seeded
+  scheduler: one run per Hypothesis example, reproducible.
+  :class:`SteppedRun` keeps one run alive across the rules of a Hypothesis
+  ``RuleBasedStateMachine`` (trio's guest mode).
+* :mod:`jobctl.testing.pytest_plugin`: fixtures ``jobctl_trace``,
+  ``simulated_host`` and ``simulated_vm``.
+
+Testing your own flow
+=====================
+
+A property that runs your migration under any background load and schedule
+(the complete, runnable example is ``tests/properties/test_user_example.py``
+in jobctl's repository)::
+
+    from hypothesis import given
+    from jobctl.testing import (TraceRecorder, check_invariants, domain_plans,
+                                open_simulated_vm, play_plan, run_virtual, schedules)
+
+    @given(load=domain_plans("src", max_async_jobs=0, faults=False), schedule=schedules())
+    def test_migration_under_any_load(load, schedule):
+        async def main():
+            with TraceRecorder() as recorder:
+                host = SimulatedHost()
+                async with open_simulated_vm("src", host=host, trace=recorder.hub,
+                                             wait_timeout=load.wait_timeout) as src, \\
+                           open_simulated_vm("dst", host=host, incoming=URI):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(play_plan, src.domain, load, schedule.cursor())
+                        try:
+                            await my_migrate(src.domain, URI)       # your flow
+                        except JobAbortedError:
+                            pass                                    # the load aborted it
+                assert host.detector.violation_count == 0
+            check_invariants(recorder.events, max_wait=load.max_wait())
+
+        run_virtual(main)
+
+And an example test with the fixtures (``@pytest.mark.anyio``)::
+
+    async def test_migrate(simulated_vm, simulated_host, jobctl_trace):
+        async with open_simulated_vm("dst", host=simulated_host, incoming=URI):
+            assert await my_migrate(simulated_vm.domain, URI) == "completed"
+        # at teardown: the trace keeps the invariants, QEMU saw one command at a time
+
+Replaying a failure
+===================
+
+A failing example shrinks to a short scenario, printed as Python. Hypothesis
+also prints ``@reproduce_failure("<version>", b"...")``: add it to the test
+to replay exactly that example; or rerun with the printed
+``--hypothesis-seed``. Runs are deterministic (virtual time, seeded
+scheduler), so the printed scenario and schedule replay on their own too:
+``run_scenario(Scenario(...), Schedule(...))``.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from jobctl.testing._format import format_event, format_events
+from jobctl.testing._invariants import (
+    INVARIANTS,
+    DomainModel,
+    InvariantChecker,
+    InvariantViolation,
+    Violation,
+    check_invariants,
+)
+from jobctl.testing._monitor import (
+    FaultKind,
+    MonitorFault,
+    MonitorOverlap,
+    ScriptedMonitor,
+    ScriptedMonitorStatistics,
+    ScriptedReplyError,
+)
+from jobctl.testing._plans import (
+    AbortPlan,
+    Allow,
+    AsyncJobPlan,
+    Commands,
+    DomainPlan,
+    Fail,
+    Phase,
+    RegularJobPlan,
+    Scenario,
+    Step,
+    Window,
+)
+from jobctl.testing._recorder import TraceRecorder
+from jobctl.testing._runner import (
+    ActorOutcome,
+    FlowError,
+    ScenarioResult,
+    play_plan,
+    run_scenario,
+    run_virtual,
+)
+from jobctl.testing._schedule import Schedule, ScheduleCursor
+from jobctl.testing._simulated import SimulatedVM, fault_plan, open_simulated_vm
+from jobctl.testing._stepped import SteppedRun, SteppedRunError
+
+if TYPE_CHECKING:
+    from jobctl.testing._strategies import (
+        abort_plans,
+        async_job_plans,
+        domain_plans,
+        monitor_faults,
+        regular_job_plans,
+        scenarios,
+        schedules,
+    )
+
+# The Hypothesis strategies load on first use, so that the recorder, the
+# checker and the monitors work without Hypothesis installed.
+_STRATEGIES = frozenset(
+    {
+        "abort_plans",
+        "async_job_plans",
+        "domain_plans",
+        "monitor_faults",
+        "regular_job_plans",
+        "scenarios",
+        "schedules",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STRATEGIES:
+        from jobctl.testing import _strategies
+
+        return getattr(_strategies, name)
+    raise AttributeError(f"module 'jobctl.testing' has no attribute {name!r}")
+
+
+__all__ = [
+    "INVARIANTS",
+    "AbortPlan",
+    "ActorOutcome",
+    "Allow",
+    "AsyncJobPlan",
+    "Commands",
+    "DomainModel",
+    "DomainPlan",
+    "Fail",
+    "FaultKind",
+    "FlowError",
+    "InvariantChecker",
+    "InvariantViolation",
+    "MonitorFault",
+    "MonitorOverlap",
+    "Phase",
+    "RegularJobPlan",
+    "Scenario",
+    "ScenarioResult",
+    "Schedule",
+    "ScheduleCursor",
+    "ScriptedMonitor",
+    "ScriptedMonitorStatistics",
+    "ScriptedReplyError",
+    "SimulatedVM",
+    "Step",
+    "SteppedRun",
+    "SteppedRunError",
+    "TraceRecorder",
+    "Violation",
+    "Window",
+    "abort_plans",
+    "async_job_plans",
+    "check_invariants",
+    "domain_plans",
+    "fault_plan",
+    "format_event",
+    "format_events",
+    "monitor_faults",
+    "open_simulated_vm",
+    "play_plan",
+    "regular_job_plans",
+    "run_scenario",
+    "run_virtual",
+    "scenarios",
+    "schedules",
+]

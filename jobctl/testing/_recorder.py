@@ -1,0 +1,95 @@
+"""Recording a domain's trace for later checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import final
+
+from jobctl._trace import TraceEvent, TraceHub, TraceKind, TraceSubscription
+from jobctl.testing._format import format_events
+from jobctl.testing._invariants import InvariantChecker
+
+__all__ = ["TraceRecorder"]
+
+
+@final
+class TraceRecorder:
+    """Keeps every event of a :class:`~jobctl.TraceHub` while subscribed.
+
+    ``TraceRecorder()`` makes its own hub: pass ``recorder.hub`` to the
+    domains under test (``Domain(name, trace=recorder.hub)``). Use it as a
+    context manager, or call :meth:`close` to unsubscribe. ``domains`` keeps
+    only those domains' events (useful on the shared default hub).
+    """
+
+    __slots__ = ("_domains", "_events", "_subscription", "hub")
+
+    def __init__(
+        self, hub: TraceHub | None = None, *, domains: Iterable[str] | None = None
+    ) -> None:
+        self.hub = TraceHub() if hub is None else hub
+        self._domains = None if domains is None else frozenset(domains)
+        self._events: list[TraceEvent] = []
+        self._subscription: TraceSubscription | None = self.hub.subscribe(self._record)
+
+    def _record(self, event: TraceEvent) -> None:
+        if self._domains is None or event.domain in self._domains:
+            self._events.append(event)
+
+    @property
+    def events(self) -> tuple[TraceEvent, ...]:
+        """The events recorded so far, in order."""
+        return tuple(self._events)
+
+    def of(self, *kinds: TraceKind, domain: str | None = None) -> list[TraceEvent]:
+        """The recorded events of these kinds (all kinds if none given),
+        optionally of one domain."""
+        return [
+            e
+            for e in self._events
+            if (not kinds or e.kind in kinds) and (domain is None or e.domain == domain)
+        ]
+
+    def clear(self) -> None:
+        self._events.clear()
+
+    def check(self, *, max_wait: float | None = None, complete: bool = True) -> None:
+        """Check the recorded trace; raises :class:`InvariantViolation`.
+
+        ``complete=False`` skips the end-of-run checks (jobs may still run).
+        """
+        checker = InvariantChecker(max_wait=max_wait)
+        checker.feed_all(self._events)
+        if complete:
+            checker.finish()
+        checker.check()
+
+    def dump(self, domain: str | None = None) -> str:
+        """The recorded events as readable lines."""
+        return format_events(self.of(domain=domain), "")
+
+    @property
+    def closed(self) -> bool:
+        return self._subscription is None
+
+    def close(self) -> None:
+        """Stop recording (the events stay). Idempotent."""
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def __enter__(self) -> TraceRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._subscription is None else "recording"
+        return f"<TraceRecorder {len(self._events)} events ({state})>"
