@@ -310,7 +310,7 @@ class QemuRecovery:
         if mon is None:
             return None
         status = await self._migration_status(mon)
-        if status in ACTIVE_STATUSES and status == "never":
+        if status in ACTIVE_STATUSES and status != "cancelling":
             await mon.execute("migrate_cancel")
             self._counts["migrations_cancelled"] += 1
         while status in ACTIVE_STATUSES:
