@@ -16,40 +16,12 @@ from typing import Any
 
 import trio
 
+from jobctl._argtypes import port, positive_float, positive_int
+
 from ._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
 from ._workload import simulated_workload
 
 __all__ = ["add_arguments", "add_feed_arguments", "announce", "feed_options", "run"]
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 (any free one) to 65535, not {text!r}")
-    return port
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
 
 
 def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +34,10 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
         help="IP address to listen on (default: 127.0.0.1; anything not loopback needs --token)",
     )
     group.add_argument(
-        "--ws-port", type=_port, default=8765, help="websocket feed port (default: 8765; 0: any)"
+        "--ws-port", type=port, default=8765, help="websocket feed port (default: 8765; 0: any)"
     )
     group.add_argument(
-        "--http-port", type=_port, default=8766, help="timeline page port (default: 8766; 0: any)"
+        "--http-port", type=port, default=8766, help="timeline page port (default: 8766; 0: any)"
     )
     group.add_argument(
         "--token",
@@ -74,7 +46,7 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--buffer",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         metavar="EVENTS",
         help="events buffered per client before a slow one loses some (default: 1024)",
@@ -107,12 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_feed_arguments(parser)
     group = parser.add_argument_group("simulated workload")
     group.add_argument(
-        "--domains", type=_positive_int, default=3, help="simulated domains (default: 3)"
+        "--domains", type=positive_int, default=3, help="simulated domains (default: 3)"
     )
     group.add_argument("--seed", type=int, default=None, help="random seed of the workload")
     group.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help="stop after this long (default: run until interrupted)",

@@ -17,6 +17,7 @@ from typing import Any, TextIO, final
 
 import trio
 
+from jobctl._argtypes import port, positive_int
 from jobctl._errors import JobError
 from jobctl._trace import TraceHub
 from jobctl.qemu._demo import (
@@ -39,28 +40,8 @@ _REFRESH = 0.1
 _MAX_RAM = 4096
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 (any free one) to 65535, not {text!r}")
-    return value
-
-
 def _ram(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > _MAX_RAM:
         raise argparse.ArgumentTypeError(f"at most {_MAX_RAM} MiB, not {text!r}")
     return value
@@ -72,14 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--migrations",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="N",
         help="jobs per VM (default: 100)",
     )
     parser.add_argument(
         "--domains",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="VMs at once, each with its own domstats loop (default: 1)",
@@ -104,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--bandwidth",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         metavar="MiB/s",
         help="migration bandwidth limit (default: 1024)",
@@ -119,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serve-port",
         dest="ws_port",
-        type=_port,
+        type=port,
         default=argparse.SUPPRESS,
         metavar="PORT",
         help="the same as --ws-port",
