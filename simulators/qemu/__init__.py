@@ -30,7 +30,8 @@ The pieces::
   seed; ``simulators.qemu.strategies`` has Hypothesis strategies).
 
 Run one from the shell: ``python -m simulators.qemu --qmp unix:PATH``
-(``--help`` for the options).
+(``--help`` for the options), or in a process of your own with
+:func:`main` (``main(["--qmp", "unix:PATH"])`` returns the exit status).
 
 What is faithful to QEMU 7.2 (checked against the real thing by
 ``tests/conformance``): greeting, negotiation, JSON parse errors, command and
@@ -46,6 +47,7 @@ plausible, not measured.
 from __future__ import annotations
 
 from ._block import Disk
+from ._cli import main
 from ._detector import (
     CommandRecord,
     ConcurrencyDetector,
@@ -105,5 +107,6 @@ __all__ = [
     "Stall",
     "Violation",
     "VmStatistics",
+    "main",
     "memory_stream_pair",
 ]

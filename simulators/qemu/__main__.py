@@ -1,5 +1,5 @@
-"""``python -m simulators.qemu --qmp unix:PATH``: see ``_cli``."""
+"""``python -m simulators.qemu --qmp unix:PATH``: see :func:`simulators.qemu.main`."""
 
-from ._cli import main
+from . import main
 
 raise SystemExit(main())

@@ -1,19 +1,34 @@
-"""Block devices: the ``-blockdev`` nodes a simulated VM starts with.
+"""Block devices: the ``-blockdev`` nodes of a simulated VM, and image locks.
 
 Only what ``query-block``, ``query-blockstats`` and the backup jobs need: a
 format node (qcow2 or raw) over an anonymous ``file`` node, optionally
 attached to a guest device (``-device virtio-blk-pci,drive=NODE,id=ID``).
 Replies have the keys and types of QEMU 7.2's; the numbers are plausible,
 not measured.
+
+:class:`ImageLocks` models QEMU's image locking (file-posix's OFD locks) for
+the VMs of one :class:`~simulators.qemu.SimulatedHost`: an *active* node
+holds the "write" lock of its image file, and a second node that wants the
+same file (in any VM of the host, or the same VM) fails with QEMU's
+``Failed to get "write" lock``. Nodes are inactive while an incoming
+migration runs and after an outgoing one completed; ``cont`` activates them
+again. Locks are not seen across processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final, final
 
 import attrs
 
-__all__ = ["Disk"]
+from ._errors import QmpError
+from ._ids import id_wellformed
+
+__all__ = ["BlockNodes", "Disk", "ImageLocks"]
+
+#: QEMU's error when another node holds an image's lock.
+WRITE_LOCK_ERROR: Final = 'Failed to get "write" lock'
 
 MiB: Final = 1 << 20
 
@@ -115,6 +130,196 @@ class Disk:
         if as_backend and self.qdev is not None:
             entry["qdev"] = self.qdev
         return entry
+
+
+@final
+class ImageLocks:
+    """Which node holds the "write" lock of each image file (by path)."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, tuple[object, str]] = {}
+
+    def holder(self, path: str) -> tuple[object, str] | None:
+        """The (owner, node name) holding ``path``'s lock, if any."""
+        return self._holders.get(path)
+
+    def acquire(self, owner: object, disks: Iterable[Disk]) -> None:
+        """Lock every disk's image for ``owner``, all or none; raise
+        :class:`QmpError` (QEMU's text) if another node holds one."""
+        disks = tuple(disks)
+        wanted: dict[str, str] = {}
+        for disk in disks:
+            held = self._holders.get(disk.path)
+            if disk.path in wanted or (held is not None and held != (owner, disk.node_name)):
+                raise QmpError(WRITE_LOCK_ERROR)
+            wanted[disk.path] = disk.node_name
+        for path, node_name in wanted.items():
+            self._holders[path] = (owner, node_name)
+
+    def release(self, owner: object, disks: Iterable[Disk]) -> None:
+        """Unlock the disks' images that ``owner`` holds."""
+        for disk in disks:
+            if self._holders.get(disk.path) == (owner, disk.node_name):
+                del self._holders[disk.path]
+
+    def release_all(self, owner: object) -> None:
+        """Unlock every image ``owner`` holds (its process ended)."""
+        for path, (holder, _) in list(self._holders.items()):
+            if holder is owner:
+                del self._holders[path]
+
+    def __len__(self) -> int:
+        """How many images are locked."""
+        return len(self._holders)
+
+
+_QCOW2_MAGIC: Final = b"QFI\xfb"
+
+
+def _image_size(path: str, driver: str) -> int:
+    """The virtual size of an existing image (qcow2 header or raw file size);
+    64 MiB when the file is absent (no real disk I/O is modelled)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(32)
+            size = file.seek(0, 2)
+    except OSError:
+        return 64 * MiB
+    if driver == "qcow2" and header[:4] == _QCOW2_MAGIC and len(header) == 32:
+        return int.from_bytes(header[24:32], "big") or 64 * MiB
+    return size or 64 * MiB
+
+
+@final
+class BlockNodes:
+    """A VM's block nodes: format nodes (:class:`Disk`) over their ``file``
+    nodes, and whether they are active (hold their images' locks).
+
+    ``blockdev-add`` and ``blockdev-del`` cover what a backup target needs:
+    a ``qcow2`` or ``raw`` node over an inline ``file`` node.
+    """
+
+    def __init__(self, disks: Iterable[Disk], locks: ImageLocks, owner: object) -> None:
+        disks = tuple(disks)
+        names = [disk.node_name for disk in disks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate node names in {names}")
+        self.disks: dict[str, Disk] = {disk.node_name: disk for disk in disks}
+        self._anonymous = 0
+        #: The file node under each format node.
+        self.file_nodes: dict[str, str] = {name: self._anonymous_name() for name in names}
+        self._locks = locks
+        self._owner = owner
+        #: Whether the nodes hold their images' locks (see :class:`ImageLocks`).
+        self.active = False
+
+    def _anonymous_name(self) -> str:
+        name = f"#block{100 + 37 * self._anonymous:03d}"
+        self._anonymous += 1
+        return name
+
+    # -- activation -------------------------------------------------------------
+
+    def activate(self) -> None:
+        """Take every image's lock (QEMU's ``bdrv_activate_all``); raise
+        :class:`QmpError` if another node holds one."""
+        if not self.active:
+            self._locks.acquire(self._owner, self.disks.values())
+            self.active = True
+
+    def activate_at_start(self) -> list[str]:
+        """Take the locks of the images nobody holds; return the node names
+        whose images another node holds. (Real QEMU would refuse to start;
+        the simulator starts, and such a node holds no lock.)"""
+        conflicts = []
+        for disk in self.disks.values():
+            try:
+                self._locks.acquire(self._owner, (disk,))
+            except QmpError:
+                conflicts.append(disk.node_name)
+        self.active = True
+        return conflicts
+
+    def inactivate(self) -> None:
+        """Give the locks up (QEMU's ``bdrv_inactivate_all``)."""
+        if self.active:
+            self._locks.release(self._owner, self.disks.values())
+            self.active = False
+
+    def close(self) -> None:
+        """The process ended: every lock is gone."""
+        self._locks.release_all(self._owner)
+        self.active = False
+
+    # -- blockdev-add / blockdev-del ---------------------------------------------
+
+    def _name_taken(self, name: str) -> bool:
+        return name in self.disks or name in self.file_nodes.values()
+
+    def _check_new_name(self, name: str) -> None:
+        if not id_wellformed(name):
+            raise QmpError("Invalid node-name: '" + name + "'")
+        if self._name_taken(name):
+            raise QmpError(f"Duplicate nodes with node-name='{name}'")
+
+    def add(self, options: dict[str, Any]) -> Disk:
+        """``blockdev-add`` of a qcow2/raw node over an inline file node
+        (``options`` already checked against the schema)."""
+        name = options.get("node-name")
+        if name is None:
+            raise QmpError("'node-name' must be specified for the root node")
+        driver = options["driver"]
+        if driver not in ("qcow2", "raw"):
+            raise QmpError(
+                f"the simulator's blockdev-add models qcow2 and raw nodes, not driver '{driver}'"
+            )
+        for member in ("backing", "data-file"):
+            if options.get(member) is not None:
+                raise QmpError(f"the simulator's blockdev-add does not model '{member}'")
+        file = options["file"]
+        if isinstance(file, str):
+            if not self._name_taken(file):
+                raise QmpError(f"Cannot find device='{file}' nor node-name='{file}'")
+            raise QmpError(
+                "the simulator's blockdev-add models an inline 'file' only, "
+                f"not a reference to '{file}'"
+            )
+        if file["driver"] != "file":
+            raise QmpError(
+                "the simulator's blockdev-add models 'file' children of driver 'file', "
+                f"not '{file['driver']}'"
+            )
+        self._check_new_name(name)
+        file_name = file.get("node-name")
+        if file_name is not None:
+            if file_name == name:
+                raise QmpError(f"Duplicate nodes with node-name='{name}'")
+            self._check_new_name(file_name)
+        path = file["filename"]
+        disk = Disk(name, size=_image_size(path, driver), filename=path, format=driver)
+        if self.active:
+            self._locks.acquire(self._owner, (disk,))
+        self.disks[name] = disk
+        self.file_nodes[name] = file_name if file_name is not None else self._anonymous_name()
+        return disk
+
+    def removable(self, name: str) -> Disk:
+        """The node ``blockdev-del`` would remove; :class:`QmpError` (QEMU's
+        texts) if there is none or it is attached to a guest device."""
+        disk = self.disks.get(name)
+        if disk is None:
+            if name in self.file_nodes.values():
+                raise QmpError(f"Node {name} is not owned by the monitor")
+            raise QmpError(f"Failed to find node with node-name='{name}'")
+        if disk.device is not None:
+            raise QmpError(f"Block device {name} is in use")
+        return disk
+
+    def remove(self, name: str) -> None:
+        """``blockdev-del`` (after :meth:`removable` and the job checks)."""
+        disk = self.disks.pop(name)
+        del self.file_nodes[name]
+        self._locks.release(self._owner, (disk,))
 
 
 def file_node_stats(node_name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -90,6 +91,16 @@ def _disk(text: str) -> Disk:
         raise argparse.ArgumentTypeError(f"disk {text!r}: {exc}") from None
 
 
+def _latency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _fault(text: str) -> FaultRule:
     try:
         return FaultRule.parse(text)
@@ -151,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="COMMAND[#N]=KIND[:ARG], e.g. query-migrate#2=drop, *=latency:0.2",
     )
+    parser.add_argument(
+        "--command-latency",
+        type=_latency,
+        default=0.0,
+        metavar="SECONDS",
+        help="how late every command's reply comes (default 0)",
+    )
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument(
         "--fault-probability", type=float, default=0.0, help="random fault rate per command"
@@ -184,6 +202,7 @@ async def _run(args: argparse.Namespace) -> int:
         incoming=args.incoming,
         start_paused=args.start_paused,
         faults=FaultPlan(args.fault, seed=args.fault_seed, probability=args.fault_probability),
+        command_latency=args.command_latency,
     )
     try:
         async with vm, anyio.create_task_group() as tg:

@@ -51,11 +51,12 @@ async def cont(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
         raise QmpError("Resetting the Virtual Machine is required")
     if vm.run_state == "finish-migrate":
         raise QmpError("Migration is not finalized yet")
-    if vm.run_state == "postmigrate" and vm.block.disks and vm.migration.status == "completed":
-        raise QmpError('Failed to get "write" lock')  # the destination holds the images
     if vm.run_state == "inmigrate":
         vm.autostart = True
     else:
+        # After a completed migration the images were given up: take their
+        # locks back (fails while the destination still holds them).
+        vm.block.nodes.activate()
         vm.vm_start()
     return {}
 
@@ -134,6 +135,16 @@ async def drive_backup(vm: SimulatedQemu, session: QmpSession, args: Args) -> An
     return {}
 
 
+async def blockdev_add(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.nodes.add(args)
+    return {}
+
+
+async def blockdev_del(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
+    vm.block.blockdev_del(args["node-name"])
+    return {}
+
+
 async def query_jobs(vm: SimulatedQemu, session: QmpSession, args: Args) -> Any:
     return [job.query_jobs() for job in vm.block.jobs.values()]
 
@@ -183,6 +194,8 @@ HANDLERS: Final[dict[str, Handler]] = {
     "migrate-continue": migrate_continue,
     "blockdev-backup": blockdev_backup,
     "drive-backup": drive_backup,
+    "blockdev-add": blockdev_add,
+    "blockdev-del": blockdev_del,
     "query-jobs": query_jobs,
     "query-block-jobs": query_block_jobs,
     "job-cancel": job_cancel,

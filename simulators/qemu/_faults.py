@@ -25,6 +25,7 @@ The faults:
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 from collections.abc import Iterable
@@ -174,6 +175,10 @@ class FaultRule:
         return cls(fault, None if name == "*" else name, nth)
 
 
+#: How many injected faults a :class:`FaultInjector` remembers by default.
+DEFAULT_HISTORY: Final = 1000
+
+
 def _probability(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must be within [0, 1], got {value!r}")
@@ -228,21 +233,30 @@ class FaultPlan:
         """Scripted rules from :meth:`FaultRule.parse` specs."""
         return cls([FaultRule.parse(spec) for spec in specs])
 
-    def injector(self) -> FaultInjector:
-        return FaultInjector(self)
+    def injector(self, *, history: int = DEFAULT_HISTORY) -> FaultInjector:
+        """A fresh injector for one VM, remembering the last ``history`` faults."""
+        return FaultInjector(self, history=history)
 
 
 @final
 class FaultInjector:
-    """Decides, command by command, which fault (if any) one VM suffers."""
+    """Decides, command by command, which fault (if any) one VM suffers.
 
-    def __init__(self, plan: FaultPlan) -> None:
+    Memory is bounded: :attr:`injected` keeps the last ``history`` faults,
+    :attr:`injected_total` counts them all.
+    """
+
+    def __init__(self, plan: FaultPlan, *, history: int = DEFAULT_HISTORY) -> None:
+        if history < 0:
+            raise ValueError(f"history must be >= 0, got {history!r}")
         self.plan = plan
         self._rules = list(plan.rules)
         self._matches = [0] * len(self._rules)
         self._random = random.Random(plan.seed)
-        #: Every fault injected so far: (command, fault).
-        self.injected: list[tuple[str, Fault]] = []
+        #: The last ``history`` faults injected, oldest first: (command, fault).
+        self.injected: collections.deque[tuple[str, Fault]] = collections.deque(maxlen=history)
+        #: How many faults were injected in all.
+        self.injected_total = 0
 
     def add(self, rule: FaultRule) -> None:
         """Script one more rule while the VM runs (its count starts now)."""
@@ -254,6 +268,7 @@ class FaultInjector:
         fault = self._scripted(command) or self._drawn(command)
         if fault is not None:
             self.injected.append((command, fault))
+            self.injected_total += 1
         return fault
 
     def _scripted(self, command: str) -> Fault | None:

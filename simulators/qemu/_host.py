@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from ._block import ImageLocks
 from ._detector import ConcurrencyDetector
 from ._errors import QmpError
 
@@ -24,7 +25,8 @@ class SimulatedHost:
     """VMs that can see each other: a registry of running VMs by name and of
     incoming migrations by URI (so ``migrate`` finds the destination that
     ran ``migrate-incoming`` on the same URI, without a socket), one
-    :class:`ConcurrencyDetector` for all their connections, and the wall
+    :class:`ConcurrencyDetector` for all their connections, the image locks
+    of their disks (two VMs cannot both write one image file), and the wall
     clock of event timestamps.
 
     ``epoch`` is the wall-clock time at loop time 0 (``time.time()`` minus the
@@ -45,6 +47,8 @@ class SimulatedHost:
     ) -> None:
         self.detector = detector if detector is not None else ConcurrencyDetector()
         self.network = network
+        #: The image locks of this host's VMs (see :class:`ImageLocks`).
+        self.image_locks = ImageLocks()
         self._epoch = epoch
         self._vms: dict[str, SimulatedQemu] = {}
         self._incoming: dict[str, _Incoming] = {}

@@ -23,15 +23,15 @@ nothing (no backing chain is modelled), ``none`` runs until cancelled.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable
 from typing import Any, Final, final
 
 import anyio
 import attrs
 
-from ._block import Disk
+from ._block import BlockNodes, Disk
 from ._errors import DEVICE_NOT_ACTIVE, QmpError
+from ._ids import id_wellformed
 
 __all__ = ["BackupModel", "BlockJob", "BlockJobs"]
 
@@ -44,9 +44,6 @@ _VERBS: Final = {
     "finalize": frozenset({"pending"}),
     "dismiss": frozenset({"concluded"}),
 }
-
-_ID_FIRST: Final = frozenset(string.ascii_letters)
-_ID_REST: Final = frozenset(string.ascii_letters + string.digits + "-._")
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -66,11 +63,6 @@ class BackupModel:
     tick: float = attrs.field(default=0.1, validator=_positive)
 
 
-def id_wellformed(job_id: str) -> bool:
-    """QEMU's ``id_wellformed``: a letter, then letters, digits, ``-._``."""
-    return bool(job_id) and job_id[0] in _ID_FIRST and all(c in _ID_REST for c in job_id)
-
-
 @final
 class BlockJob:
     """One backup job (mutable; read it through ``query-jobs``)."""
@@ -80,6 +72,7 @@ class BlockJob:
         jobs: BlockJobs,
         job_id: str,
         *,
+        source: str,
         target: str,
         length: int,
         speed: int,
@@ -90,6 +83,7 @@ class BlockJob:
         self._jobs = jobs
         self.id = job_id
         self.type = "backup"
+        self.source = source
         self.target = target
         self.length = length
         self.offset = 0
@@ -224,18 +218,18 @@ Spawn = Callable[[BlockJob], None]
 class BlockJobs:
     """A VM's block nodes and block jobs."""
 
-    def __init__(
-        self, disks: tuple[Disk, ...], model: BackupModel, emit: Emit, spawn: Spawn
-    ) -> None:
-        names = [disk.node_name for disk in disks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate node names in {names}")
-        self.disks = {disk.node_name: disk for disk in disks}
+    def __init__(self, nodes: BlockNodes, model: BackupModel, emit: Emit, spawn: Spawn) -> None:
+        self.nodes = nodes
         self.model = model
         self.emit = emit
         self._spawn = spawn
         self.jobs: dict[str, BlockJob] = {}
         self._anonymous_targets = 0
+
+    @property
+    def disks(self) -> dict[str, Disk]:
+        """The VM's format nodes by name."""
+        return self.nodes.disks
 
     def _remove(self, job: BlockJob) -> None:
         del self.jobs[job.id]
@@ -252,6 +246,16 @@ class BlockJobs:
                 raise QmpError(
                     f"Node '{target}' is busy: block device is in use by block job: {job.type}"
                 )
+
+    def blockdev_del(self, node_name: str) -> None:
+        """``blockdev-del``: not a node attached to a device nor one a job uses."""
+        self.nodes.removable(node_name)
+        for job in self.jobs.values():
+            if node_name in (job.source, job.target) and job.status not in ("concluded", "null"):
+                raise QmpError(
+                    f"Node '{node_name}' is busy: block device is in use by block job: {job.type}"
+                )
+        self.nodes.remove(node_name)
 
     def backup(self, arguments: dict[str, Any], *, drive: bool) -> None:
         """``blockdev-backup`` (``drive=False``) or ``drive-backup``."""
@@ -284,6 +288,7 @@ class BlockJobs:
         job = BlockJob(
             self,
             job_id,
+            source=source.node_name,
             target=target,
             length=0
             if sync == "top"

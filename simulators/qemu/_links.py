@@ -9,8 +9,10 @@ guest was running). Two transports:
   :class:`~simulators.qemu.SimulatedHost`; the source calls it directly;
 * a real socket (TCP or unix), for VMs in different processes, when the host
   has ``network=True``: JSON lines ``{"hello": {...}}``, ``{"sent": n}``,
-  ``{"done": {"running": bool}}``. The destination fails if the stream ends
-  before ``done``.
+  ``{"done": {"running": bool}}``. As in QEMU, the destination is active as
+  soon as a source connects, and fails (and exits 1) at once if the stream
+  does not begin with ``hello``, carries anything else, or ends before
+  ``done``.
 """
 
 from __future__ import annotations
@@ -198,20 +200,23 @@ class StreamLink:
 
 
 async def read_stream_messages(stream: ByteStream, end: IncomingEnd) -> None:
-    """Serve one incoming socket stream for ``end`` (the destination side)."""
+    """Serve one incoming socket stream for ``end`` (the destination side):
+    active at once, then ``hello``, any ``sent``, ``done``; anything else
+    (garbage, an early end) breaks the migration."""
     reader = BufferedByteReceiveStream(stream)
     done = False
-    connected = False
+    end.connected("?")  # who it is, the stream says later
     try:
+        message = await _read_message(reader)
+        if "hello" not in message:
+            return
         while not done:
-            line = await reader.receive_until(b"\n", _MAX_LINE)
-            message = json.loads(line)
-            if "hello" in message and not connected:
-                connected = True
-                end.connected(str(message["hello"].get("source", "?")))
-            elif "done" in message and connected:
+            message = await _read_message(reader)
+            if "done" in message:
                 done = True
                 end.finished(bool(message["done"].get("running", True)))
+            elif "sent" not in message:
+                return
     except (
         anyio.EndOfStream,
         anyio.IncompleteRead,
@@ -224,7 +229,15 @@ async def read_stream_messages(stream: ByteStream, end: IncomingEnd) -> None:
     ):
         pass  # a broken or malformed stream: the destination fails below
     finally:
-        if connected and not done and not end.gone:
+        if not done and not end.gone:
             end.broken()
         with anyio.CancelScope(shield=True):
             await stream.aclose()
+
+
+async def _read_message(reader: BufferedByteReceiveStream) -> dict[str, Any]:
+    """One JSON line holding an object with one member (ValueError if not)."""
+    message = json.loads(await reader.receive_until(b"\n", _MAX_LINE))
+    if not isinstance(message, dict) or len(message) != 1:
+        raise ValueError(f"not a migration stream message: {message!r}")
+    return message

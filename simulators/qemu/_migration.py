@@ -35,7 +35,10 @@ capability is on.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import stat
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -169,6 +172,25 @@ async def _close_listener(listener: Listener[Any]) -> None:
         await listener.aclose()
 
 
+def _socket_id(address: MigrationAddress) -> tuple[int, int] | None:
+    """The (device, inode) of a unix listener's socket file."""
+    if address.kind != "unix":
+        return None
+    try:
+        info = os.lstat(address.path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
+
+
+def _remove_socket(address: MigrationAddress, socket_id: tuple[int, int] | None) -> None:
+    """Remove the socket file of a unix listener that stopped, unless
+    something else replaced it meanwhile."""
+    if socket_id is not None and _socket_id(address) == socket_id:
+        with contextlib.suppress(OSError):
+            os.unlink(address.path)
+
+
 async def _close(stream: ByteStream) -> None:
     with anyio.CancelScope(shield=True):
         await stream.aclose()
@@ -209,6 +231,10 @@ class _Incoming:
 
     def finished(self, running: bool) -> None:
         vm = self._migration.vm
+        try:
+            vm.block.nodes.activate()
+        except QmpError:
+            vm.autostart = False  # QEMU: "just don't restart the VM yet"
         if running and vm.autostart:
             vm.vm_start()
         else:
@@ -441,6 +467,8 @@ class Migration:
     def _restart_guest(self) -> None:
         if not self._stopped:
             return
+        with contextlib.suppress(QmpError):  # QEMU reports it, and so would cont
+            self.vm.block.nodes.activate()
         if self._was_running:
             self.vm.vm_start()
         elif self.vm.run_state == "finish-migrate":
@@ -499,6 +527,7 @@ class Migration:
             self._sync()
             rest = self.remaining
             await anyio.sleep(self.model.device_state_time + rest / self.model.link_speed)
+            vm.block.nodes.inactivate()  # for the destination to take the images
             await link.finish(self._was_running)
             self.transferred += rest
             self.downtime_bytes = rest
@@ -554,14 +583,18 @@ class Migration:
             )
         else:
             listener = await anyio.create_unix_listener(address.path)
+        socket_id = _socket_id(address)
         incoming.listener_scope = anyio.CancelScope()
         try:
-            self.vm.spawn(self._serve_incoming, incoming, listener)
+            self.vm.spawn(self._serve_incoming, incoming, listener, socket_id)
         except SimulatorError:  # the VM began to exit meanwhile
             await _close_listener(listener)
+            _remove_socket(address, socket_id)
             raise
 
-    async def _serve_incoming(self, incoming: _Incoming, listener: Listener[Any]) -> None:
+    async def _serve_incoming(
+        self, incoming: _Incoming, listener: Listener[Any], socket_id: tuple[int, int] | None
+    ) -> None:
         claimed = False
 
         async def handle(stream: ByteStream) -> None:
@@ -581,7 +614,10 @@ class Migration:
             assert incoming.listener_scope is not None
             incoming.listener_scope.cancel()  # stop listening
 
-        async with listener:
-            assert incoming.listener_scope is not None
-            with incoming.listener_scope:  # also cancelled when a source in this process connects
-                await listener.serve(handle)
+        try:
+            async with listener:
+                assert incoming.listener_scope is not None
+                with incoming.listener_scope:  # also cancelled when a source here connects
+                    await listener.serve(handle)
+        finally:
+            _remove_socket(incoming.address, socket_id)

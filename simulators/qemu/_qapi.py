@@ -36,6 +36,8 @@ __all__ = [
     "Str",
     "Struct",
     "UInt",
+    "Union",
+    "Unmodelled",
     "check_arguments",
 ]
 
@@ -152,17 +154,33 @@ class Enum:
 @final
 @attrs.frozen
 class Alternate:
-    """An alternate of JSON kinds, e.g. ``StrOrNull``."""
+    """An alternate of JSON kinds, e.g. ``StrOrNull``; ``object`` is the
+    type of its object branch (``object_type``), if it has one (``BlockdevRef``)."""
 
     name: str
     accepts_str: bool = True
     accepts_null: bool = True
+    object_type: QType | None = None
     json_type: str = "alternate"
 
     def check(self, value: object, path: _Path) -> Any:
         if (self.accepts_str and isinstance(value, str)) or (self.accepts_null and value is None):
             return value
+        if self.object_type is not None and isinstance(value, dict):
+            return self.object_type.check(value, path)
         raise QmpError(f"Invalid parameter type for '{_bare_name(path)}', expected: {self.name}")
+
+
+@final
+@attrs.frozen
+class Unmodelled:
+    """A member the simulator accepts in the schema but does not model:
+    giving it is an error that says so."""
+
+    json_type: str = "unmodelled"
+
+    def check(self, value: object, path: _Path) -> Any:
+        raise QmpError(f"the simulator does not model '{_full_name(path)}'")
 
 
 @final
@@ -224,7 +242,33 @@ class Struct:
         return [member.name for member in self.members]
 
 
-def check_arguments(schema: Struct, arguments: dict[str, Any]) -> dict[str, Any]:
+@final
+@attrs.frozen(eq=False)
+class Union:
+    """A flat union: the ``base`` members (``tag`` among them, an
+    :class:`Enum`), then the members of the variant the tag names. Variants
+    are filled in after construction (they may refer to the union itself);
+    a tag value without a variant is one the simulator does not model."""
+
+    name: str
+    base: Struct
+    tag: str
+    variants: dict[str, Struct] = attrs.field(factory=dict)
+    json_type: str = "object"
+
+    def check(self, value: object, path: _Path) -> Any:
+        if not isinstance(value, dict):
+            raise _wrong_type(path, "object")
+        tag = value.get(self.tag)
+        variant = self.variants.get(tag) if isinstance(tag, str) else None
+        if variant is None:
+            checked = Struct(tuple(m for m in self.base.members if m.name == self.tag))
+            checked.check({self.tag: tag} if self.tag in value else {}, path)
+            raise QmpError(f"the simulator does not model {self.tag} '{tag}' of {self.name}")
+        return Struct((*self.base.members, *variant.members)).check(value, path)
+
+
+def check_arguments(schema: Struct | Union, arguments: dict[str, Any]) -> dict[str, Any]:
     """Check a command's ``arguments`` (already known to be an object)."""
     result: dict[str, Any] = schema.check(arguments, ())
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._qapi import Alternate, Array, Bool, Enum, Int, Str, Struct, UInt
+from ._qapi import Alternate, Array, Bool, Enum, Int, Str, Struct, UInt, Union, Unmodelled
 
 __all__ = ["COMMAND_ARGUMENTS", "MIGRATION_CAPABILITIES", "MIGRATION_STATUS"]
 
@@ -126,11 +126,79 @@ BACKUP_COMMON: Final = Struct.of(
     }
 )
 
+BLOCKDEV_DRIVER: Final = Enum(
+    "BlockdevDriver",
+    (
+        "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
+        "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps",
+        "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs",
+        "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed",
+        "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc",
+        "vvfat",
+    ),
+)  # fmt: skip
+
+#: ``blockdev-add``'s arguments. Only the ``file``, ``qcow2`` and ``raw``
+#: variants are modelled; members with an :class:`Unmodelled` type are
+#: refused with a message that says so.
+BLOCKDEV_OPTIONS: Final = Union(
+    "BlockdevOptions",
+    Struct.of(
+        {
+            "driver": BLOCKDEV_DRIVER,
+            "*node-name": Str(),
+            "*discard": Enum("BlockdevDiscardOptions", ("ignore", "unmap")),
+            "*cache": Struct.of({"*direct": Bool(), "*no-flush": Bool()}),
+            "*read-only": Bool(),
+            "*auto-read-only": Bool(),
+            "*force-share": Bool(),
+            "*detect-zeroes": Enum("BlockdevDetectZeroesOptions", ("off", "on", "unmap")),
+        }
+    ),
+    "driver",
+)
+_BLOCKDEV_REF: Final = Alternate("BlockdevRef", accepts_null=False, object_type=BLOCKDEV_OPTIONS)
+_BLOCKDEV_REF_OR_NULL: Final = Alternate("BlockdevRefOrNull", object_type=BLOCKDEV_OPTIONS)
+BLOCKDEV_OPTIONS.variants.update(
+    {
+        "file": Struct.of(
+            {
+                "filename": Str(),
+                "*pr-manager": Str(),
+                "*locking": Enum("OnOffAuto", ("auto", "on", "off")),
+                "*aio": Enum("BlockdevAioOptions", ("threads", "native", "io_uring")),
+                "*aio-max-batch": Int(),
+                "*drop-cache": Bool(),
+                "*x-check-cache-dropped": Bool(),
+            }
+        ),
+        "qcow2": Struct.of(
+            {
+                "file": _BLOCKDEV_REF,
+                "*backing": _BLOCKDEV_REF_OR_NULL,
+                "*lazy-refcounts": Bool(),
+                "*pass-discard-request": Bool(),
+                "*pass-discard-snapshot": Bool(),
+                "*pass-discard-other": Bool(),
+                "*overlap-check": Unmodelled(),
+                "*cache-size": Int(),
+                "*l2-cache-size": Int(),
+                "*l2-cache-entry-size": Int(),
+                "*refcount-cache-size": Int(),
+                "*cache-clean-interval": Int(),
+                "*encrypt": Unmodelled(),
+                "*data-file": _BLOCKDEV_REF,
+            }
+        ),
+        "raw": Struct.of({"file": _BLOCKDEV_REF, "*offset": Int(), "*size": Int()}),
+    }
+)
+
 _NO_ARGUMENTS: Final = Struct(())
 _JOB_ID: Final = Struct.of({"id": Str()})
 
 #: Every simulated command with its argument type, in ``query-commands`` order.
-COMMAND_ARGUMENTS: Final[dict[str, Struct]] = {
+COMMAND_ARGUMENTS: Final[dict[str, Struct | Union]] = {
     "qmp_capabilities": Struct.of({"*enable": Array(QMP_CAPABILITY)}),
     "query-status": _NO_ARGUMENTS,
     "stop": _NO_ARGUMENTS,
@@ -171,6 +239,8 @@ COMMAND_ARGUMENTS: Final[dict[str, Struct]] = {
         },
         base=BACKUP_COMMON,
     ),
+    "blockdev-add": BLOCKDEV_OPTIONS,
+    "blockdev-del": Struct.of({"node-name": Str()}),
     "query-jobs": _NO_ARGUMENTS,
     "query-block-jobs": _NO_ARGUMENTS,
     "job-cancel": _JOB_ID,

@@ -258,14 +258,20 @@ class QmpSession:
             reply = await self._execute(name, message, fault)
             if reply is None:
                 return
-            if isinstance(fault, Garbage):
-                self._queue(_Out(fault.data, lambda: self._log.answered(entry)))
+            # The reply comes late (outside the lock) with the VM's
+            # command latency and a Latency fault; else at once.
+            delay = vm.command_latency + (fault.seconds if isinstance(fault, Latency) else 0.0)
+            if delay <= 0:
+                self._answer(reply, entry, fault)
                 return
-            if not isinstance(fault, Latency):
-                self._reply(reply, entry)
-                return
-        await anyio.sleep(fault.seconds)
-        self._reply(reply, entry)
+        await anyio.sleep(delay)
+        self._answer(reply, entry, fault)
+
+    def _answer(self, reply: dict[str, Any], entry: _Entry, fault: Fault | None) -> None:
+        if isinstance(fault, Garbage):
+            self._queue(_Out(fault.data, lambda: self._log.answered(entry)))
+        else:
+            self._reply(reply, entry)
 
     async def _execute(
         self, name: str, message: dict[str, Any], fault: Fault | None

@@ -12,7 +12,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._block import Disk, file_node_stats
+from ._block import BlockNodes, Disk, file_node_stats
 from ._detector import ConcurrencyDetector
 from ._errors import ConcurrencyViolationError, QmpError, SimulatorError
 from ._faults import FaultInjector, FaultPlan
@@ -83,19 +83,24 @@ class SimulatedQemu:
         faults: FaultPlan | None = None,
         package: str = "simulated",
         exit_flush_timeout: float = 1.0,
+        command_latency: float = 0.0,
     ) -> None:
         if not name:
             raise ValueError("a simulated VM needs a name")
+        if not (command_latency >= 0 and math.isfinite(command_latency)):
+            raise ValueError(
+                f"command_latency must be a finite number >= 0, got {command_latency!r}"
+            )
         self.name = name
         self.host = host if host is not None else SimulatedHost()
         self.package = package
         self.faults: FaultInjector = (faults or FaultPlan()).injector()
         self.migration = Migration(self, migration or MigrationModel())
-        disks = tuple(disks)
-        self.block = BlockJobs(disks, backup or BackupModel(), self.emit, self._spawn_job)
-        self._file_nodes = {
-            disk.node_name: f"#block{100 + 37 * i:03d}" for i, disk in enumerate(disks)
-        }
+        #: Seconds every command's reply takes (after the command ran; a
+        #: :class:`~simulators.qemu.Latency` fault adds to it).
+        self.command_latency = command_latency
+        nodes = BlockNodes(disks, self.host.image_locks, self)
+        self.block = BlockJobs(nodes, backup or BackupModel(), self.emit, self._spawn_job)
         self._incoming_uri = incoming
         if incoming is not None:
             self._run_state = "inmigrate"
@@ -121,6 +126,10 @@ class SimulatedQemu:
         self.exit_status: int | None = None
         #: The error that crashed the VM, if any.
         self.failure: BaseException | None = None
+        #: Nodes whose image another node of the host held when the VM
+        #: started: real QEMU would refuse to start; the simulator starts
+        #: without their locks.
+        self.lock_conflicts: list[str] = []
 
     def __repr__(self) -> str:
         return f"<SimulatedQemu {self.name!r} {self.run_state} exit_status={self.exit_status}>"
@@ -131,6 +140,8 @@ class SimulatedQemu:
         if self._stack is not None:
             raise SimulatorError(f"simulated VM {self.name!r} was already started")
         self.host._add_vm(self)
+        if self._incoming_uri is None:  # an incoming VM's images stay inactive
+            self.lock_conflicts = self.block.nodes.activate_at_start()
         stack = contextlib.AsyncExitStack()
         self._stack = stack
         try:
@@ -138,6 +149,7 @@ class SimulatedQemu:
             await tg.start(self._run_process)
         except BaseException:
             self.host._remove_vm(self)
+            self.block.nodes.close()
             await stack.aclose()
             raise
         return self
@@ -198,6 +210,7 @@ class SimulatedQemu:
                 requested = self._requested_status
                 self.exit_status = requested if requested is not None else -9
             self._tg = None
+            self.block.nodes.close()
             incoming = self.migration.incoming
             if incoming is not None:
                 self.host._forget_incoming(incoming.address.uri, incoming)
@@ -343,7 +356,7 @@ class SimulatedQemu:
     def blockstats(self, *, query_nodes: bool) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
         for disk in self.block.disks.values():
-            file_node = self._file_nodes[disk.node_name]
+            file_node = self.block.nodes.file_nodes[disk.node_name]
             if query_nodes:
                 entries.append(file_node_stats(file_node))
                 entries.append(disk.query_blockstats(file_node, as_backend=False))
@@ -365,7 +378,7 @@ class SimulatedQemu:
             open_connections=len(self._sessions),
             commands=self._commands,
             events=self._events,
-            faults_injected=len(self.faults.injected),
+            faults_injected=self.faults.injected_total,
         )
 
 

@@ -268,7 +268,7 @@ class SimEnv(_EnvBase):
     def __init__(self, tmp: Path, stack: contextlib.AsyncExitStack) -> None:
         super().__init__(tmp)
         self._stack = stack
-        self._host = SimulatedHost()
+        self._host = SimulatedHost(network=True)  # a save goes to a real socket
         self._vms: dict[str, SimulatedQemu] = {}
 
     async def start(

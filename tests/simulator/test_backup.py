@@ -245,3 +245,93 @@ async def test_query_block_and_blockstats_shapes() -> None:
         nodes = await qmp.command("query-blockstats", {"query-nodes": True})
         assert [n["node-name"] for n in nodes][1::2] == ["disk0", "tgt0", "tgt1"]
         assert all(n["node-name"].startswith("#block") for n in nodes[0::2])
+
+
+def target(node: str, path: str, **file: Any) -> dict[str, Any]:
+    file = {"driver": "file", "filename": path, **file}
+    return {"driver": "qcow2", "node-name": node, "file": file}
+
+
+async def test_blockdev_add_makes_a_backup_target_and_blockdev_del_removes_it() -> None:
+    async with vm_with_disks() as (vm, qmp):
+        await qmp.command(
+            "blockdev-add", target("new0", "/images/new0.qcow2", **{"node-name": "f0"})
+        )
+        stats = await qmp.command("query-blockstats", {"query-nodes": True})
+        assert {"new0", "f0"} <= {entry["node-name"] for entry in stats}
+        await qmp.command("blockdev-backup", backup(target="new0", speed=64 * MiB, **MANUAL))
+        _, reply = await qmp.execute("blockdev-del", {"node-name": "new0"})
+        assert reply["error"]["desc"] == (
+            "Node 'new0' is busy: block device is in use by block job: backup"
+        )
+        await events_until(qmp, "BLOCK_JOB_PENDING")
+        await qmp.command("job-finalize", {"id": "j1"})
+        await qmp.command("job-dismiss", {"id": "j1"})
+        await qmp.command("blockdev-del", {"node-name": "new0"})
+        assert "new0" not in vm.block.disks
+        assert vm.host.image_locks.holder("/images/new0.qcow2") is None
+
+
+@pytest.mark.parametrize(
+    ("command", "arguments", "desc"),
+    [
+        ("blockdev-add", target("tgt0", "/x.qcow2"), "Duplicate nodes with node-name='tgt0'"),
+        (
+            "blockdev-add",
+            target("n", "/x.qcow2", **{"node-name": "disk0"}),
+            "Duplicate nodes with node-name='disk0'",
+        ),
+        ("blockdev-add", target("1bad", "/x.qcow2"), "Invalid node-name: '1bad'"),
+        (
+            "blockdev-add",
+            {**target("n", "/x"), "node-name": None},
+            "Invalid parameter type for 'node-name', expected: string",
+        ),
+        (
+            "blockdev-add",
+            {"driver": "raw", "file": {"driver": "file", "filename": "/x"}},
+            "'node-name' must be specified for the root node",
+        ),
+        (
+            "blockdev-add",
+            {**target("n", "/x"), "file": "nope"},
+            "Cannot find device='nope' nor node-name='nope'",
+        ),
+        (
+            "blockdev-add",
+            {**target("n", "/x"), "driver": "nope"},
+            "Parameter 'driver' does not accept value 'nope'",
+        ),
+        ("blockdev-add", {"driver": "qcow2", "node-name": "n"}, "Parameter 'file' is missing"),
+        (
+            "blockdev-add",
+            {**target("n", "/x"), "file": {"driver": "file"}},
+            "Parameter 'file.filename' is missing",
+        ),
+        ("blockdev-add", {**target("n", "/x"), "bogus": 1}, "Parameter 'bogus' is unexpected"),
+        (
+            "blockdev-add",
+            {**target("n", "/x"), "driver": "nbd"},
+            "the simulator does not model driver 'nbd' of BlockdevOptions",
+        ),
+        (
+            "blockdev-add",
+            {**target("n", "/x"), "encrypt": {}},
+            "the simulator does not model 'encrypt'",
+        ),
+        (
+            "blockdev-add",
+            target("n", "/var/lib/simulated-qemu/tgt0.qcow2"),
+            'Failed to get "write" lock',
+        ),
+        ("blockdev-del", {"node-name": "nope"}, "Failed to find node with node-name='nope'"),
+        ("blockdev-del", {"node-name": "disk0"}, "Block device disk0 is in use"),
+        ("blockdev-del", {"node-name": "#block100"}, "Node #block100 is not owned by the monitor"),
+    ],
+)
+async def test_blockdev_errors(command: str, arguments: dict[str, Any], desc: str) -> None:
+    async with vm_with_disks() as (vm, qmp):
+        before = dict(vm.block.disks)
+        _, reply = await qmp.execute(command, arguments)
+        assert reply["error"] == {"class": "GenericError", "desc": desc}
+        assert vm.block.disks == before

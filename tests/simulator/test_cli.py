@@ -198,3 +198,15 @@ def test_parsing() -> None:
     ):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_main_is_public() -> None:
+    import simulators.qemu
+    from simulators.qemu import _cli
+
+    assert simulators.qemu.main is _cli.main
+    args = build_parser().parse_args(["-qmp", "unix:/x", "--command-latency", "0.25"])
+    assert args.command_latency == 0.25
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--command-latency", bad])

@@ -49,7 +49,8 @@ async def test_latency_delays_the_reply_not_the_events() -> None:
         assert anyio.current_time() == start
         assert await qmp.receive() == {"return": {}}
         assert anyio.current_time() - start == pytest.approx(2.0)
-        assert vm.faults.injected == [("stop", Latency(2.0))]
+        assert list(vm.faults.injected) == [("stop", Latency(2.0))]
+        assert vm.faults.injected_total == 1
         await qmp.aclose()
 
 
@@ -275,3 +276,30 @@ def test_random_plans_never_hang(seed: int, probability: float) -> None:
             await qmp.aclose()
 
     trio.run(scenario, clock=MockClock(autojump_threshold=0))
+
+
+@pytest.mark.anyio
+async def test_command_latency_delays_every_reply_and_adds_to_a_latency_fault() -> None:
+    plan = FaultPlan([FaultRule(Latency(2.0), "stop")])
+    async with SimulatedQemu(faults=plan, command_latency=0.5) as vm:
+        qmp = await client(vm)  # negotiation: 0.5 s
+        start = anyio.current_time()
+        await qmp.command("query-status")
+        assert anyio.current_time() - start == pytest.approx(0.5)
+        start = anyio.current_time()
+        await qmp.command("stop")
+        assert anyio.current_time() - start == pytest.approx(2.5)
+        assert vm.faults.injected_total == 1  # plain latency is no fault
+        await qmp.aclose()
+    with pytest.raises(ValueError, match="command_latency"):
+        SimulatedQemu(command_latency=-1.0)
+
+
+def test_the_fault_history_is_bounded() -> None:
+    injector = FaultPlan([FaultRule(Latency(0.1))]).injector(history=3)
+    for n in range(10):
+        assert injector.decide(f"c{n}") == Latency(0.1)
+    assert [command for command, _ in injector.injected] == ["c7", "c8", "c9"]
+    assert injector.injected_total == 10
+    with pytest.raises(ValueError, match="history"):
+        FaultPlan().injector(history=-1)

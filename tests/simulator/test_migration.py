@@ -31,12 +31,17 @@ def drop_passes(sequence: list[str]) -> list[str]:
 
 @asynccontextmanager
 async def pair(
-    model: MigrationModel | None = None, *, events: bool = True, **source: Any
+    model: MigrationModel | None = None,
+    *,
+    events: bool = True,
+    disks: tuple[Disk, ...] = (),
+    **source: Any,
 ) -> AsyncIterator[tuple[SimulatedQemu, SimulatedQemu, RawQmp, RawQmp]]:
+    """Source and destination VMs; ``disks`` are both's (shared storage)."""
     host = SimulatedHost()
     async with (
-        SimulatedQemu("src", host=host, migration=model, **source) as src,
-        SimulatedQemu("dst", host=host, migration=model, incoming="defer") as dst,
+        SimulatedQemu("src", host=host, migration=model, disks=disks, **source) as src,
+        SimulatedQemu("dst", host=host, migration=model, disks=disks, incoming="defer") as dst,
     ):
         s, d = await client(src), await client(dst)
         if events:
@@ -278,7 +283,7 @@ async def test_paused_source_gives_a_paused_destination() -> None:
 
 
 async def test_command_errors_around_migration() -> None:
-    async with pair(disks=[Disk("disk0", device="vd0")]) as (_, _, s, d):
+    async with pair(disks=(Disk("disk0", device="vd0"),)) as (src, dst, s, d):
         await s.command("migrate-set-parameters", {"max-bandwidth": 1 * MiB})
         await s.command("migrate", {"uri": URI})
         busy: list[tuple[str, dict[str, Any]]] = [
@@ -305,6 +310,44 @@ async def test_command_errors_around_migration() -> None:
         # the destination holds the images now
         _, reply = await s.execute("cont")
         assert reply["error"]["desc"] == 'Failed to get "write" lock'
+        assert not src.block.nodes.active and dst.block.nodes.active
+        # ... until it quits: then the source takes them back and runs
+        await d.command("quit")
+        assert await dst.wait_exited() == 0
+        events, reply = await s.execute("cont")
+        assert reply == {"return": {}} and names(events) == ["RESUME"]
+        assert src.run_state == "running" and src.block.nodes.active
+
+
+async def test_an_incoming_migration_that_cannot_lock_its_images_stays_paused() -> None:
+    host = SimulatedHost()
+    disk = Disk("disk0", device="vd0")
+    async with (
+        SimulatedQemu("src", host=host) as src,
+        SimulatedQemu("holder", host=host, disks=[disk]),
+        SimulatedQemu("dst", host=host, disks=[disk], incoming="defer") as dst,
+    ):
+        s, d = await client(src), await client(dst)
+        await d.command("migrate-set-capabilities", EVENTS_ON)
+        await d.command("migrate-incoming", {"uri": URI})
+        await s.command("migrate", {"uri": URI})
+        assert await wait_status(d, "completed") == ["MIGRATION:active", "MIGRATION:completed"]
+        assert dst.run_state == "paused" and not dst.block.nodes.active
+        _, reply = await d.execute("cont")
+        assert reply["error"] == {"class": "GenericError", "desc": 'Failed to get "write" lock'}
+        await s.aclose()
+        await d.aclose()
+
+
+async def test_a_vm_started_on_a_locked_image_holds_no_lock() -> None:
+    host = SimulatedHost()
+    disk = Disk("disk0", device="vd0")
+    async with SimulatedQemu("a", host=host, disks=[disk]) as a:
+        async with SimulatedQemu("b", host=host, disks=[disk]) as b:
+            assert (a.lock_conflicts, b.lock_conflicts) == ([], ["disk0"])
+            assert host.image_locks.holder(disk.path) == (a, "disk0")
+        assert host.image_locks.holder(disk.path) == (a, "disk0")
+    assert len(host.image_locks) == 0
 
 
 async def test_incoming_errors() -> None:
