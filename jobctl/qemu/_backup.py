@@ -11,6 +11,9 @@ phase           what happens
 ``finish``      remove the target node the flow added
 ==============  ===============================================================
 
+The job's private data holds the QEMU job's id and the QMP socket: what
+:class:`~jobctl.qemu.QemuRecovery` reads after a crash.
+
 On failure, cancellation or DESTROY the QEMU job is cancelled and dismissed
 and the added node removed, within ``cleanup_timeout``.
 """
@@ -30,6 +33,7 @@ from jobctl._errors import JobAbortedError, MonitorError
 from jobctl._kinds import AsyncJob
 from jobctl.qemu._errors import BackupError
 from jobctl.qemu._machine import DiskImage
+from jobctl.qemu._recovery import QMP
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
 from jobctl.qmp import EventSubscription, QMPEvent
@@ -144,6 +148,7 @@ async def backup(
         machine = vm.running_machine()
         source = device or machine.spec.disk_node
         ajob.private.update(job_id=state.job_id, device=source, target=target.node_name)
+        ajob.private[QMP] = machine.qmp_path
         added = False
         try:
             await ajob.set_phase("begin")

@@ -66,7 +66,10 @@ class Machine:
     ``qmp`` is a :class:`jobctl.Monitor`: give it to a domain, which then
     runs every command through its jobs. It is usable until the machine
     stops. ``incoming`` machines were started waiting for a migration
-    (paused until told to continue).
+    (paused until told to continue). ``qmp_path`` is the unix socket of the
+    monitor ``qmp`` talks to (None when it is not a socket, as for simulated
+    machines): a manager that restarts reaches the machine there once ``qmp``
+    is closed (see :class:`~jobctl.qemu.QemuRecovery`).
     """
 
     __slots__ = (
@@ -79,6 +82,7 @@ class Machine:
         "name",
         "pid",
         "qmp",
+        "qmp_path",
         "spec",
     )
 
@@ -92,6 +96,7 @@ class Machine:
         incoming: bool,
         pid: int | None = None,
         extra_monitors: tuple[str, ...] = (),
+        qmp_path: str | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -99,6 +104,7 @@ class Machine:
         self.qmp = qmp
         self.incoming = incoming
         self.pid = pid
+        self.qmp_path = qmp_path
         #: Socket paths of the machine's other QMP monitors (see
         #: :attr:`MachineSpec.extra_monitors`).
         self.extra_monitors = extra_monitors

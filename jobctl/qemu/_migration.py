@@ -15,6 +15,11 @@ phase           side    what happens
                         what still runs, stop the destination, resume the source
 ==============  ======  ==========================================================
 
+Each job's private data holds what :class:`~jobctl.qemu.QemuRecovery` reads
+after a crash: the peer's domain, both QMP sockets, ``was_running``.
+MIGRATION_IN's ``prepare`` is persisted again once the destination QEMU
+runs, with its socket.
+
 Every failure leaves the VM running on the source when the source can still
 run it: the destination dies or refuses, the migration fails or is
 cancelled, a monitor closes. Cancellation and DESTROY clean up the same way,
@@ -38,6 +43,7 @@ from jobctl._kinds import AsyncJob, Job
 from jobctl.qemu._errors import FlowError, MigrationError
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
+from jobctl.qemu._recovery import DESTINATION_QMP, SOURCE_QMP
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
 from jobctl.qmp import EventSubscription, QMPEvent
@@ -180,7 +186,7 @@ class _Migration:
         if self.destination.machine is not None and not self.destination.machine.stopped:
             raise FlowError(f"{self._what()}: the VM already runs on the destination")
         try:
-            await self._begin(out)
+            await self._begin(out, machine)
             async with self.destination.domain.async_job(
                 AsyncJob.MIGRATION_IN, owner=self.owner
             ) as inn:
@@ -203,8 +209,9 @@ class _Migration:
 
     # -- source: begin -----------------------------------------------------------
 
-    async def _begin(self, out: ActiveAsyncJob) -> None:
+    async def _begin(self, out: ActiveAsyncJob, machine: Machine) -> None:
         out.private["destination"] = self.destination.name
+        out.private[SOURCE_QMP] = machine.qmp_path
         await out.set_phase("begin")
         bandwidth = self.options.bandwidth
         parameters: dict[str, Any] = {
@@ -232,6 +239,8 @@ class _Migration:
         with ExitStack() as stack:
             try:
                 inn.private["source"] = self.source.name
+                inn.private[SOURCE_QMP] = machine.qmp_path
+                inn.private["was_running"] = self.was_running
                 await inn.set_phase("prepare")
                 # The source answers queries while the destination starts.
                 async with out.interruptible():
@@ -255,6 +264,10 @@ class _Migration:
                 f"{self._what()}: the destination QEMU did not start: {exc}", side="destination"
             ) from exc
         self.destination.attach(machine)
+        # Persisted again, with the destination's socket: recovery must be
+        # able to reach the QEMU this phase started.
+        inn.private[DESTINATION_QMP] = machine.qmp_path
+        await inn.set_phase("prepare")
         listen = host.incoming_uri(machine.name)
         events = stack.enter_context(machine.qmp.subscribe("MIGRATION"))
         try:
@@ -272,6 +285,8 @@ class _Migration:
 
     async def _perform(self, out: ActiveAsyncJob, machine: Machine, uri: str) -> MigrationProgress:
         out.private["uri"] = uri
+        destination = self.destination.machine
+        out.private[DESTINATION_QMP] = None if destination is None else destination.qmp_path
         await out.set_phase("perform")
 
         async def poll(mon: MonitorSession) -> str | None:

@@ -269,6 +269,7 @@ class QemuHost:
                         incoming=incoming,
                         pid=process.pid,
                         extra_monitors=tuple(str(path) for path in sockets[1:]),
+                        qmp_path=str(sockets[0]),
                     )
                     tg.start_soon(_watch_exit, process, machine)
                     self._machines.add(machine)

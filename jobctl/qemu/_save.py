@@ -13,6 +13,10 @@ phase           what happens
                 save does
 ==============  ===============================================================
 
+``begin`` is persisted once ``was_running`` is known, before the VM is
+paused, with the file's path, the QMP socket and ``keep_running``: what
+:class:`~jobctl.qemu.QemuRecovery` reads after a crash.
+
 On failure, cancellation or DESTROY the migration is cancelled and the VM
 resumed if it ran, within ``cleanup_timeout``.
 """
@@ -37,6 +41,7 @@ from jobctl.qemu._migration import (
     final_progress,
 )
 from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
+from jobctl.qemu._recovery import QMP
 from jobctl.qemu._sink import SaveSink, open_save_sink
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
@@ -90,13 +95,16 @@ async def save(
     async with vm.domain.async_job(AsyncJob.SAVE, owner=owner) as ajob:
         started = anyio.current_time()
         machine = vm.running_machine()
-        ajob.private["path"] = path
+        ajob.private.update({"path": path, QMP: machine.qmp_path, "keep_running": keep_running})
         was_running: bool | None = None
         try:
-            await ajob.set_phase("begin")
             async with ajob.monitor() as mon:
                 status = await mon.execute("query-status")
-                was_running = bool(status.get("running"))
+            was_running = bool(status.get("running"))
+            # Persisted before the VM stops: recovery resumes it if it ran.
+            ajob.private["was_running"] = was_running
+            await ajob.set_phase("begin")
+            async with ajob.monitor() as mon:
                 await mon.execute("migrate-set-capabilities", EVENTS_ON)
                 limit = UNLIMITED_BANDWIDTH if bandwidth is None else bandwidth
                 await mon.execute("migrate-set-parameters", {"max-bandwidth": limit})

@@ -8,10 +8,10 @@ closes), writes the dead run's records to a journal file, runs
 in exactly one place, no migration under way, no block job left, no partial
 save file.
 
-The records carry the private data the flows store (checked against the
-real flows by the ``test_the_flows_*`` tests), plus what the flows do not
-store yet: the QMP socket keys, and the ``was_running``/``keep_running`` of
-MIGRATION_IN and SAVE (see ``NOT_STORED``).
+The records carry the private data the flows store: the ``test_the_flows_*``
+tests run the real flows (on simulated QEMU, and on real QEMU where the QMP
+sockets are real) and check that every record they persist has each key its
+handler reads (``READS``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from jobctl.qemu import (
     VM,
     BackupTarget,
     MachineSpec,
+    MigrationOptions,
     QemuRecovery,
     QemuRecoveryError,
     QemuRef,
@@ -42,11 +43,14 @@ from jobctl.qemu import (
     backup,
     destroy,
     migrate,
+    open_qemu_host,
+    qcow2_target,
     save,
     start,
 )
 from jobctl.qmp import QMPClient, open_qmp_stream
 from simulators.qemu import BackupModel, Disk, MigrationModel, SimulatedHost, SimulatedQemu
+from tests._requires import require_qemu
 
 from ._support import cluster
 
@@ -59,8 +63,6 @@ ENDLESS = MigrationModel(ram_size=1 << 40, link_speed=float(MiB))
 #: A migration that completes at once.
 QUICK = MigrationModel(ram_size=MiB, link_speed=float(1 << 30))
 EVENTS_ON = {"capabilities": [{"capability": "events", "state": True}]}
-#: What the recovery reads that the flows do not store (yet).
-NOT_STORED = ("was_running of MIGRATION_IN", "was_running and keep_running of SAVE", "QMP sockets")
 
 
 class Qemus:
@@ -199,7 +201,7 @@ def out_private(src: str, dst: str, *, perform: bool = True) -> dict[str, Any]:
 
 def in_private(src: str, dst: str, *, finish: bool = False) -> dict[str, Any]:
     private: dict[str, Any] = {"source": src, SOURCE_QMP: src, DESTINATION_QMP: dst}
-    private["was_running"] = True  # not stored by the flow
+    private["was_running"] = True
     if finish:
         private["uri"] = f"unix:/run/{dst}.migrate"
     return private
@@ -598,42 +600,110 @@ async def test_a_migration_recovers_over_unix_sockets(tmp_path: Path) -> None:
 
 # -- the flows store what recovery reads -----------------------------------------------------
 
+_OUT_PERFORM = {"destination", "was_running", SOURCE_QMP, DESTINATION_QMP}
+_IN_PREPARE = {"source", "was_running", SOURCE_QMP}
+#: The keys each handler reads, by kind and phase (see jobctl.qemu._recovery).
+READS: dict[AsyncJob, dict[str, set[str]]] = {
+    AsyncJob.MIGRATION_OUT: {
+        "begin": set(),
+        "perform": _OUT_PERFORM,
+        "confirm": _OUT_PERFORM,
+    },
+    AsyncJob.MIGRATION_IN: {
+        "begin": set(),
+        "prepare": _IN_PREPARE,
+        "finish": _IN_PREPARE | {DESTINATION_QMP},
+    },
+    AsyncJob.BACKUP: {
+        "begin": set(),
+        "perform": {"job_id", QMP},
+        "finalize": {"job_id", QMP},
+        "finish": set(),
+    },
+    AsyncJob.SAVE: {
+        "begin": {QMP, "was_running"},
+        "perform": {"path", QMP, "was_running"},
+        "finish": {QMP, "was_running", "keep_running"},
+    },
+}
+QMP_KEYS = (QMP, SOURCE_QMP, DESTINATION_QMP)
+Saved = tuple[str, AsyncJob, str, dict[str, Any]]
+
 
 class Recorder:
-    """A persister that keeps every (domain, kind, phase, private) saved."""
+    """A persister that keeps every (domain, kind, phase, private) saved, and
+    which recorded QMP sockets were live sockets when the record was saved."""
 
     def __init__(self) -> None:
-        self.saved: list[tuple[str, AsyncJob, str, dict[str, Any]]] = []
+        self.saved: list[Saved] = []
+        self.live_sockets: set[str] = set()
 
     async def save_async_job(
         self, domain: str, info: AsyncJobInfo, private: Mapping[str, Any]
     ) -> None:
         self.saved.append((domain, info.kind, info.phase, dict(private)))
+        for key in QMP_KEYS:
+            path = private.get(key)
+            if isinstance(path, str) and await anyio.Path(path).is_socket():
+                self.live_sockets.add(path)
         await anyio.lowlevel.checkpoint()
 
     async def clear_async_job(self, domain: str, info: AsyncJobInfo) -> None:
         await anyio.lowlevel.checkpoint()
 
-    async def check(self, kind: AsyncJob, needs: Mapping[str, set[str]]) -> None:
-        """The handler takes every record the flow persisted (its phase, and
-        the keys it must have), as if the QEMUs were gone; in each phase of
-        ``needs``, the private data also has those keys."""
-        records = [(d, phase, private) for d, k, phase, private in self.saved if k is kind]
-        assert records, kind
+    def of(self, kind: AsyncJob) -> list[tuple[str, dict[str, Any]]]:
+        return [(phase, private) for _, k, phase, private in self.saved if k is kind]
+
+    async def check(self, kind: AsyncJob, phases: list[str], more: Mapping[int, set[str]]) -> None:
+        """The flow persisted records in ``phases``, in order: the first as
+        the job began (empty), each other with every key its handler reads,
+        record ``i`` also with the keys ``more[i]``; every ``was_running``
+        says the VM ran. The handler takes each record, as if the QEMUs were
+        gone."""
+        records = self.of(kind)
+        assert [phase for phase, _ in records] == phases
+        assert records[0][1] == {}, "the record saved as the job began has no private data"
         handler = QemuRecovery(gone).handlers()[kind]
-        for domain, phase, private in records:
+        for index, (phase, private) in enumerate(records):
+            if index:
+                needs = READS[kind][phase] | more.get(index, set())
+                assert needs <= private.keys(), (kind, index, phase, needs - private.keys())
+                assert private.get("was_running", True) is True, (kind, phase)
             record = AsyncJobRecord(
-                domain, 1, kind, phase, "flow", frozenset(), private, "dead", 0.0
+                "vm1@a", 1, kind, phase, "flow", frozenset(), private, "dead", 0.0
             )
             await handler(record, task_status=anyio.TASK_STATUS_IGNORED)
-            if private:  # the record saved as the job began has none yet
-                assert needs.get(phase, set()) <= private.keys(), (kind, phase, private)
+
+    def qmp_values(self) -> set[Any]:
+        return {private[key] for *_, private in self.saved for key in QMP_KEYS if key in private}
 
 
 @asynccontextmanager
 async def gone(ref: QemuRef) -> AsyncIterator[QMPClient | None]:
     await anyio.lowlevel.checkpoint()
     yield None
+
+
+async def check_migration_and_backup(recorder: Recorder) -> None:
+    await recorder.check(AsyncJob.BACKUP, ["begin", "begin", "perform", "finalize", "finish"], {})
+    await recorder.check(
+        AsyncJob.MIGRATION_OUT,
+        ["begin", "begin", "perform", "confirm"],
+        {1: {"destination", SOURCE_QMP}},
+    )
+    # prepare is persisted again once the destination QEMU runs, with its socket.
+    await recorder.check(
+        AsyncJob.MIGRATION_IN, ["begin", "prepare", "prepare", "finish"], {2: {DESTINATION_QMP}}
+    )
+    first_prepare = recorder.of(AsyncJob.MIGRATION_IN)[1][1]
+    assert DESTINATION_QMP not in first_prepare  # persisted before the destination started
+
+
+async def check_save(recorder: Recorder, keep_running: bool) -> None:
+    await recorder.check(AsyncJob.SAVE, ["begin", "begin", "perform", "finish"], {})
+    assert {private["keep_running"] for _, private in recorder.of(AsyncJob.SAVE)[1:]} == {
+        keep_running
+    }
 
 
 async def test_the_flows_store_what_recovery_reads_migration_and_backup() -> None:
@@ -648,21 +718,49 @@ async def test_the_flows_store_what_recovery_reads_migration_and_backup() -> Non
         await backup(src, BackupTarget("backup0"), poll_interval=0.01)
         await migrate(src, dst)
         await destroy(dst)
-    await recorder.check(AsyncJob.BACKUP, {p: {"job_id"} for p in ("perform", "finalize")})
-    await recorder.check(
-        AsyncJob.MIGRATION_OUT,
-        {"begin": {"destination"}, "perform": {"destination", "was_running"}},
-    )
-    await recorder.check(AsyncJob.MIGRATION_IN, {"prepare": {"source"}, "finish": {"source"}})
+    await check_migration_and_backup(recorder)
+    assert recorder.qmp_values() == {None}  # simulated machines have no QMP socket
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio", "asyncio"])
-async def test_the_flows_store_what_recovery_reads_save(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_running", [False, True])
+async def test_the_flows_store_what_recovery_reads_save(tmp_path: Path, keep_running: bool) -> None:
     """Real time: the saved state goes through a real socket."""
     recorder = Recorder()
     async with cluster() as c:
         vm, _ = c.vms()
         vm = VM(Domain(vm.name, persister=recorder), c.a)
         await start(vm, MachineSpec(ram_mib=16))
-        await save(vm, os.fspath(tmp_path / "vm.save"))
-    await recorder.check(AsyncJob.SAVE, {p: {"path"} for p in ("begin", "perform", "finish")})
+        await save(vm, os.fspath(tmp_path / "vm.save"), keep_running=keep_running)
+        if keep_running:
+            await destroy(vm)
+    await check_save(recorder, keep_running)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_flows_store_live_qmp_sockets_on_real_qemu(tmp_path: Path) -> None:
+    """On real QEMU every recorded QMP socket is the live socket of the
+    job's QEMU when its record is saved."""
+    require_qemu()
+    recorder = Recorder()
+    async with (
+        open_qemu_host("a", storage=tmp_path) as a,
+        open_qemu_host("b", storage=tmp_path) as b,
+    ):
+        src = VM(Domain("vm1@a", persister=recorder), a)
+        dst = VM(Domain("vm1@b", persister=recorder), b)
+        image = await a.create_disk("vm1", 16)
+        target = await a.create_disk("vm1-backup", 16)
+        await start(src, MachineSpec(ram_mib=16, random_ram=False, disk=image))
+        assert src.machine is not None and src.machine.qmp_path is not None
+        source_qmp = src.machine.qmp_path
+        await backup(src, qcow2_target("backup0", target), poll_interval=0.05)
+        await migrate(src, dst, MigrationOptions(poll_interval=0.05))
+        assert dst.machine is not None and dst.machine.qmp_path is not None
+        destination_qmp = dst.machine.qmp_path
+        await save(dst, os.fspath(tmp_path / "vm.save"), poll_interval=0.05)
+    await check_migration_and_backup(recorder)
+    await check_save(recorder, False)
+    assert recorder.qmp_values() == {source_qmp, destination_qmp}
+    assert recorder.live_sockets == {source_qmp, destination_qmp}
