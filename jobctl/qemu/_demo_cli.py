@@ -19,6 +19,7 @@ import trio
 
 from jobctl._argtypes import port, positive_int
 from jobctl._errors import JobError
+from jobctl._groups import unwrap_single
 from jobctl._trace import TraceHub
 from jobctl.qemu._demo import (
     JOBS,
@@ -29,7 +30,6 @@ from jobctl.qemu._demo import (
     open_demo_hosts,
     run_demo,
 )
-from jobctl.qemu._groups import unwrap_single
 
 __all__ = ["add_arguments", "run"]
 

@@ -28,8 +28,8 @@ import anyio.abc
 import anyio.to_thread
 
 from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
-from jobctl.qemu._groups import unwrap_single
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
 from jobctl.qmp import open_qmp_unix
 

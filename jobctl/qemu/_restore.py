@@ -26,9 +26,9 @@ import attrs
 
 from jobctl._domain import ActiveAsyncJob
 from jobctl._errors import MonitorError
+from jobctl._groups import unwrap_single
 from jobctl._kinds import AsyncJob
 from jobctl.qemu._errors import FlowError, RestoreError
-from jobctl.qemu._groups import unwrap_single
 from jobctl.qemu._machine import Machine, MachineSpec
 from jobctl.qemu._migration import EVENTS_ON
 from jobctl.qemu._progress import TERMINAL_STATUSES

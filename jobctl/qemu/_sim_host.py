@@ -22,16 +22,14 @@ import anyio.abc
 import attrs
 
 from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
-from jobctl.qemu._groups import unwrap_single
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
 from jobctl.qmp import open_qmp_stream
 from simulators.qemu import (
     BackupModel,
     Disk,
     FaultPlan,
-    FaultRule,
-    Latency,
     MigrationModel,
     SimulatedHost,
     SimulatedQemu,
@@ -116,17 +114,6 @@ class SimulatedQemuHost:
         machine: Machine = await self._task_group.start(self._serve, name, spec, incoming)
         return machine
 
-    def _plan(self, name: str, incoming: bool) -> FaultPlan | None:
-        plan = None if self.faults is None else self.faults(name, incoming)
-        if not self.command_latency:
-            return plan
-        # Every command takes a little time, as on a real QEMU; scripted
-        # faults come first (the first rule that matches wins).
-        latency = FaultRule(Latency(self.command_latency))
-        if plan is None:
-            return FaultPlan((latency,))
-        return attrs.evolve(plan, rules=(*plan.rules, latency))
-
     def _disks(self, spec: MachineSpec) -> list[Disk]:
         disks = []
         if spec.disk is not None:
@@ -160,7 +147,9 @@ class SimulatedQemuHost:
             disks=self._disks(spec),
             incoming="defer" if incoming else None,
             start_paused=incoming,
-            faults=self._plan(name, incoming),
+            faults=None if self.faults is None else self.faults(name, incoming),
+            # Every command takes a little time, as on a real QEMU.
+            command_latency=self.command_latency,
         )
         machine: Machine | None = None
         failure: BaseException | None = None

@@ -18,7 +18,7 @@ from typing import final
 import anyio
 import anyio.abc
 
-from jobctl.qemu._groups import unwrap_single
+from jobctl._groups import unwrap_single
 
 __all__ = ["SaveSink", "open_save_sink"]
 

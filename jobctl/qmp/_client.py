@@ -41,6 +41,7 @@ import attrs
 from anyio.abc import AnyByteStream
 
 from jobctl._errors import MonitorClosedError
+from jobctl._groups import unwrap_single
 from jobctl.qmp._errors import QMPCommandError, QMPProtocolError, QMPTimeoutError, command_error
 from jobctl.qmp._events import EventFilter, EventHub, EventSubscription
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
@@ -399,7 +400,7 @@ async def _open(
         await anyio.aclose_forcefully(stream)
         raise
     try:
-        async with _unwrap_single(), anyio.create_task_group() as tg:
+        async with unwrap_single(), anyio.create_task_group() as tg:
             tg.start_soon(client._read_loop)
             tg.start_soon(client._write_loop)
             client._running = True
@@ -414,25 +415,3 @@ async def _open(
                 tg.cancel_scope.cancel()
     finally:
         await anyio.aclose_forcefully(stream)
-
-
-@asynccontextmanager
-async def _unwrap_single() -> AsyncIterator[None]:
-    """Let the one exception of the host task leave a task group as itself.
-
-    The background tasks never raise (they record why the connection closed),
-    so a group holding one exception holds the error of the ``async with``
-    body or of the handshake, which is what the caller should see.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1:
-            raise
-        error = group.exceptions[0]
-        context = error.__context__
-        try:
-            raise error
-        finally:
-            error.__context__ = context
-            del error, context

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import anyio
 
-from simulators.qemu._cli import main as simulator_main
+from simulators.qemu import main as simulator_main
 
 from . import _killpoint, _migration, _remove_vm
 

@@ -1,4 +1,4 @@
-"""Task groups whose host body's error leaves as itself."""
+"""Task groups whose one error leaves as itself, not as a group of one."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ async def unwrap_single() -> AsyncIterator[None]:
     """Let a task group's only exception leave as itself.
 
     anyio's task groups wrap every exception in an :class:`ExceptionGroup`.
-    The background tasks of jobctl.qemu's hosts never raise, so a group with
-    one exception holds the error of the ``async with`` body, which is what
-    the caller should see (a :class:`MigrationError`, not a group of one).
+    Where the background tasks never raise (jobctl.qmp's reader and writer,
+    jobctl.qemu's hosts), a group with one exception holds the error of the
+    ``async with`` body, which is what the caller should see (a
+    ``MigrationError`` or ``MonitorClosedError``, not a group of one).
     """
     try:
         yield
