@@ -133,14 +133,22 @@ def run_qemu_qmp(path: str, commands: int) -> list[int]:
 
 
 def run_blocking(path: str, commands: int) -> list[int]:
-    """The floor: write a line, read a line, parse it; no concurrency at all."""
+    """The floor: write a line, read a line, parse it; no concurrency at all.
+
+    Note: twice, on a loaded machine, this client's session began with a line
+    that belonged to no command of its own (a parse error reply, or an id-less
+    return), after another client's session on the same QEMU monitor had
+    ended; so it skips to the greeting and tags its negotiation with an id.
+    """
     samples: list[int] = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, sock.makefile("rwb") as f:
         sock.connect(path)
-        f.readline()
-        f.write(b'{"execute": "qmp_capabilities"}\n')
+        while "QMP" not in json.loads(f.readline()):  # the greeting (see the note below)
+            pass
+        f.write(b'{"execute": "qmp_capabilities", "id": "caps"}\n')
         f.flush()
-        f.readline()
+        while json.loads(f.readline()).get("id") != "caps":
+            pass
         for n in range(commands):
             start = time.perf_counter_ns()
             f.write(b'{"execute":"query-status","id":%d}\n' % n)
