@@ -99,9 +99,13 @@ class _Waiter:
         self.granted = False
 
     @property
+    def is_destroy(self) -> bool:
+        return isinstance(self.job, ActiveJob) and self.job.kind is Job.DESTROY
+
+    @property
     def exempt(self) -> bool:
         """Not counted against ``max_queued``."""
-        return isinstance(self.job, ActiveAsyncJob) or self.job.kind is Job.DESTROY
+        return isinstance(self.job, ActiveAsyncJob) or self.is_destroy
 
 
 class _JobBase:
@@ -906,12 +910,10 @@ class Domain:
             self._counted_waiters += 1
         if is_destroy:
             # DESTROY waiters go first, behind earlier DESTROY waiters only.
-            position = 0
-            for position, other in enumerate(self._waiters):  # noqa: B007
-                if not (isinstance(other.job, ActiveJob) and other.job.kind is Job.DESTROY):
-                    break
-            else:
-                position = len(self._waiters)
+            position = next(
+                (i for i, other in enumerate(self._waiters) if not other.is_destroy),
+                len(self._waiters),
+            )
             self._waiters.insert(position, waiter)
         else:
             position = len(self._waiters)
