@@ -12,16 +12,26 @@ Rules (each one a guarantee the property tests check on the trace):
   job go on.
 * Waiting is first come, first served. A waiter that cannot run until the
   async job ends does not hold up the waiters behind it that may run inside
-  its sections. DESTROY waiters go first, and a DESTROY request pre-empts the
-  running async job.
-* The monitor has one holder and one command in flight at a time.
+  its sections. DESTROY waiters go first. One rule decides every request,
+  arriving or waiting (``Domain._may_begin``): a job may begin now if and only
+  if no waiter that could run is ahead of it and it is compatible with what
+  runs.
+* A DESTROY request pre-empts the running async job within one scheduling
+  round: its body is cancelled at once, or as it starts if it was granted but
+  has not resumed yet. (Regular jobs are not cancelled: one stuck in the
+  monitor ends when the monitor closes; ``jobctl.qemu.destroy`` kills QEMU
+  before it asks for the DESTROY job.)
+* The monitor has one holder and one command in flight at a time; it goes to
+  its waiters in arrival order.
+* Every decision (a begin, a wait, a refusal, a grant, a hand-off, a timeout,
+  a pre-emption, an abort) is traced, so a checker can judge each one; the
+  reference model in ``jobctl.testing._spec`` says what each must be.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Protocol, final
@@ -33,6 +43,7 @@ import attrs
 from jobctl._errors import (
     JobAbortedError,
     JobBusyError,
+    JobError,
     JobQueueFullError,
     JobStateError,
     JobTimeoutError,
@@ -46,6 +57,7 @@ from jobctl._info import (
 )
 from jobctl._kinds import DEFAULT_ALLOWED, AsyncJob, Job
 from jobctl._monitor import Monitor
+from jobctl._queue import WaitQueue
 from jobctl._tasks import current_task_key
 from jobctl._trace import TraceHub, TraceKind, default_trace_hub
 
@@ -88,24 +100,39 @@ def _allowed_set(allowed: Iterable[Job] | None) -> frozenset[Job]:
     return mask | {Job.DESTROY}
 
 
+#: The lane of the wait queue that async-job requests join (regular jobs
+#: join the lane of their kind).
+_ASYNC_LANE: Final = None
+_REGULAR_LANES: Final = tuple(Job)
+_ALL_LANES: Final[tuple[Job | None, ...]] = (*_REGULAR_LANES, _ASYNC_LANE)
+
+# What the one admission rule decides for a request.
+_BEGIN: Final = "begin"
+_WAIT: Final = "wait"
+_BUSY: Final = "busy"
+_FULL: Final = "queue_full"
+
+
 @final
 class _Waiter:
-    __slots__ = ("event", "granted", "job", "since")
+    __slots__ = ("event", "granted", "job", "lane", "since")
 
     def __init__(self, job: ActiveJob | ActiveAsyncJob, since: float) -> None:
         self.job = job
         self.since = since
         self.event = anyio.Event()
         self.granted = False
-
-    @property
-    def is_destroy(self) -> bool:
-        return isinstance(self.job, ActiveJob) and self.job.kind is Job.DESTROY
+        self.lane: Job | None = job.kind if isinstance(job, ActiveJob) else _ASYNC_LANE
 
     @property
     def exempt(self) -> bool:
         """Not counted against ``max_queued``."""
-        return isinstance(self.job, ActiveAsyncJob) or self.is_destroy
+        return _exempt(self.job)
+
+
+def _exempt(job: ActiveJob | ActiveAsyncJob) -> bool:
+    """Async-job begins and DESTROY do not count against ``max_queued``."""
+    return isinstance(job, ActiveAsyncJob) or job.kind is Job.DESTROY
 
 
 class _JobBase:
@@ -212,6 +239,7 @@ class ActiveAsyncJob(_JobBase):
         "_outcome",
         "_progress",
         "_scope",
+        "_scope_entered",
         "_section",
         "_timeout",
         "kind",
@@ -244,7 +272,10 @@ class ActiveAsyncJob(_JobBase):
         self._abort_delivered = False
         self._destroyed = False
         self._section: _Section | None = None
-        self._scope: anyio.CancelScope | None = None
+        # Made now, so that a DESTROY granted before the body starts can
+        # cancel it already: the body then starts cancelled.
+        self._scope = anyio.CancelScope()
+        self._scope_entered = False
         self._outcome: str | None = None
         self._ended_at: float | None = None
 
@@ -346,14 +377,16 @@ class ActiveAsyncJob(_JobBase):
     async def __aenter__(self) -> ActiveAsyncJob:
         dom = self._domain
         await dom._begin(self, self._nowait, self._timeout)
-        self._scope = scope = anyio.CancelScope()
-        scope.__enter__()
+        self._scope.__enter__()
+        self._scope_entered = True
+        if self._destroyed:
+            # Pre-empted between its grant and now: the body starts cancelled.
+            dom._emit(TraceKind.DESTROY_DELIVERED, self, None)
         try:
             if dom._persister is not None:
                 await dom._persister.save_async_job(dom.name, self.info(), dict(self.private))
         except BaseException as exc:
-            scope.__exit__(type(exc), exc, exc.__traceback__)
-            await dom._end_async(self, exc)
+            await self._close(type(exc), exc, exc.__traceback__)
             raise
         return self
 
@@ -363,21 +396,30 @@ class ActiveAsyncJob(_JobBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._scope is not None
-        scope, self._scope = self._scope, None
-        swallowed = scope.__exit__(exc_type, exc, tb)
+        return await self._close(exc_type, exc, tb)
+
+    async def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Leave the job's cancel scope and end the job. Returns whether
+        ``exc`` was swallowed; raises JobAbortedError when DESTROY pre-empted
+        the job, whatever its body ended with."""
+        assert self._scope_entered
+        self._scope_entered = False
+        swallowed = bool(self._scope.__exit__(exc_type, exc, tb))
         dom = self._domain
-        if self._destroyed and (swallowed or exc is not None):
-            # Pre-empted by DESTROY: whatever the body died of, this is why.
-            error: BaseException | None = JobAbortedError(
+        error: BaseException | None
+        if self._destroyed:
+            error = JobAbortedError(
                 f"async job {self.kind.name} on domain {dom.name!r} was pre-empted by DESTROY",
                 reason="destroyed",
             )
             self._abort_reason = "destroyed"
-        elif swallowed:
-            error = None
         else:
-            error = exc
+            error = None if swallowed else exc
         await dom._end_async(self, error)
         if isinstance(error, JobAbortedError) and error is not exc:
             raise error from exc
@@ -508,8 +550,6 @@ class MonitorSession:
         self._monitor = monitor
         self._state = "waiting"
         await dom._acquire_monitor(self)
-        self._state = "held"
-        dom._emit(TraceKind.MONITOR_ENTER, job, None)
         return self
 
     async def __aexit__(
@@ -632,11 +672,12 @@ class Domain:
         self._exclusive = False
         self._async: ActiveAsyncJob | None = None
         self._completed: AsyncJobInfo | None = None
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: WaitQueue[Job | None, _Waiter] = WaitQueue()
         self._counted_waiters = 0
         self._holders: dict[object, _JobBase] = {}
         self._monitor_session: MonitorSession | None = None
-        self._monitor_queue: deque[tuple[MonitorSession, anyio.Event]] = deque()
+        #: Sessions waiting for the monitor, in arrival order.
+        self._monitor_queue: dict[MonitorSession, anyio.Event] = {}
         self._barrier: _Section | None = None
         self._barrier_event: anyio.Event | None = None
         self._barrier_started = 0.0
@@ -710,8 +751,12 @@ class Domain:
         phase). Inside, it calls the job's abort hook through the monitor,
         then cancels the section; the async job raises
         :class:`JobAbortedError` when it leaves the section. Returns once the
-        abort is delivered. Raises :class:`JobStateError` when no async job
-        runs (or it ended before the abort could begin).
+        abort is delivered.
+
+        If the hook fails (for a migration: ``migrate_cancel`` refused) or
+        is cancelled, nothing is aborted: the error propagates from here and
+        the async job goes on. Raises :class:`JobStateError` when no async
+        job runs (or it ended before the abort could begin).
         """
         target = self._async
         if target is None:
@@ -723,15 +768,26 @@ class Domain:
                     f"async job {target.kind.name} on domain {self.name!r} ended "
                     "before it could be aborted"
                 )
-            target._abort_reason = reason
-            self._abort_count += 1
             hook = target._abort_hook
             if hook is not None and self._monitor is not None:
-                async with job.monitor() as mon:
-                    await hook(mon)
+                try:
+                    async with job.monitor() as mon:
+                        await hook(mon)
+                except BaseException as exc:
+                    self._emit(
+                        TraceKind.ABORT_FAILED,
+                        target,
+                        {"reason": reason, "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    raise
+            if target._state != "active":  # pragma: no cover - its barrier holds it
+                raise JobStateError(f"{target!r} ended before it could be aborted")
+            target._abort_reason = reason
+            self._abort_count += 1
             section = target._section
             if section is not None and section._scope is not None:
                 section._scope.cancel()
+            self._emit(TraceKind.ABORT_DELIVERED, target, {"reason": reason})
 
     def info(self, *, keep_completed: bool = False) -> DomainInfo:
         """A frozen snapshot of the domain's job state.
@@ -787,16 +843,27 @@ class Domain:
                 self._trace.emit(self.name, kind, job.id, job._kind_name(), job.owner, detail)
 
     # -- admission -----------------------------------------------------------
+    #
+    # One rule decides every request, whether it arrives (``_begin``) or
+    # waits (``_dispatch``): a job may begin now if and only if no waiter
+    # that could run is ahead of it and it is compatible with what runs.
+    # Waiters that cannot run until the async job ends are parked: their
+    # lanes are closed and they hold up nobody. DESTROY waiters go first.
 
-    def _parked(self, job: ActiveJob | ActiveAsyncJob) -> bool:
-        """Whether ``job`` cannot begin until the running async job ends, so
-        that it must not hold up the waiters behind it."""
+    def _open_lanes(self) -> Iterable[Job | None]:
+        """The lanes of waiters that are not parked behind the async job."""
         ajob = self._async
-        if ajob is None:
-            return False
-        return isinstance(job, ActiveAsyncJob) or job.kind not in ajob._allowed
+        return _ALL_LANES if ajob is None else ajob._allowed
 
-    def _admissible(self, job: ActiveJob | ActiveAsyncJob) -> bool:
+    def _head(self) -> _Waiter | None:
+        """The first waiter that is not parked (DESTROY waiters first)."""
+        queue = self._waiters
+        if not queue:
+            return None
+        return queue.first_in(Job.DESTROY) or queue.first(self._open_lanes())
+
+    def _compatible(self, job: ActiveJob | ActiveAsyncJob) -> bool:
+        """Whether ``job`` may run beside what runs now."""
         if isinstance(job, ActiveAsyncJob):
             return self._async is None and not self._regular
         ajob = self._async
@@ -805,6 +872,31 @@ class Domain:
         if job.kind.shared:
             return not self._exclusive
         return not self._regular
+
+    def _may_begin(self, job: ActiveJob | ActiveAsyncJob, waiter: _Waiter | None) -> bool:
+        """The admission rule: ``job`` (queued as ``waiter``, or arriving when
+        ``waiter`` is None) may begin now."""
+        if waiter is None:
+            # Arriving, it would join the back (a DESTROY: behind earlier DESTROYs).
+            if isinstance(job, ActiveJob) and job.kind is Job.DESTROY:
+                ahead = self._waiters.first_in(Job.DESTROY)
+            else:
+                ahead = self._head()
+            if ahead is not None:
+                return False
+        elif self._head() is not waiter:
+            return False
+        return self._compatible(job)
+
+    def _decide(self, job: ActiveJob | ActiveAsyncJob, nowait: bool) -> str:
+        """What becomes of an arriving request: begin, wait, or refused."""
+        if self._may_begin(job, None):
+            return _BEGIN
+        if nowait:
+            return _BUSY
+        if not _exempt(job) and self.max_queued and self._counted_waiters >= self.max_queued:
+            return _FULL
+        return _WAIT
 
     def _grant(self, job: ActiveJob | ActiveAsyncJob, waited: bool) -> None:
         job._state = "active"
@@ -831,27 +923,15 @@ class Domain:
 
     def _dispatch(self) -> None:
         """Grant waiters in FIFO order, skipping those parked behind the async
-        job; stop at the first one that cannot begin."""
-        waiters = self._waiters
-        if not waiters:
-            return
-        kept: list[_Waiter] = []
-        while waiters:
-            waiter = waiters[0]
-            job = waiter.job
-            if self._parked(job):
-                kept.append(waiters.popleft())
-                continue
-            if not self._admissible(job):
-                break
-            waiters.popleft()
+        job; stop at the first one that cannot begin. O(lanes) when nothing
+        can begin, whatever the number of parked waiters."""
+        while (waiter := self._head()) is not None and self._may_begin(waiter.job, waiter):
+            self._waiters.remove(waiter.lane, waiter)
             if not waiter.exempt:
                 self._counted_waiters -= 1
             waiter.granted = True
-            self._grant(job, True)
+            self._grant(waiter.job, True)
             waiter.event.set()
-        if kept:
-            waiters.extendleft(reversed(kept))
 
     def _describe_holders(self) -> str:
         now = anyio.current_time()
@@ -883,53 +963,67 @@ class Domain:
                 f"cannot begin {job._kind_name()} job on domain {self.name!r}: this task "
                 f"already holds {held!r} (jobs do not nest)"
             )
+        limit = self.wait_timeout if timeout is None else timeout
+        if limit is not None and not limit >= 0:
+            raise ValueError(f"a job's timeout must be >= 0 or None, not {limit!r}")
+        await anyio.lowlevel.checkpoint_if_cancelled()
         job._task = task
-        is_destroy = isinstance(job, ActiveJob) and job.kind is Job.DESTROY
-        if is_destroy:
+        if isinstance(job, ActiveJob) and job.kind is Job.DESTROY:
             self._destroys_preempt()
-        # Fast path: nobody queued and the job can begin at once.
-        if not self._waiters and self._admissible(job):
-            await anyio.lowlevel.checkpoint_if_cancelled()
+        decision = self._decide(job, nowait)
+        if decision is _BEGIN:
             self._grant(job, False)
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
+        is_async = isinstance(job, ActiveAsyncJob)
         what = f"cannot begin {job._kind_name()} job on domain {self.name!r}"
-        if nowait:
-            self._busy += 1
-            await anyio.lowlevel.checkpoint()
-            raise JobBusyError(f"{what}: {self._describe_holders()} (nowait)")
-        waiter = _Waiter(job, anyio.current_time())
-        if not waiter.exempt:
-            if self.max_queued and self._counted_waiters >= self.max_queued:
+        if decision is not _WAIT:
+            job._state = "ended"
+            if decision is _BUSY:
+                self._busy += 1
+                error: JobError = JobBusyError(f"{what}: {self._describe_holders()} (nowait)")
+            else:
                 self._queue_full += 1
-                await anyio.lowlevel.checkpoint()
-                raise JobQueueFullError(
+                error = JobQueueFullError(
                     f"{what}: {self._counted_waiters} waiters queued (max_queued="
                     f"{self.max_queued}); {self._describe_holders()}"
                 )
-            self._counted_waiters += 1
-        if is_destroy:
-            # DESTROY waiters go first, behind earlier DESTROY waiters only.
-            position = next(
-                (i for i, other in enumerate(self._waiters) if not other.is_destroy),
-                len(self._waiters),
+            self._emit(
+                TraceKind.JOB_REFUSED,
+                job,
+                {
+                    "reason": decision,
+                    "async": is_async,
+                    "queued": self._counted_waiters,
+                    "max_queued": self.max_queued,
+                },
             )
-            self._waiters.insert(position, waiter)
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            raise error
+        waiter = _Waiter(job, anyio.current_time())
+        counted = not waiter.exempt
+        queued = self._counted_waiters
+        if counted:
+            self._counted_waiters += 1
+        if waiter.lane is Job.DESTROY:
+            position = self._waiters.count(Job.DESTROY)
         else:
             position = len(self._waiters)
-            self._waiters.append(waiter)
+        self._waiters.push(waiter.lane, waiter)
         job._state = "waiting"
         self._waits += 1
-        self._emit(
-            TraceKind.JOB_WAIT,
-            job,
-            {"async": isinstance(job, ActiveAsyncJob), "position": position},
-        )
-        self._dispatch()
-        if waiter.granted:
-            await anyio.lowlevel.cancel_shielded_checkpoint()
-            return
-        limit = self.wait_timeout if timeout is None else timeout
+        if self._trace.active:
+            detail: dict[str, Any] = {
+                "async": is_async,
+                "position": position,
+                "timeout": limit,
+                "counted": counted,
+                "queued": queued,
+                "max_queued": self.max_queued,
+            }
+            if isinstance(job, ActiveAsyncJob):
+                detail["allowed"] = sorted(k.name for k in job._allowed)
+            self._emit(TraceKind.JOB_WAIT, job, detail)
         try:
             with anyio.fail_after(math.inf if limit is None else limit):
                 await waiter.event.wait()
@@ -948,29 +1042,37 @@ class Domain:
                 if isinstance(job, ActiveAsyncJob):
                     self._finish_async_state(job, "cancelled", None)
                 else:
-                    self._end_regular(job, None)
+                    self._end_regular(job, None, "cancelled")
             else:
                 self._cancelled_waits += 1
                 self._drop_waiter(waiter, "cancelled")
             raise
 
     def _drop_waiter(self, waiter: _Waiter, result: str) -> None:
-        self._waiters.remove(waiter)
+        self._waiters.remove(waiter.lane, waiter)
         if not waiter.exempt:
             self._counted_waiters -= 1
         waiter.job._state = "ended"
-        self._emit(TraceKind.JOB_WAIT_FAILED, waiter.job, {"result": result})
+        self._emit(
+            TraceKind.JOB_WAIT_FAILED,
+            waiter.job,
+            {"result": result, "waited": anyio.current_time() - waiter.since},
+        )
         # The waiter may have held up those behind it.
         self._dispatch()
 
     def _destroys_preempt(self) -> None:
+        """A DESTROY request pre-empts the running async job: its body is
+        cancelled now, or as it starts if it has not resumed since its grant."""
         ajob = self._async
         if ajob is None or ajob._destroyed:
             return
         ajob._destroyed = True
+        self._destroys += 1
         self._emit(TraceKind.DESTROY_REQUEST, ajob, None)
-        if ajob._scope is not None:
-            ajob._scope.cancel()
+        ajob._scope.cancel()
+        if ajob._scope_entered:
+            self._emit(TraceKind.DESTROY_DELIVERED, ajob, None)
 
     # -- end -----------------------------------------------------------------
 
@@ -978,7 +1080,9 @@ class Domain:
         if self._holders.get(job._task) is job:
             del self._holders[job._task]
 
-    def _end_regular(self, job: ActiveJob, exc: BaseException | None) -> None:
+    def _end_regular(
+        self, job: ActiveJob, exc: BaseException | None, outcome: str | None = None
+    ) -> None:
         if job._state != "active":
             return
         job._state = "ended"
@@ -988,12 +1092,13 @@ class Domain:
             self._exclusive = False
         if self._monitor_session is not None and self._monitor_session._job is job:
             self._release_monitor(self._monitor_session)
-        if exc is None:
-            outcome = "ok"
-        elif isinstance(exc, anyio.get_cancelled_exc_class()):
-            outcome = "cancelled"
-        else:
-            outcome = "error"
+        if outcome is None:
+            if exc is None:
+                outcome = "ok"
+            elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                outcome = "cancelled"
+            else:
+                outcome = "error"
         self._emit(TraceKind.JOB_END, job, {"outcome": outcome})
         if job._in_section:
             barrier = self._barrier
@@ -1076,47 +1181,61 @@ class Domain:
     # -- the monitor lock ----------------------------------------------------
 
     async def _acquire_monitor(self, session: MonitorSession) -> None:
-        """Make ``session`` the monitor's holder, first come first served."""
+        """Make ``session`` the monitor's holder, first come first served.
+
+        The monitor is handed over (and ``monitor.enter`` traced) by the
+        releasing side, so the order of holders is the order of arrival."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        job = session._job
         if self._monitor_session is None and not self._monitor_queue:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            self._monitor_session = session
+            self._hand_monitor(session, False)
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
         if session._nowait:
             session._state = "closed"
             holder = self._monitor_session
+            self._emit(
+                TraceKind.MONITOR_REFUSED,
+                job,
+                {"holder": None if holder is None else holder._job.id},
+            )
             who = "earlier waiters" if holder is None else repr(holder._job)
-            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.cancel_shielded_checkpoint()
             raise JobBusyError(f"the monitor of domain {self.name!r} is held by {who} (nowait)")
         event = anyio.Event()
-        entry = (session, event)
-        self._monitor_queue.append(entry)
+        self._monitor_queue[session] = event
+        self._emit(TraceKind.MONITOR_WAIT, job, {"position": len(self._monitor_queue) - 1})
         try:
             await event.wait()
         except BaseException:
             if self._monitor_session is session:
                 # Handed the monitor just as we were cancelled: pass it on.
                 self._release_monitor(session)
-            else:
-                self._monitor_queue.remove(entry)
+            elif self._monitor_queue.pop(session, None) is not None:
+                self._emit(TraceKind.MONITOR_WAIT_FAILED, job, {"result": "cancelled"})
             session._state = "closed"
             raise
         if self._monitor_session is not session:
             session._state = "closed"
-            raise JobStateError(f"{session._job!r} ended while waiting for the monitor")
+            raise JobStateError(f"{job!r} ended while waiting for the monitor")
+
+    def _hand_monitor(self, session: MonitorSession, waited: bool) -> None:
+        self._monitor_session = session
+        session._state = "held"
+        self._emit(TraceKind.MONITOR_ENTER, session._job, {"waited": waited})
 
     def _release_monitor(self, session: MonitorSession) -> None:
         """``session`` leaves the monitor; the next waiter (if any) takes it."""
-        held = session._state == "held"
         session._state = "closed"
         if self._monitor_session is not session:
             return
-        if held:
-            self._emit(TraceKind.MONITOR_EXIT, session._job, None)
         self._monitor_session = None
-        while self._monitor_queue:
-            waiting, event = self._monitor_queue.popleft()
-            event.set()
+        self._emit(TraceKind.MONITOR_EXIT, session._job, None)
+        queue = self._monitor_queue
+        while queue:
+            waiting = next(iter(queue))
+            queue.pop(waiting).set()
             if waiting._job._state == "active":
-                self._monitor_session = waiting
+                self._hand_monitor(waiting, True)
                 return
+            self._emit(TraceKind.MONITOR_WAIT_FAILED, waiting._job, {"result": "job_ended"})

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 #: Version of :meth:`TraceEvent.to_json`'s shape; bumped on incompatible change.
-TRACE_SCHEMA_VERSION: Final = 1
+TRACE_SCHEMA_VERSION: Final = 2
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -35,13 +35,23 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class TraceKind(enum.StrEnum):
     """What a :class:`TraceEvent` records."""
 
+    # Every job request is decided once, and the decision is one event:
+    # job.begin / async.begin with ``waited`` false (begun at once), job.wait
+    # (queued; a later job.begin / async.begin with ``waited`` true, or a
+    # job.wait_failed, ends the wait) or job.refused.
+
     #: A job request had to queue (``detail``: ``async``, ``position`` in the
-    #: queue, 0 first).
+    #: queue, 0 first; ``timeout``, the wait's limit in seconds or None;
+    #: ``counted``, whether it counts against ``max_queued``; ``queued``, the
+    #: counted waiters before it; ``max_queued``; for an async job, ``allowed``).
     JOB_WAIT = "job.wait"
     #: A queued request stopped waiting without a job (``detail``: ``result`` =
-    #: ``timeout`` | ``cancelled``). Requests refused at once (``nowait``, a
-    #: full queue) never queued and emit nothing.
+    #: ``timeout`` | ``cancelled``, ``waited`` in seconds).
     JOB_WAIT_FAILED = "job.wait_failed"
+    #: A job request was refused at once, without queueing (``detail``:
+    #: ``reason`` = ``busy`` (``nowait``) | ``queue_full``, ``async``,
+    #: ``queued``, ``max_queued``).
+    JOB_REFUSED = "job.refused"
     #: A regular job began (``detail``: ``in_section``, ``waited``).
     JOB_BEGIN = "job.begin"
     #: A regular job ended (``detail``: ``outcome`` = ``ok`` | ``error`` | ``cancelled``).
@@ -66,7 +76,17 @@ class TraceKind(enum.StrEnum):
     BARRIER_START = "barrier.start"
     #: The last regular job of the section ended (``detail``: ``waited``).
     BARRIER_END = "barrier.end"
-    #: A job entered the domain's monitor.
+    #: A job's monitor session had to queue for the monitor (``detail``:
+    #: ``position``, 0 first).
+    MONITOR_WAIT = "monitor.wait"
+    #: A queued monitor session stopped waiting without the monitor
+    #: (``detail``: ``result`` = ``cancelled`` | ``job_ended``).
+    MONITOR_WAIT_FAILED = "monitor.wait_failed"
+    #: A ``nowait`` monitor entry found the monitor taken (``detail``: ``holder``,
+    #: the holder's job id or None for earlier waiters).
+    MONITOR_REFUSED = "monitor.refused"
+    #: A job was given the domain's monitor (``detail``: ``waited``). Emitted
+    #: when the monitor is handed over, before the new holder's task resumes.
     MONITOR_ENTER = "monitor.enter"
     #: A job left the domain's monitor.
     MONITOR_EXIT = "monitor.exit"
@@ -77,8 +97,22 @@ class TraceKind(enum.StrEnum):
     COMMAND_ANSWERED = "command.answered"
     #: ``Domain.abort`` was asked to abort the async job (``detail``: ``reason``).
     ABORT_REQUEST = "abort.request"
-    #: A DESTROY request pre-empted the async job.
+    #: The abort hook succeeded and the async job's section was cancelled
+    #: (``detail``: ``reason``); the job will end with ``aborted``.
+    ABORT_DELIVERED = "abort.delivered"
+    #: The abort did not take effect: the hook failed or was cancelled
+    #: (``detail``: ``reason``, ``error``); the async job goes on.
+    ABORT_FAILED = "abort.failed"
+    #: A DESTROY request pre-empts the running async job (emitted before the
+    #: DESTROY job's own request is decided).
     DESTROY_REQUEST = "destroy.request"
+    #: The pre-empted async job's body was cancelled: at once when its body
+    #: runs, or as it enters its body when it had been granted but had not
+    #: resumed yet.
+    DESTROY_DELIVERED = "destroy.delivered"
+    #: A trace listener raised and was unsubscribed (``detail``: ``listener``,
+    #: ``error``); ``job_id`` and ``job`` are those of the event it failed on.
+    LISTENER_FAILED = "trace.listener_failed"
 
 
 @final
@@ -117,7 +151,10 @@ class TraceEvent:
 
 
 #: A trace listener is called synchronously, in the emitting task, for every
-#: event. It must not block or raise; push into a bounded buffer instead.
+#: event. It must not block; it should not raise (push into a bounded buffer
+#: instead). A listener that raises is unsubscribed, counted in
+#: ``TraceHub.failed_listeners`` and reported to the other listeners as a
+#: ``trace.listener_failed`` event; the emitter never sees the error.
 TraceListener = Callable[[TraceEvent], None]
 
 
@@ -131,9 +168,15 @@ class TraceSubscription:
         self._hub = hub
         self._listener = listener
 
+    @property
+    def active(self) -> bool:
+        """Whether events are still delivered to the listener."""
+        return self in self._hub._subscriptions
+
     def close(self) -> None:
-        """Stop delivering events to the listener. Idempotent."""
-        self._hub._remove(self._listener)
+        """Stop delivering events to the listener. Idempotent; other
+        subscriptions of the same listener stay."""
+        self._hub._remove(self)
 
     def __enter__(self) -> TraceSubscription:
         return self
@@ -152,26 +195,29 @@ class TraceHub:
     Domains share :data:`default_trace_hub` unless given their own. ``active``
     is False while nobody listens, and emitters check it before building an
     event, so an unobserved trace costs next to nothing.
+
+    Guarantee: ``emit`` never raises. A listener that raises is dropped (see
+    :data:`TraceListener`); every other listener still gets every event.
     """
 
-    __slots__ = ("_listeners", "active")
+    __slots__ = ("_subscriptions", "active", "failed_listeners")
 
     def __init__(self) -> None:
-        self._listeners: tuple[TraceListener, ...] = ()
+        self._subscriptions: tuple[TraceSubscription, ...] = ()
         self.active = False
+        #: Listeners dropped because they raised.
+        self.failed_listeners = 0
 
     def subscribe(self, listener: TraceListener) -> TraceSubscription:
         """Deliver every later event to ``listener`` until the subscription closes."""
-        self._listeners = (*self._listeners, listener)
+        subscription = TraceSubscription(self, listener)
+        self._subscriptions = (*self._subscriptions, subscription)
         self.active = True
-        return TraceSubscription(self, listener)
+        return subscription
 
-    def _remove(self, listener: TraceListener) -> None:
-        listeners = list(self._listeners)
-        if listener in listeners:
-            listeners.remove(listener)
-        self._listeners = tuple(listeners)
-        self.active = bool(listeners)
+    def _remove(self, subscription: TraceSubscription) -> None:
+        self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+        self.active = bool(self._subscriptions)
 
     def emit(
         self,
@@ -195,8 +241,27 @@ class TraceHub:
             owner,
             _EMPTY if not detail else MappingProxyType(dict(detail)),
         )
-        for listener in self._listeners:
-            listener(event)
+        failed: list[tuple[TraceSubscription, Exception]] = []
+        for subscription in self._subscriptions:
+            try:
+                subscription._listener(event)
+            except Exception as error:
+                failed.append((subscription, error))
+        for subscription, exc in failed:
+            self._remove(subscription)
+            self.failed_listeners += 1
+            self.emit(
+                domain,
+                TraceKind.LISTENER_FAILED,
+                job_id,
+                job,
+                owner,
+                {
+                    "listener": repr(subscription._listener),
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "event": kind.value,
+                },
+            )
 
 
 #: The hub every :class:`~jobctl.Domain` uses unless given another.

@@ -26,6 +26,25 @@ The invariants (numbered as in jobctl's design):
    no earlier waiter that could run is still queued (FIFO, DESTROY first).
 7. At the end (:meth:`InvariantChecker.finish`), every domain is idle: no job,
    waiter, open gate, monitor holder or command in flight is left over.
+
+Invariants 8 to 12 replay the trace on the reference model
+(:mod:`jobctl.testing._spec`) and compare every decision (see
+:mod:`jobctl.testing._decisions`):
+
+8. A DESTROY request pre-empts the running async job: the pre-emption is
+   delivered to its body and the job ends ``destroyed`` within one scheduling
+   round (the same virtual instant), doing nothing more; an async job ends
+   ``aborted`` only after an abort was delivered to it.
+9. The monitor goes to its waiting sessions in arrival order; a session
+   waits or is refused only while the monitor is taken.
+10. Waits end by their timeout: no request stays queued past its deadline,
+    and none times out before it.
+11. Queue accounting: waiters count against ``max_queued`` as the rules say,
+    a full queue refuses and only a full queue does, and ``statistics()``
+    agrees with the trace.
+12. Every admission decision is the model's: each request begins at once,
+    waits or is refused as the model decides, and after every change exactly
+    the waiters the model grants are granted, in its order (nothing lost).
 """
 
 from __future__ import annotations
@@ -36,7 +55,9 @@ from typing import Final, final
 
 import attrs
 
+from jobctl._info import DomainStatistics
 from jobctl._trace import TraceEvent, TraceKind
+from jobctl.testing._decisions import INSTANT, DecisionChecker
 from jobctl.testing._format import format_events
 
 __all__ = [
@@ -57,6 +78,11 @@ INVARIANTS: Final[dict[int, str]] = {
     5: "compatibility of regular jobs; one async job",
     6: "liveness and FIFO fairness",
     7: "the domain ends idle and consistent",
+    8: "DESTROY pre-empts within one scheduling round; aborts only when delivered",
+    9: "the monitor goes to its waiters in arrival order",
+    10: "waits end by their timeout",
+    11: "queue accounting (max_queued, counters)",
+    12: "every admission decision equals the reference model's",
 }
 
 _DESTROY: Final = "DESTROY"
@@ -250,7 +276,15 @@ class InvariantChecker:
     those domains (others on the same hub are ignored).
     """
 
-    __slots__ = ("_context", "_domains", "_handlers", "_only", "_violations", "max_wait")
+    __slots__ = (
+        "_context",
+        "_decisions",
+        "_domains",
+        "_handlers",
+        "_only",
+        "_violations",
+        "max_wait",
+    )
 
     def __init__(
         self,
@@ -258,6 +292,7 @@ class InvariantChecker:
         max_wait: float | None = None,
         domains: Iterable[str] | None = None,
         context: int = 12,
+        instant: float = INSTANT,
     ) -> None:
         if max_wait is not None and not max_wait >= 0:
             raise ValueError(f"max_wait must be >= 0 or None, not {max_wait!r}")
@@ -268,6 +303,9 @@ class InvariantChecker:
         self._context = context
         self._domains: dict[str, _Domain] = {}
         self._violations: list[Violation] = []
+        if not instant >= 0:
+            raise ValueError(f"instant must be >= 0, not {instant!r}")
+        self._decisions = DecisionChecker(self._report, instant=instant)
         self._handlers: dict[TraceKind, Callable[[_Domain, TraceEvent], None]] = {
             TraceKind.JOB_WAIT: self._on_wait,
             TraceKind.JOB_WAIT_FAILED: self._on_wait_failed,
@@ -301,10 +339,14 @@ class InvariantChecker:
         dom = self._domains.get(event.domain)
         if dom is None:
             dom = self._domains[event.domain] = _Domain(event.domain, self._context)
+        if event.kind is TraceKind.LISTENER_FAILED:
+            dom.recent.append(event)
+            return
         if event.job_id is None:
             # Every job-layer event names its job; this one cannot be checked.
             self._violate(7, dom, "an event without a job id", event)
             return
+        self._decisions.feed(event)
         if dom.async_ is not None and event.job_id == dom.async_.id:
             self._check_async_action(dom, event)
         handler = self._handlers.get(event.kind)
@@ -323,9 +365,15 @@ class InvariantChecker:
             dom = _Domain(domain, 0)
         return dom.model()
 
+    def check_statistics(self, domain: str, statistics: DomainStatistics) -> None:
+        """Check ``Domain.statistics()`` of ``domain`` against its trace
+        (invariant 11); the trace must be complete from the domain's start."""
+        self._decisions.check_statistics(domain, statistics)
+
     def finish(self) -> None:
         """The trace is complete: check that every domain ended idle and every
         wait was resolved."""
+        self._decisions.finish()
         for dom in self._domains.values():
             for waiter in dom.waiters:
                 self._violate(6, dom, "a request never began nor failed", waiter.event)
@@ -346,6 +394,14 @@ class InvariantChecker:
             raise InvariantViolation(self._violations)
 
     # -- helpers -----------------------------------------------------------
+
+    def _report(
+        self, invariant: int, domain: str, message: str, events: tuple[TraceEvent, ...]
+    ) -> None:
+        dom = self._domains.get(domain)
+        if dom is None:
+            dom = self._domains[domain] = _Domain(domain, self._context)
+        self._violate(invariant, dom, message, *events)
 
     def _violate(self, invariant: int, dom: _Domain, message: str, *events: TraceEvent) -> None:
         self._violations.append(

@@ -1,188 +1,253 @@
-"""Planted bugs: each one a small, named patch of the job core.
+"""Planted bugs: each one a small, named edit of the job core's source.
 
-Each ``plant_*`` function takes a ``pytest.MonkeyPatch`` and breaks exactly
-one rule, the way a plausible slip in ``jobctl/_domain.py`` would. The
-meta-tests show that the property suite finds each one. ``BUGS`` maps a
-bug's name to its patch and to the invariant that must catch it.
+A bug is a text replacement in a core module, the slip a developer could
+make in one line: ``plant`` compiles the edited source and puts its
+functions in place of the real ones for the test's duration (the classes
+stay the same objects, so everything built on them sees the bug). Tests
+name behaviour and source text only, never copies of private method bodies;
+a refactor that removes a snippet makes the planting fail loudly, naming it.
+
+The meta-tests show that the property suite finds each one. ``BUGS`` maps a
+bug's name to its edit and to the invariant that must catch it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+import inspect
+import types
+from collections.abc import Mapping
+from typing import Final
 
-import anyio.lowlevel
 import attrs
 import pytest
 
-from jobctl import ActiveAsyncJob, ActiveJob, Domain, MonitorSession, TraceKind
-from jobctl._domain import _Waiter
-from jobctl._tasks import current_task_key
+import jobctl._domain
+import jobctl._trace
 
-Job_ = ActiveJob | ActiveAsyncJob
-
-
-def plant_gate_never_closed(mp: pytest.MonkeyPatch) -> None:
-    """Admission forgets to ask whether a section is open."""
-
-    def _admissible(self: Domain, job: Job_) -> bool:
-        if isinstance(job, ActiveAsyncJob):
-            return self._async is None and not self._regular
-        ajob = self._async
-        if ajob is not None and job.kind not in ajob._allowed:  # BUG: no `_section is None`
-            return False
-        if job.kind.shared:
-            return not self._exclusive
-        return not self._regular
-
-    mp.setattr(Domain, "_admissible", _admissible)
+_MODULES: Final = {"domain": jobctl._domain, "trace": jobctl._trace}
 
 
-def plant_mask_ignored(mp: pytest.MonkeyPatch) -> None:
-    """Admission and parking forget the async job's allowed mask."""
-
-    def _admissible(self: Domain, job: Job_) -> bool:
-        if isinstance(job, ActiveAsyncJob):
-            return self._async is None and not self._regular
-        ajob = self._async
-        if ajob is not None and ajob._section is None:  # BUG: no `kind not in _allowed`
-            return False
-        if job.kind.shared:
-            return not self._exclusive
-        return not self._regular
-
-    def _parked(self: Domain, job: Job_) -> bool:
-        return self._async is not None and isinstance(job, ActiveAsyncJob)
-
-    mp.setattr(Domain, "_admissible", _admissible)
-    mp.setattr(Domain, "_parked", _parked)
+def _shape(code: types.CodeType) -> object:
+    """What a code object does, without where it stands in the file."""
+    consts = tuple(_shape(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return (code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars)
 
 
-def plant_exclusive_shared(mp: pytest.MonkeyPatch) -> None:
-    """Exclusive jobs only check for other exclusive jobs, so they join QUERY jobs."""
-
-    def _admissible(self: Domain, job: Job_) -> bool:
-        if isinstance(job, ActiveAsyncJob):
-            return self._async is None and not self._regular
-        ajob = self._async
-        if ajob is not None and (ajob._section is None or job.kind not in ajob._allowed):
-            return False
-        return not self._exclusive  # BUG: `not self._regular` for exclusive kinds
-
-    mp.setattr(Domain, "_admissible", _admissible)
-
-
-def plant_barrier_skipped(mp: pytest.MonkeyPatch) -> None:
-    """Nobody waits at the barrier."""
-
-    async def _wait_barrier(self: Domain) -> None:
-        await anyio.lowlevel.checkpoint()  # BUG: ignores _barrier_event
-
-    mp.setattr(Domain, "_wait_barrier", _wait_barrier)
+def _rebind(function: types.FunctionType, cls: type) -> types.FunctionType:
+    """``function`` with its ``__class__`` cell (zero-argument ``super()``)
+    pointing at ``cls``."""
+    if function.__closure__ is None or "__class__" not in function.__code__.co_freevars:
+        return function
+    cells = tuple(
+        types.CellType(cls) if name == "__class__" else cell
+        for name, cell in zip(function.__code__.co_freevars, function.__closure__, strict=True)
+    )
+    return types.FunctionType(
+        function.__code__, function.__globals__, function.__name__, function.__defaults__, cells
+    )
 
 
-def plant_barrier_never_released(mp: pytest.MonkeyPatch) -> None:
-    """The last job of a section ends, but the async job waiting at the
-    barrier is never woken."""
-    original = Domain._finish_barrier
-
-    def _finish_barrier(self: Domain, *args: Any, **kwargs: Any) -> None:
-        self._barrier_event = None  # BUG: the waiter's event is dropped, never set
-        original(self, *args, **kwargs)
-
-    mp.setattr(Domain, "_finish_barrier", _finish_barrier)
-
-
-def plant_monitor_released_before_reply(mp: pytest.MonkeyPatch) -> None:
-    """The session hands the monitor to the next waiter as soon as it sends."""
-    original = MonitorSession.execute
-
-    async def execute(self: MonitorSession, command: str, arguments: Any = None) -> Any:
-        dom = self._job._domain
-        if dom._monitor_session is self:
-            dom._release_monitor(self)  # BUG: released before the reply
-            self._state = "held"
-        return await original(self, command, arguments)
-
-    mp.setattr(MonitorSession, "execute", execute)
-
-
-def plant_monitor_entered_while_interruptible(mp: pytest.MonkeyPatch) -> None:
-    """The async job may enter the monitor inside its section."""
-
-    async def __aenter__(self: MonitorSession) -> MonitorSession:
-        job = self._job
-        dom = job._domain
-        if isinstance(job, ActiveAsyncJob) and job._section is None:
-            await dom._wait_barrier()  # BUG: no refusal when job._section is set
-        self._task = current_task_key()
-        self._monitor = dom._monitor
-        self._state = "waiting"
-        await dom._acquire_monitor(self)
-        self._state = "held"
-        dom._emit(TraceKind.MONITOR_ENTER, job, None)
-        return self
-
-    mp.setattr(MonitorSession, "__aenter__", __aenter__)
-
-
-def plant_waiter_leaked_on_cancel(mp: pytest.MonkeyPatch) -> None:
-    """A cancelled waiter is reported gone but stays in the queue."""
-    original = Domain._drop_waiter
-
-    def _drop_waiter(self: Domain, waiter: _Waiter, result: str) -> None:
-        if result != "cancelled":
-            original(self, waiter, result)
-            return
-        waiter.job._state = "ended"  # BUG: not removed from self._waiters
-        self._emit(TraceKind.JOB_WAIT_FAILED, waiter.job, {"result": result})
-
-    mp.setattr(Domain, "_drop_waiter", _drop_waiter)
-
-
-def plant_waiter_barges(mp: pytest.MonkeyPatch) -> None:
-    """Dispatch skips a waiter that cannot begin instead of stopping at it."""
-
-    def _dispatch(self: Domain) -> None:
-        kept: list[_Waiter] = []
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            job = waiter.job
-            if self._parked(job) or not self._admissible(job):
-                kept.append(waiter)  # BUG: the later waiters may barge past it
+def plant_edit(mp: pytest.MonkeyPatch, module: types.ModuleType, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` in ``module``'s source and patch the
+    functions the edit changed onto the module's own classes (undone by
+    ``mp``). Fails if the snippet is not in the source exactly once, or if
+    the edit changed no function."""
+    source = inspect.getsource(module)
+    count = source.count(old)
+    if count != 1:
+        raise AssertionError(
+            f"a planted bug's snippet occurs {count} times in {module.__name__} "
+            f"(must be once; the core changed?):\n{old}"
+        )
+    namespace: dict[str, object] = {"__name__": module.__name__, "__file__": module.__file__}
+    exec(compile(source.replace(old, new), str(module.__file__), "exec"), namespace)
+    classes = {
+        name: value
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__
+    }
+    changed = 0
+    for name, original in classes.items():
+        edited = namespace[name]
+        assert isinstance(edited, type)
+        # The edited functions must see the real classes, not their copies.
+        namespace[name] = original
+        for attr, value in vars(edited).items():
+            before = vars(original).get(attr)
+            if isinstance(value, property) and isinstance(before, property):
+                function, before = value.fget, before.fget
+            else:
+                function = value
+            if not isinstance(function, types.FunctionType):
                 continue
-            if not waiter.exempt:
-                self._counted_waiters -= 1
-            waiter.granted = True
-            self._grant(job, True)
-            waiter.event.set()
-        waiters.extend(kept)
-
-    mp.setattr(Domain, "_dispatch", _dispatch)
+            if isinstance(before, types.FunctionType) and _shape(before.__code__) == _shape(
+                function.__code__
+            ):
+                continue
+            function = _rebind(function, original)
+            patch = property(function) if isinstance(value, property) else function
+            mp.setattr(original, attr, patch)
+            changed += 1
+    for name, value in list(namespace.items()):
+        before = vars(module).get(name)
+        if (
+            isinstance(value, types.FunctionType)
+            and isinstance(before, types.FunctionType)
+            and _shape(before.__code__) != _shape(value.__code__)
+        ):
+            mp.setattr(module, name, value)
+            changed += 1
+    if not changed:
+        raise AssertionError(f"planting changed no function of {module.__name__}:\n{new}")
 
 
 @attrs.frozen
 class Bug:
     name: str
-    plant: Callable[[pytest.MonkeyPatch], None]
+    #: The module edited ("domain" or "trace"), the text and its replacement.
+    module: str
+    old: str
+    new: str
     #: The invariant whose check must catch it.
     invariant: int
+
+    def plant(self, mp: pytest.MonkeyPatch) -> None:
+        plant_edit(mp, _MODULES[self.module], self.old, self.new)
 
 
 BUGS: Final[Mapping[str, Bug]] = {
     bug.name: bug
     for bug in (
-        Bug("monitor_released_before_reply", plant_monitor_released_before_reply, 1),
-        Bug("monitor_entered_while_interruptible", plant_monitor_entered_while_interruptible, 2),
-        Bug("gate_never_closed", plant_gate_never_closed, 3),
-        Bug("mask_ignored", plant_mask_ignored, 3),
-        Bug("barrier_skipped", plant_barrier_skipped, 4),
-        Bug("exclusive_shared", plant_exclusive_shared, 5),
-        Bug("waiter_barges", plant_waiter_barges, 6),
-        Bug("barrier_never_released", plant_barrier_never_released, 6),
-        Bug("waiter_leaked_on_cancel", plant_waiter_leaked_on_cancel, 7),
+        Bug(
+            "monitor_released_before_reply",
+            "domain",
+            "            reply = await self._monitor.execute(command, arguments)",
+            "            dom._release_monitor(self)  # BUG: handed on before the reply\n"
+            "            self._state = 'held'\n"
+            "            reply = await self._monitor.execute(command, arguments)",
+            1,
+        ),
+        Bug(
+            "monitor_entered_while_interruptible",
+            "domain",
+            "            if job._section is not None:\n                raise JobStateError(",
+            "            if False:  # BUG: entering the monitor inside a section is allowed\n"
+            "                raise JobStateError(",
+            2,
+        ),
+        Bug(
+            "gate_never_closed",
+            "domain",
+            "if ajob is not None and (ajob._section is None or job.kind not in ajob._allowed):",
+            "if ajob is not None and job.kind not in ajob._allowed:  # BUG: no section check",
+            3,
+        ),
+        Bug(
+            "mask_ignored",
+            "domain",
+            "if ajob is not None and (ajob._section is None or job.kind not in ajob._allowed):",
+            "if ajob is not None and ajob._section is None:  # BUG: the mask is ignored",
+            3,
+        ),
+        Bug(
+            "barrier_skipped",
+            "domain",
+            "        event = self._barrier_event\n        if event is None:",
+            "        event = None  # BUG: nobody waits at the barrier\n        if event is None:",
+            4,
+        ),
+        Bug(
+            "exclusive_shared",
+            "domain",
+            "            return not self._exclusive\n        return not self._regular\n",
+            "            return not self._exclusive\n        return not self._exclusive  # BUG\n",
+            5,
+        ),
+        Bug(
+            "arrival_barges",
+            "domain",
+            "            if ahead is not None:\n                return False",
+            "            if False:  # BUG: an arriving request ignores the queue\n"
+            "                return False",
+            6,
+        ),
+        Bug(
+            "barrier_never_released",
+            "domain",
+            "        if event is not None:\n            event.set()\n",
+            "        if event is not None:\n            pass  # BUG: never woken\n",
+            6,
+        ),
+        Bug(
+            "waiter_leaked_on_cancel",
+            "domain",
+            "    def _drop_waiter(self, waiter: _Waiter, result: str) -> None:\n"
+            "        self._waiters.remove(waiter.lane, waiter)",
+            "    def _drop_waiter(self, waiter: _Waiter, result: str) -> None:\n"
+            "        if result != 'cancelled':  # BUG: a cancelled waiter stays queued\n"
+            "            self._waiters.remove(waiter.lane, waiter)",
+            7,
+        ),
+        # The bugs found on 5c5f025, planted back.
+        Bug(
+            "destroy_lost_before_resume",
+            "domain",
+            "        ajob._scope.cancel()\n        if ajob._scope_entered:",
+            "        if ajob._scope_entered:  # BUG: a granted job that has not resumed escapes\n"
+            "            ajob._scope.cancel()\n        if ajob._scope_entered:",
+            8,
+        ),
+        Bug(
+            "admission_decided_twice",
+            "domain",
+            "                ahead = self._head()\n",
+            "                ahead = self._head() or self._waiters.first(_ALL_LANES)  # BUG\n",
+            12,
+        ),
+        Bug(
+            "abort_failure_aborts",
+            "domain",
+            "            hook = target._abort_hook\n",
+            "            target._abort_reason = reason  # BUG: marked before the hook succeeds\n"
+            "            hook = target._abort_hook\n",
+            8,
+        ),
+        Bug(
+            "monitor_lifo",
+            "domain",
+            "            waiting = next(iter(queue))",
+            "            waiting = next(reversed(queue))  # BUG: last come, first served",
+            9,
+        ),
+        Bug(
+            "timeout_doubled",
+            "domain",
+            "            with anyio.fail_after(math.inf if limit is None else limit):",
+            "            with anyio.fail_after(math.inf if limit is None else 2 * limit):  # BUG",
+            10,
+        ),
+        Bug(
+            "queue_full_off_by_one",
+            "domain",
+            "self._counted_waiters >= self.max_queued",
+            "self._counted_waiters > self.max_queued  # BUG",
+            11,
+        ),
+        Bug(
+            "destroy_not_first",
+            "domain",
+            "        return queue.first_in(Job.DESTROY) or queue.first(self._open_lanes())",
+            "        return queue.first(self._open_lanes())  # BUG: DESTROY waits its turn",
+            12,
+        ),
+        Bug(
+            "wakeup_lost_after_a_wait_fails",
+            "domain",
+            "        # The waiter may have held up those behind it.\n        self._dispatch()",
+            "        # BUG: those behind it are not woken",
+            12,
+        ),
     )
 }
 
-__all__ = ["BUGS", "Bug"]
+__all__ = ["BUGS", "Bug", "plant_edit"]

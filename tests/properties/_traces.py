@@ -14,6 +14,8 @@ class TraceBuilder:
         self.domain = domain
         self.events: list[TraceEvent] = []
         self.time = 0.0
+        #: Waiters that count against max_queued (what job.wait reports).
+        self.counted: set[int] = set()
 
     def at(self, time: float) -> TraceBuilder:
         self.time = time
@@ -22,6 +24,8 @@ class TraceBuilder:
     def add(
         self, kind: TraceKind, job_id: int | None = None, job: str | None = None, **detail: Any
     ) -> TraceBuilder:
+        if kind in (TraceKind.JOB_BEGIN, TraceKind.JOB_WAIT_FAILED) and job_id is not None:
+            self.counted.discard(job_id)
         self.events.append(
             TraceEvent(
                 len(self.events) + 1,
@@ -44,8 +48,24 @@ class TraceBuilder:
     def end(self, job_id: int, job: str) -> TraceBuilder:
         return self.add(TraceKind.JOB_END, job_id, job, outcome="ok")
 
-    def wait(self, job_id: int, job: str, is_async: bool = False) -> TraceBuilder:
-        return self.add(TraceKind.JOB_WAIT, job_id, job, position=0, **{"async": is_async})
+    def wait(
+        self, job_id: int, job: str, is_async: bool = False, timeout: float | None = None
+    ) -> TraceBuilder:
+        counted = not is_async and job != "DESTROY"
+        queued = len(self.counted)
+        if counted:
+            self.counted.add(job_id)
+        return self.add(
+            TraceKind.JOB_WAIT,
+            job_id,
+            job,
+            position=0,
+            timeout=timeout,
+            counted=counted,
+            queued=queued,
+            max_queued=0,
+            **{"async": is_async},
+        )
 
     def async_begin(
         self, job_id: int, job: str = "MIGRATION_OUT", allowed: tuple[str, ...] = ("QUERY",)

@@ -90,7 +90,7 @@ def test_begin_outside_a_section_breaks_3() -> None:
 def test_begin_of_a_kind_not_allowed_breaks_3() -> None:
     b = TraceBuilder().async_begin(1, allowed=("QUERY",)).add(TraceKind.GATE_OPEN, 1, M)
     b.begin(2, "MODIFY", in_section=True)
-    assert violated(b, complete=False) == {3}
+    assert violated(b, complete=False) == {3, 12}  # the model would not begin it either
 
 
 def test_destroy_is_always_allowed() -> None:
@@ -174,7 +174,7 @@ def test_queries_share() -> None:
 @pytest.mark.parametrize(("first", "second"), [("QUERY", "MODIFY"), ("MODIFY", "QUERY")])
 def test_exclusive_jobs_do_not_share_5(first: str, second: str) -> None:
     b = TraceBuilder().begin(1, first).begin(2, second)
-    assert violated(b, complete=False) == {5}
+    assert violated(b, complete=False) == {5, 12}
 
 
 def test_two_async_jobs_break_5() -> None:
@@ -188,7 +188,7 @@ def test_two_async_jobs_break_5() -> None:
 def test_barging_past_a_waiter_breaks_6() -> None:
     b = TraceBuilder().begin(1, "QUERY").wait(2, "MODIFY").wait(3, "QUERY")
     b.add(TraceKind.JOB_BEGIN, 3, "QUERY", in_section=False, waited=True)
-    assert violated(b, complete=False) == {6}
+    assert violated(b, complete=False) == {6, 12}
 
 
 def test_overtaking_a_parked_waiter_is_fair() -> None:
@@ -205,15 +205,16 @@ def test_destroy_goes_first() -> None:
 
 
 def test_waiting_longer_than_max_wait_breaks_6() -> None:
-    b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY")
+    b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY", timeout=5.0)
     b.at(5).add(TraceKind.JOB_WAIT_FAILED, 2, "QUERY", result="timeout").end(1, "MODIFY")
     assert violated(b, max_wait=4) == {6}
     assert violated(b, max_wait=5) == set()
 
 
 def test_an_unresolved_wait_breaks_6_at_the_end() -> None:
-    b = TraceBuilder().wait(1, "QUERY")
-    assert violated(b) == {6}
+    b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY").end(1, "MODIFY")
+    # ... and the model would have granted it when MODIFY ended (12).
+    assert violated(b) == {6, 12}
     assert violated(b, complete=False) == set()
 
 
@@ -283,3 +284,168 @@ def test_bad_arguments_are_refused() -> None:
         InvariantChecker(max_wait=-1)
     with pytest.raises(ValueError, match="at least one violation"):
         InvariantViolation([])
+
+
+# -- 8 to 12: the reference model's decisions ---------------------------------
+
+
+def destroy_in_a_section() -> TraceBuilder:
+    b = TraceBuilder().async_begin(1).add(TraceKind.GATE_OPEN, 1, M)
+    b.add(TraceKind.DESTROY_REQUEST, 1, M).add(TraceKind.DESTROY_DELIVERED, 1, M)
+    return b.begin(2, "DESTROY", in_section=True)
+
+
+def test_a_delivered_destroy_that_ends_the_job_at_once_passes() -> None:
+    b = destroy_in_a_section().add(TraceKind.GATE_CLOSE, 1, M)
+    b.add(TraceKind.BARRIER_START, 1, M, pending=[2])
+    b.async_end(1, outcome="destroyed").add(TraceKind.BARRIER_END, 1, M, waited=0.0)
+    b.end(2, "DESTROY")
+    assert violated(b) == set()
+
+
+def test_a_destroy_that_does_not_preempt_breaks_8() -> None:
+    b = TraceBuilder().async_begin(1).add(TraceKind.GATE_OPEN, 1, M)
+    b.begin(2, "DESTROY", in_section=True)
+    assert violated(b, complete=False) == {8}
+
+
+def test_an_async_job_running_on_after_destroy_breaks_8() -> None:
+    b = destroy_in_a_section().at(1.0).add(TraceKind.GATE_CLOSE, 1, M)
+    assert violated(b, complete=False) == {8}
+
+
+def test_an_async_job_acting_after_destroy_breaks_8() -> None:
+    b = destroy_in_a_section().end(2, "DESTROY").add(TraceKind.GATE_CLOSE, 1, M)
+    b.add(TraceKind.ASYNC_PHASE, 1, M, phase="perform")
+    assert violated(b, complete=False) == {8}
+
+
+def test_a_destroyed_end_without_delivery_breaks_8() -> None:
+    b = TraceBuilder().async_begin(1).add(TraceKind.GATE_OPEN, 1, M)
+    b.add(TraceKind.DESTROY_REQUEST, 1, M).begin(2, "DESTROY", in_section=True)
+    b.end(2, "DESTROY").add(TraceKind.GATE_CLOSE, 1, M).async_end(1, outcome="destroyed")
+    assert violated(b) == {8}
+
+
+def test_an_aborted_end_needs_a_delivered_abort_8() -> None:
+    def trace(delivered: bool) -> TraceBuilder:
+        b = TraceBuilder().async_begin(1, allowed=("ABORT",)).add(TraceKind.GATE_OPEN, 1, M)
+        b.add(TraceKind.ABORT_REQUEST, 1, M, reason="user").begin(2, "ABORT", in_section=True)
+        if delivered:
+            b.add(TraceKind.ABORT_DELIVERED, 1, M, reason="user")
+        else:
+            b.add(TraceKind.ABORT_FAILED, 1, M, reason="user", error="MonitorError: no")
+        b.end(2, "ABORT").add(TraceKind.GATE_CLOSE, 1, M)
+        return b.async_end(1, outcome="aborted")
+
+    assert violated(trace(True)) == set()
+    assert violated(trace(False)) == {8}
+
+
+def monitor_waiters() -> TraceBuilder:
+    b = TraceBuilder().begin(1, "QUERY").begin(2, "QUERY").begin(3, "QUERY")
+    b.add(TraceKind.MONITOR_ENTER, 1, "QUERY", waited=False)
+    b.add(TraceKind.MONITOR_WAIT, 2, "QUERY", position=0)
+    b.add(TraceKind.MONITOR_WAIT, 3, "QUERY", position=1)
+    return b.add(TraceKind.MONITOR_EXIT, 1, "QUERY")
+
+
+def test_the_monitor_in_arrival_order_passes() -> None:
+    b = monitor_waiters().add(TraceKind.MONITOR_ENTER, 2, "QUERY", waited=True)
+    assert violated(b, complete=False) == set()
+
+
+def test_the_monitor_out_of_order_breaks_9() -> None:
+    b = monitor_waiters().add(TraceKind.MONITOR_ENTER, 3, "QUERY", waited=True)
+    assert violated(b, complete=False) == {9}
+
+
+def test_a_monitor_never_handed_on_breaks_9() -> None:
+    b = monitor_waiters().end(1, "QUERY")
+    assert violated(b, complete=False) == {9}
+
+
+def test_waiting_for_a_free_monitor_breaks_9() -> None:
+    b = TraceBuilder().begin(1, "QUERY").add(TraceKind.MONITOR_WAIT, 1, "QUERY", position=0)
+    assert violated(b, complete=False) == {9}
+
+
+def test_a_timeout_on_time_passes_and_early_or_late_breaks_10() -> None:
+    def trace(at: float) -> TraceBuilder:
+        b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY", timeout=2.0)
+        return b.at(at).add(TraceKind.JOB_WAIT_FAILED, 2, "QUERY", result="timeout")
+
+    assert violated(trace(2.0), complete=False) == set()
+    assert violated(trace(1.5), complete=False) == {10}
+    assert violated(trace(3.0), complete=False) == {10}
+
+
+def test_a_wait_past_its_deadline_breaks_10_at_the_next_event() -> None:
+    b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY", timeout=2.0)
+    b.at(2.5).add(TraceKind.JOB_END, 1, "MODIFY", outcome="ok")
+    assert 10 in violated(b, complete=False)
+
+
+def full_queue(max_queued: int) -> TraceBuilder:
+    b = TraceBuilder().begin(1, "MODIFY")
+    b.add(
+        TraceKind.JOB_WAIT,
+        2,
+        "QUERY",
+        position=0,
+        timeout=None,
+        counted=True,
+        queued=0,
+        max_queued=max_queued,
+        **{"async": False},
+    )
+    return b.add(
+        TraceKind.JOB_REFUSED,
+        3,
+        "QUERY",
+        reason="queue_full",
+        queued=1,
+        max_queued=max_queued,
+        **{"async": False},
+    )
+
+
+def test_refusing_at_max_queued_passes_and_below_it_breaks_11() -> None:
+    assert violated(full_queue(1), complete=False) == set()
+    assert violated(full_queue(2), complete=False) == {11}
+
+
+def test_statistics_that_disagree_with_the_trace_break_11() -> None:
+    import jobctl
+
+    b = TraceBuilder().begin(1, "QUERY").end(1, "QUERY")
+    checker = InvariantChecker()
+    checker.feed_all(b.events)
+    stats = jobctl.Domain("vm").statistics()
+    checker.check_statistics("vm", stats)  # begins=0, the trace says 1
+    (violation,) = checker.violations
+    assert violation.invariant == 11
+    assert "begins=0 (the trace says 1)" in violation.message
+
+
+def test_refusing_a_request_that_could_begin_breaks_12() -> None:
+    b = TraceBuilder().add(TraceKind.JOB_REFUSED, 1, "QUERY", reason="busy", **{"async": False})
+    assert violated(b, complete=False) == {12}
+
+
+def test_a_lost_wakeup_breaks_12() -> None:
+    b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY").end(1, "MODIFY")
+    b.begin(3, "MODIFY")  # the core went on without granting QUERY#2
+    assert 12 in violated(b, complete=False)
+
+
+def test_a_granted_waiter_is_the_one_the_model_grants() -> None:
+    b = TraceBuilder().begin(1, "MODIFY").wait(2, "QUERY").wait(3, "QUERY").end(1, "MODIFY")
+    b.add(TraceKind.JOB_BEGIN, 2, "QUERY", in_section=False, waited=True)
+    b.add(TraceKind.JOB_BEGIN, 3, "QUERY", in_section=False, waited=True)
+    assert violated(b, complete=False) == set()
+
+
+def test_a_raising_listeners_event_is_not_a_violation() -> None:
+    b = TraceBuilder().add(TraceKind.LISTENER_FAILED, None, None, error="RuntimeError: x")
+    assert violated(b) == set()

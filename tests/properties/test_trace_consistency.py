@@ -6,8 +6,11 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from jobctl import Domain, Job, MonitorSession, TraceKind
+import jobctl._domain
+from jobctl import Domain, Job, TraceKind
 from jobctl.testing import InvariantViolation, ScriptedMonitor, TraceRecorder
+
+from ._bugs import plant_edit
 
 pytestmark = pytest.mark.anyio
 
@@ -49,29 +52,24 @@ async def test_a_monitor_handed_to_a_cancelled_waiter_keeps_the_trace_consistent
         dom = await hand_the_monitor_to_a_cancelled_waiter(recorder)
     recorder.check()
     assert dom.info().idle
-    assert [e.owner for e in recorder.of(TraceKind.MONITOR_ENTER)] == ["a"]
+    # B was handed the monitor (traced at the hand-off) and passed it on at once.
+    enters = [(e.owner, e.detail["waited"]) for e in recorder.of(TraceKind.MONITOR_ENTER)]
+    assert enters == [("a", False), ("b", True)]
+    b_events = [e.kind for e in recorder.events if e.owner == "b" and "monitor" in e.kind.value]
+    assert b_events == [TraceKind.MONITOR_WAIT, TraceKind.MONITOR_ENTER, TraceKind.MONITOR_EXIT]
 
 
-async def test_the_checker_caught_the_old_trace_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before the fix, the core emitted monitor.exit for B, which never
-    entered: invariant 1 must flag exactly that."""
-
-    def _release_monitor(self: Domain, session: MonitorSession) -> None:
-        session._state = "closed"
-        if self._monitor_session is not session:
-            return
-        self._emit(TraceKind.MONITOR_EXIT, session._job, None)  # even if never held
-        self._monitor_session = None
-        while self._monitor_queue:
-            waiting, event = self._monitor_queue.popleft()
-            event.set()
-            if waiting._job._state == "active":
-                self._monitor_session = waiting
-                return
-
-    monkeypatch.setattr(Domain, "_release_monitor", _release_monitor)
+async def test_the_checker_catches_an_untraced_hand_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the hand-off were not traced, B's release would show a monitor.exit
+    for a job that never entered: invariant 1 must flag exactly that."""
+    plant_edit(
+        monkeypatch,
+        jobctl._domain,
+        '        self._emit(TraceKind.MONITOR_ENTER, session._job, {"waited": waited})',
+        "        pass  # BUG: the hand-off is not traced",
+    )
     with TraceRecorder() as recorder:
         await hand_the_monitor_to_a_cancelled_waiter(recorder)
     with pytest.raises(InvariantViolation, match="left the monitor it did not hold") as info:
         recorder.check()
-    assert info.value.invariants == {1}
+    assert 1 in info.value.invariants
