@@ -12,7 +12,13 @@ async with open_qmp_unix("/run/vm/qmp.sock") as qmp:
 ```
 """
 
-from jobctl.qmp._client import MAX_COMMAND_BYTES, QMPClient, QMPStatistics, open_qmp_stream
+from jobctl.qmp._client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    MAX_COMMAND_BYTES,
+    QMPClient,
+    QMPStatistics,
+    open_qmp_stream,
+)
 from jobctl.qmp._connect import open_qmp_tcp, open_qmp_unix
 from jobctl.qmp._errors import (
     CommandNotFoundError,
@@ -21,17 +27,20 @@ from jobctl.qmp._errors import (
     GenericError,
     KVMMissingCapError,
     QMPCommandError,
+    QMPConnectTimeoutError,
     QMPError,
     QMPProtocolError,
     QMPTimeoutError,
 )
 from jobctl.qmp._events import EventFilter, EventSubscription, QMPEvent, SubscriptionStatistics
-from jobctl.qmp._framing import DEFAULT_MAX_LINE
+from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_NUMBER_CHARS
 from jobctl.qmp._greeting import QMPGreeting
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_LINE",
     "MAX_COMMAND_BYTES",
+    "MAX_NUMBER_CHARS",
     "CommandNotFoundError",
     "DeviceNotActiveError",
     "DeviceNotFoundError",
@@ -41,6 +50,7 @@ __all__ = [
     "KVMMissingCapError",
     "QMPClient",
     "QMPCommandError",
+    "QMPConnectTimeoutError",
     "QMPError",
     "QMPEvent",
     "QMPGreeting",

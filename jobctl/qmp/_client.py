@@ -23,6 +23,15 @@ command still in flight, and fails that command; the session continues. An
 id-less error while nothing is in flight is *stray*: it is logged and
 counted in :meth:`QMPClient.statistics` and the session continues. Any other
 reply that matches no command in flight is a protocol error.
+
+One bad message is one connection's failure. Whatever a peer sends (see
+:mod:`jobctl.qmp._framing` for what a line may be, and
+:func:`~jobctl.qmp._events.parse_event` for an event), the reader never
+raises: a message it cannot take closes the connection with a
+:class:`QMPProtocolError` naming the bad member, quoting at most a few
+hundred characters of it, and every caller waiting on this connection, and
+every later one, gets that error. Nothing leaves the client's task group, so
+other connections (other VMs) in the same program carry on.
 """
 
 from __future__ import annotations
@@ -42,17 +51,41 @@ from anyio.abc import AnyByteStream
 
 from jobctl._errors import MonitorClosedError
 from jobctl._groups import unwrap_single
-from jobctl.qmp._errors import QMPCommandError, QMPProtocolError, QMPTimeoutError, command_error
+from jobctl.qmp._errors import (
+    QMPCommandError,
+    QMPConnectTimeoutError,
+    QMPProtocolError,
+    QMPTimeoutError,
+    command_error,
+)
 from jobctl.qmp._events import EventFilter, EventHub, EventSubscription
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting, parse_greeting
+from jobctl.qmp._show import show
 
-__all__ = ["MAX_COMMAND_BYTES", "QMPClient", "QMPStatistics", "open_qmp_stream"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "MAX_COMMAND_BYTES",
+    "QMPClient",
+    "QMPStatistics",
+    "open_qmp_stream",
+]
 
 _log: Final = logging.getLogger("jobctl.qmp")
 
+#: Default time for opening a client: connecting, the greeting and the
+#: capabilities negotiation together. QEMU greets at once, unless another
+#: client holds its monitor: then it would wait for as long as that one
+#: stays. Pass ``timeout=`` to widen it, or None for no limit.
+DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+
 #: Default buffer of one event subscription.
 DEFAULT_MAX_BUFFER: Final = 256
+
+#: The members that say what a message is; a message has exactly one of them
+#: (the greeting, a ``QMP`` member, comes first and only then). Other
+#: members are ignored, as the QMP specification asks of clients.
+_KINDS: Final = frozenset({"return", "error", "event"})
 
 
 class _State(enum.Enum):
@@ -278,55 +311,78 @@ class QMPClient:
             self._close(MonitorClosedError, "the QMP client was closed")
 
     async def _read_loop(self) -> None:
-        receive = self._lines.receive
+        """Route every message; never raises. Whatever the peer sends ends this
+        connection only: a bad message closes it with a :class:`QMPProtocolError`
+        naming what was wrong, which every waiter then gets."""
         try:
-            self._greeting = parse_greeting(await receive())
-            self._greeted.set()
-            while True:
-                message = await receive()
-                if "return" in message or "error" in message:
-                    self._on_reply(message)
-                elif "event" in message:
-                    self._events.dispatch(message)
-                else:
-                    raise QMPProtocolError(f"unrecognised QMP message: {message!r:.200}")
+            await self._read_messages()
         except anyio.EndOfStream:
             self._close(MonitorClosedError, "the QMP peer closed the connection")
         except MonitorClosedError as exc:  # includes QMPProtocolError
             self._close(type(exc), str(exc))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._close(MonitorClosedError, f"QMP connection failed while reading: {_why(exc)}")
+        except Exception as exc:
+            # A message this client failed on (a bug here, not in the peer):
+            # still this connection's failure only, never its host's.
+            _log.error("the QMP reader failed on a message", exc_info=True)
+            self._close(
+                QMPProtocolError,
+                f"the QMP client could not handle a message from its peer: {show(exc)}",
+            )
         finally:
             self._close(MonitorClosedError, "the QMP client was closed")
         await anyio.aclose_forcefully(self._stream)
+
+    async def _read_messages(self) -> None:
+        receive = self._lines.receive
+        self._greeting = parse_greeting(await receive())
+        self._greeted.set()
+        while True:
+            message = await receive()
+            kinds = _KINDS.intersection(message)
+            if len(kinds) > 1:
+                raise QMPProtocolError(
+                    f"QMP message with members {' and '.join(sorted(kinds))}: {show(message)}"
+                )
+            if "event" in kinds:
+                self._events.dispatch(message)
+            elif kinds:
+                self._on_reply(message)
+            else:
+                raise QMPProtocolError(f"unrecognised QMP message: {show(message)}")
 
     def _on_reply(self, message: dict[str, Any]) -> None:
         error = None
         if "error" in message:
             error = message["error"]
             if not (
-                isinstance(error, dict)
+                type(error) is dict
                 and type(error.get("class")) is str
                 and type(error.get("desc")) is str
             ):
-                raise QMPProtocolError(f"malformed QMP error reply: {message!r:.200}")
+                raise QMPProtocolError(
+                    f"malformed QMP error reply (no string 'class' and 'desc'): {show(message)}"
+                )
         if "id" in message:
             call_id = message["id"]
             call = self._in_flight.pop(call_id, None) if type(call_id) is int else None
             if call is None:
                 raise QMPProtocolError(
-                    f"QMP reply for id {call_id!r}, which no command in flight has: "
-                    f"{message!r:.200}"
+                    f"QMP reply for id {show(call_id, 60)}, which no command in flight has: "
+                    f"{show(message)}"
                 )
         elif error is None:
-            raise QMPProtocolError(f"QMP reply without an id: {message!r:.200}")
+            raise QMPProtocolError(f"QMP reply without an id: {show(message)}")
         elif self._in_flight:
             # QEMU could not parse a request: in-order replies make it the oldest.
             call = self._in_flight.pop(next(iter(self._in_flight)))
-            _log.warning("QMP error without id, taken as the reply to %s: %s", call.command, error)
+            _log.warning(
+                "QMP error without id, taken as the reply to %s: %s", call.command, show(error)
+            )
         else:
             self._stray_errors += 1
-            _log.warning("QMP error without id while no command is in flight: %s", error)
+            _log.warning("QMP error without id while no command is in flight: %s", show(error))
             return
         self._replies += 1
         if call.state is _ORPHANED:
@@ -368,32 +424,44 @@ async def open_qmp_stream(
     stream: AnyByteStream,
     *,
     max_line: int = DEFAULT_MAX_LINE,
-    timeout: float | None = None,
+    timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncIterator[QMPClient]:
     """A QMP client over ``stream``, which it owns and closes on exit.
 
-    Reads the greeting and negotiates capabilities (within ``timeout``
-    seconds, if given: else :class:`TimeoutError`) before yielding. A line
-    longer than ``max_line`` bytes is a protocol error. Leaving the block
-    closes the connection; calls still waiting raise
-    :class:`jobctl.MonitorClosedError`.
+    Reads the greeting and negotiates capabilities before yielding, within
+    ``timeout`` seconds (:data:`DEFAULT_CONNECT_TIMEOUT` unless given; None
+    waits without limit), else :class:`QMPConnectTimeoutError`. A line
+    longer than ``max_line`` bytes (:data:`DEFAULT_MAX_LINE` by default) is
+    a protocol error. Leaving the block closes the connection; calls still
+    waiting raise :class:`jobctl.MonitorClosedError`.
     """
-    async with _open(stream, max_line, _deadline(timeout), "the QMP stream") as client:
+    limit = _Limit(timeout, "the QMP stream")
+    async with _open(stream, max_line, limit) as client:
         yield client
 
 
-def _deadline(timeout: float | None) -> float:
-    if timeout is None:
-        return math.inf
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout}")
-    return anyio.current_time() + timeout
+@final
+class _Limit:
+    """The time ``timeout`` allows for opening a client on ``where``."""
+
+    __slots__ = ("deadline", "timeout", "where")
+
+    def __init__(self, timeout: float | None, where: str) -> None:
+        if timeout is not None and not (
+            type(timeout) in (int, float) and timeout >= 0  # not bool, not NaN
+        ):
+            raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
+        self.timeout = timeout
+        self.where = where
+        self.deadline = math.inf if timeout is None else anyio.current_time() + timeout
+
+    def expired(self, stage: str) -> QMPConnectTimeoutError:
+        assert self.timeout is not None
+        return QMPConnectTimeoutError(self.where, self.timeout, stage)
 
 
 @asynccontextmanager
-async def _open(
-    stream: AnyByteStream, max_line: int, deadline: float, where: str
-) -> AsyncIterator[QMPClient]:
+async def _open(stream: AnyByteStream, max_line: int, limit: _Limit) -> AsyncIterator[QMPClient]:
     try:
         client = QMPClient(stream, max_line=max_line)
     except BaseException:
@@ -405,10 +473,10 @@ async def _open(
             tg.start_soon(client._write_loop)
             client._running = True
             try:
-                with anyio.CancelScope(deadline=deadline) as scope:
+                with anyio.CancelScope(deadline=limit.deadline) as scope:
                     await client._handshake()
                 if scope.cancelled_caught:
-                    raise TimeoutError(f"no QMP greeting and negotiation from {where} in time")
+                    raise limit.expired("greeting")
                 yield client
             finally:
                 client._close(MonitorClosedError, "the QMP client was closed")

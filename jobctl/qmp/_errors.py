@@ -7,8 +7,9 @@ so the job core handles it without knowing QMP:
   typed by QEMU's error ``class`` when it is one QEMU defines;
 * a connection that is gone is a :class:`jobctl.MonitorClosedError`; when it
   was closed because the peer broke the protocol, a :class:`QMPProtocolError`;
-* a per-call ``timeout=`` that expired is a :class:`QMPTimeoutError` (also a
-  builtin :class:`TimeoutError`).
+* a per-call ``timeout=`` that expired is a :class:`QMPTimeoutError`, and
+  opening a client that took too long a :class:`QMPConnectTimeoutError`
+  (both builtin :class:`TimeoutError` too).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from typing import Final, final
 
 from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl.qmp._show import clip
 
 __all__ = [
     "CommandNotFoundError",
@@ -25,6 +27,7 @@ __all__ = [
     "GenericError",
     "KVMMissingCapError",
     "QMPCommandError",
+    "QMPConnectTimeoutError",
     "QMPError",
     "QMPProtocolError",
     "QMPTimeoutError",
@@ -45,7 +48,8 @@ class QMPCommandError(QMPError):
     """
 
     def __init__(self, command: str, error_class: str, desc: str) -> None:
-        super().__init__(f"{command}: {error_class}: {desc}")
+        # The peer chose these strings: the message quotes them cut short.
+        super().__init__(f"{command}: {clip(error_class, 100)}: {clip(desc, 1000)}")
         self.command = command
         self.error_class = error_class
         self.desc = desc
@@ -97,8 +101,9 @@ class QMPProtocolError(QMPError, MonitorClosedError):
     """The peer broke the QMP protocol, so the client closed the connection.
 
     The message names what was wrong (bad JSON, an oversized line, a reply
-    for an id nobody waits for, a malformed greeting or reply, a refused
-    ``qmp_capabilities``). Being a :class:`jobctl.MonitorClosedError`, it is
+    for an id nobody waits for, a malformed greeting, reply or event, a
+    refused ``qmp_capabilities``), quoting the peer's data cut to a few
+    hundred characters. Being a :class:`jobctl.MonitorClosedError`, it is
     what every waiter on the connection gets.
     """
 
@@ -122,3 +127,27 @@ class QMPTimeoutError(QMPError, TimeoutError):
         self.command = command
         self.timeout = timeout
         self.sent = sent
+
+
+@final
+class QMPConnectTimeoutError(QMPError, TimeoutError):
+    """Opening a client took longer than its ``timeout=``.
+
+    ``where`` names the socket (or stream), ``timeout`` is the limit in
+    seconds, ``stage`` is ``"connect"`` (nothing accepted the connection) or
+    ``"greeting"`` (connected, but no greeting and negotiation: a QEMU whose
+    monitor another client holds greets only once that one leaves).
+    """
+
+    def __init__(self, where: str, timeout: float, stage: str) -> None:
+        what = (
+            f"could not connect to {where}"
+            if stage == "connect"
+            else f"no QMP greeting and negotiation from {where}"
+        )
+        super().__init__(
+            f"{what} within {timeout:g} s (pass a larger timeout=, or None to wait without limit)"
+        )
+        self.where = where
+        self.timeout = timeout
+        self.stage = stage

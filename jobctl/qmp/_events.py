@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, final
+from typing import Any, Final, final
 
 import anyio
 import anyio.lowlevel
 import attrs
 
 from jobctl.qmp._errors import QMPProtocolError
+from jobctl.qmp._show import show
 
 __all__ = [
     "EventFilter",
@@ -25,6 +26,7 @@ __all__ = [
     "EventSubscription",
     "QMPEvent",
     "SubscriptionStatistics",
+    "parse_event",
 ]
 
 #: A predicate on an event's ``data``; only events it accepts are buffered.
@@ -205,6 +207,53 @@ def _filter_failed(name: str, cause: Exception) -> Callable[[], BaseException]:
     return make
 
 
+#: QEMU's timestamps are int64 seconds and microseconds below a million.
+_MAX_SECONDS: Final = 1 << 63
+
+
+def _malformed(why: str, message: Mapping[str, Any]) -> QMPProtocolError:
+    return QMPProtocolError(f"malformed QMP event ({why}): {show(message)}")
+
+
+def parse_event(message: Mapping[str, Any]) -> QMPEvent:
+    """``{"event": NAME, "data": {...}, "timestamp": {"seconds": S,
+    "microseconds": U}}`` as a :class:`QMPEvent`.
+
+    ``data`` may be absent (empty); other members are ignored, as the QMP
+    specification asks of clients. Raises :class:`QMPProtocolError` naming
+    the member that is missing or wrong: a name that is not a string, data
+    that is not an object, a timestamp that is not two integers in QEMU's
+    ranges (``|S| < 2**63``, ``0 <= U < 10**6``).
+    """
+    name = message.get("event")
+    if type(name) is not str:
+        raise _malformed(f"'event' is {_kind(name)}, not a string", message)
+    data = message.get("data", {})
+    if type(data) is not dict:
+        raise _malformed(f"'data' is {_kind(data)}, not an object", message)
+    stamp = message.get("timestamp")
+    if type(stamp) is not dict:
+        raise _malformed(f"'timestamp' is {_kind(stamp)}, not an object", message)
+    seconds, micros = stamp.get("seconds"), stamp.get("microseconds")
+    if type(seconds) is not int or not -_MAX_SECONDS < seconds < _MAX_SECONDS:
+        raise _malformed(f"'timestamp.seconds' is {_kind(seconds)}, not an int64", message)
+    if type(micros) is not int or not 0 <= micros < 1_000_000:
+        raise _malformed(
+            f"'timestamp.microseconds' is {_kind(micros)}, not an integer in [0, 10**6)",
+            message,
+        )
+    return QMPEvent(name=name, data=MappingProxyType(data), timestamp=seconds + micros / 1e6)
+
+
+def _kind(value: object) -> str:
+    """What ``value`` is, briefly: ``missing``, ``a list``, ``the int 12...``."""
+    if value is None:
+        return "missing or null"
+    if type(value) in (int, float, bool):
+        return f"{type(value).__name__} {show(value, 40)}"
+    return f"a {type(value).__name__}"
+
+
 @final
 class EventHub:
     """The subscriptions of one connection and its event counters."""
@@ -264,21 +313,12 @@ class EventHub:
 
     def dispatch(self, message: Mapping[str, Any]) -> None:
         """Deliver one ``{"event": ...}`` message; raises :class:`QMPProtocolError`
-        if it is malformed."""
-        name = message["event"]
-        data = message.get("data", {})
-        stamp: Any = message.get("timestamp")
-        try:
-            timestamp = stamp["seconds"] + stamp["microseconds"] / 1_000_000
-        except (KeyError, TypeError):
-            timestamp = None
-        if type(name) is not str or not isinstance(data, Mapping) or timestamp is None:
-            raise QMPProtocolError(f"malformed QMP event: {message!r:.200}")
+        naming the bad member if it is malformed (see :func:`parse_event`)."""
+        event = parse_event(message)
         self.events += 1
-        named = self._by_name.get(name)
+        named = self._by_name.get(event.name)
         if not named and not self._all:
             return
-        event = QMPEvent(name=name, data=MappingProxyType(data), timestamp=float(timestamp))
         for subscription in (*(named or ()), *self._all):
             subscription._offer(event)
 

@@ -6,13 +6,23 @@ exactly one reply: valid JSON only (no ``NaN``), at most
 :data:`MAX_COMMAND_BYTES` (under QEMU's token limits), and nested less deeply
 than QEMU's 1024 levels, because Python's encoder refuses to go deeper than
 the recursion limit (1000 unless raised).
+
+Incoming lines are decoded strictly, so that whatever the peer sends, the
+reader yields a JSON object or raises :class:`QMPProtocolError`: a line is
+at most ``max_line`` bytes (:data:`DEFAULT_MAX_LINE` unless the client is
+opened with another ``max_line=``; the reader buffers at most that plus
+one chunk of the stream, 64 KiB on a socket), UTF-8, and standard JSON:
+no ``NaN`` or ``Infinity``, no number literal longer than
+:data:`MAX_NUMBER_CHARS` characters (QEMU's numbers are 64-bit integers and
+doubles, far shorter), nesting within the interpreter's recursion limit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from typing import Any, Final, final
+from typing import Any, Final, NoReturn, final
 
 import anyio
 from anyio.abc import AnyByteReceiveStream
@@ -20,12 +30,26 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from jobctl._errors import MonitorClosedError
 from jobctl.qmp._errors import QMPProtocolError
+from jobctl.qmp._show import clip
 
-__all__ = ["DEFAULT_MAX_LINE", "MAX_COMMAND_BYTES", "LineReader", "encode_command"]
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "MAX_COMMAND_BYTES",
+    "MAX_NUMBER_CHARS",
+    "LineReader",
+    "decode_message",
+    "encode_command",
+]
 
-#: Default limit on one incoming line. ``query-qmp-schema`` is the largest
-#: reply QEMU sends (a few hundred KiB).
+#: Default limit on one incoming line (and so on what the reader buffers).
+#: ``query-qmp-schema`` is the largest reply QEMU sends (a few hundred KiB).
 DEFAULT_MAX_LINE: Final = 8 * 1024 * 1024
+
+#: Longest number literal accepted from the peer. QEMU's integers are 64-bit
+#: (20 digits) and its doubles print in at most 24 characters; longer
+#: literals are refused rather than converted (a 400-digit integer does not
+#: fit a float, and converting huge ones takes quadratic time).
+MAX_NUMBER_CHARS: Final = 64
 
 #: Largest encoded command the client writes. QEMU's parser splits a request
 #: past 2**21 tokens into several error replies without ids; a request of
@@ -63,6 +87,54 @@ def encode_command(command: str, arguments: Mapping[str, Any] | None, call_id: i
     return line
 
 
+def _long_number(text: str) -> NoReturn:
+    raise ValueError(
+        f"a number literal of {len(text)} characters, more than {MAX_NUMBER_CHARS}: {text[:40]}..."
+    )
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        _long_number(text)
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        _long_number(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of a double's range")
+    return value
+
+
+def _parse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode: Final = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+).decode
+
+
+def decode_message(line: bytes) -> dict[str, Any]:
+    """One line from the peer as a JSON object; :class:`QMPProtocolError`
+    naming what is wrong otherwise (never another exception)."""
+    try:
+        message = _decode(line.decode())
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        if isinstance(exc, UnicodeDecodeError):
+            why = f"not UTF-8: {exc.reason} at byte {exc.start}"
+        else:
+            why = str(exc) or type(exc).__name__
+        raise QMPProtocolError(
+            f"bad JSON from QMP peer ({clip(why, 120)}): {_excerpt(line)}"
+        ) from None
+    if type(message) is not dict:
+        raise QMPProtocolError(f"QMP message is not a JSON object: {_excerpt(line)}")
+    return message
+
+
 def _excerpt(line: bytes | bytearray) -> str:
     shown = bytes(line[:80])
     return repr(shown) + ("..." if len(line) > 80 else "")
@@ -79,8 +151,8 @@ class LineReader:
     """
 
     def __init__(self, stream: AnyByteReceiveStream, max_line: int) -> None:
-        if max_line < 1:
-            raise ValueError(f"max_line must be positive, not {max_line}")
+        if type(max_line) is not int or max_line < 1:
+            raise ValueError(f"max_line must be a positive number of bytes, not {max_line!r}")
         self._buffered = BufferedByteReceiveStream(stream)
         self._max_line = max_line
 
@@ -89,13 +161,7 @@ class LineReader:
         line = b""
         while not line.strip():  # JSON allows whitespace between messages
             line = await self._receive_line()
-        try:
-            message = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise QMPProtocolError(f"bad JSON from QMP peer ({exc}): {_excerpt(line)}") from None
-        if type(message) is not dict:
-            raise QMPProtocolError(f"QMP message is not a JSON object: {_excerpt(line)}")
-        return message
+        return decode_message(line)
 
     async def _receive_line(self) -> bytes:
         try:

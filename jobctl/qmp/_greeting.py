@@ -7,6 +7,7 @@ from typing import Any, final
 import attrs
 
 from jobctl.qmp._errors import QMPProtocolError
+from jobctl.qmp._show import show
 
 __all__ = ["QMPGreeting", "parse_greeting"]
 
@@ -31,26 +32,32 @@ def parse_greeting(message: dict[str, Any]) -> QMPGreeting:
     Raises :class:`QMPProtocolError` naming what is missing or malformed.
     """
     body = message.get("QMP")
-    if not isinstance(body, dict):
-        raise QMPProtocolError(f"expected a QMP greeting, got {_short(message)}")
-    try:
-        version = body["version"]
-        qemu = version["qemu"]
-        numbers = (qemu["major"], qemu["minor"], qemu["micro"])
-        package = version.get("package", "")
-        capabilities = body["capabilities"]
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise QMPProtocolError(f"malformed QMP greeting (no {exc}): {_short(message)}") from None
-    if (
-        not all(type(n) is int for n in numbers)
-        or not isinstance(package, str)
-        or not isinstance(capabilities, list)
-        or not all(isinstance(c, str) for c in capabilities)
-    ):
-        raise QMPProtocolError(f"malformed QMP greeting: {_short(message)}")
-    return QMPGreeting(version=numbers, package=package, capabilities=frozenset(capabilities))
+    if type(body) is not dict:
+        raise QMPProtocolError(f"expected a QMP greeting, got {show(message)}")
+
+    def member(parent: object, path: str, key: str) -> Any:
+        if type(parent) is not dict:
+            raise _malformed(f"'{path}' is a {type(parent).__name__}, not an object", message)
+        if key not in parent:
+            raise _malformed(f"no '{path}.{key}'", message)
+        return parent[key]
+
+    version = member(body, "QMP", "version")
+    qemu = member(version, "QMP.version", "qemu")
+    numbers = tuple(member(qemu, "QMP.version.qemu", key) for key in ("major", "minor", "micro"))
+    package = version.get("package", "")
+    capabilities = member(body, "QMP", "capabilities")
+    if not all(type(n) is int for n in numbers):
+        raise _malformed("the version numbers are not all integers", message)
+    if type(package) is not str:
+        raise _malformed("'QMP.version.package' is not a string", message)
+    if type(capabilities) is not list or not all(type(c) is str for c in capabilities):
+        raise _malformed("'QMP.capabilities' is not a list of strings", message)
+    major, minor, micro = numbers
+    return QMPGreeting(
+        version=(major, minor, micro), package=package, capabilities=frozenset(capabilities)
+    )
 
 
-def _short(message: dict[str, Any]) -> str:
-    text = repr(message)
-    return text if len(text) <= 200 else text[:200] + "..."
+def _malformed(why: str, message: dict[str, Any]) -> QMPProtocolError:
+    return QMPProtocolError(f"malformed QMP greeting ({why}): {show(message)}")

@@ -17,6 +17,7 @@ handler reads (``READS``).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 
 from jobctl import AsyncJob, AsyncJobInfo, Domain, Job
@@ -48,9 +50,18 @@ from jobctl.qemu import (
     save,
     start,
 )
-from jobctl.qmp import QMPClient, open_qmp_stream
+from jobctl.qemu._recovery import (
+    DESTINATION_PROCESS,
+    PROCESS,
+    SOURCE_PROCESS,
+    QemuProcess,
+    QemuUnreachableError,
+    process_record,
+)
+from jobctl.qmp import QMPClient, QMPConnectTimeoutError, open_qmp_stream
 from simulators.qemu import BackupModel, Disk, MigrationModel, SimulatedHost, SimulatedQemu
 from tests._requires import require_qemu
+from tests.qmp._qemu import running_qemu
 
 from ._support import cluster
 
@@ -525,7 +536,9 @@ async def test_an_unknown_phase_fails_recovery_naming_it(tmp_path: Path) -> None
     async with qemus() as q:
         recovery = QemuRecovery(q.attach)
         records: list[Record] = [(BVM, AsyncJob.BACKUP, "teleport", {})]
-        with pytest.RaisesGroup(pytest.RaisesExc(RecoveryError, match="phase 'teleport'")):
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(RecoveryError, match="phase 'teleport'"), allow_unwrapped=True
+        ):
             await recover_from(tmp_path / "j.db", records, recovery)
 
 
@@ -533,7 +546,9 @@ async def test_missing_private_data_is_named(tmp_path: Path) -> None:
     async with qemus() as q:
         recovery = QemuRecovery(q.attach)
         records: list[Record] = [(BVM, AsyncJob.BACKUP, "perform", {QMP: BVM})]
-        with pytest.RaisesGroup(pytest.RaisesExc(QemuRecoveryError, match="no 'job_id'")):
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(QemuRecoveryError, match="no 'job_id'"), allow_unwrapped=True
+        ):
             await recover_from(tmp_path / "j.db", records, recovery)
 
 
@@ -546,7 +561,8 @@ async def test_a_qemu_that_does_not_settle_times_out(tmp_path: Path) -> None:
         q.by_domain[BVM].block.find("b1").cancel = lambda: None  # type: ignore[method-assign]
         records: list[Record] = [(BVM, AsyncJob.BACKUP, "perform", backup_private("b1"))]
         with pytest.RaisesGroup(
-            pytest.RaisesExc(QemuRecoveryError, match="did not settle within 1 s")
+            pytest.RaisesExc(QemuRecoveryError, match="did not settle within 1 s"),
+            allow_unwrapped=True,
         ):
             await recover_from(tmp_path / "j.db", records, recovery)
 
@@ -596,6 +612,144 @@ async def test_a_migration_recovers_over_unix_sockets(tmp_path: Path) -> None:
         assert q.state(SRC) == "running"
         assert await migration_status(q, SRC) == "cancelled"
         await q.wait_gone(DST)
+
+
+# -- gone or unreachable: the recorded QEMU process ---------------------------------------
+
+
+def test_a_process_is_its_pid_start_time_and_boot() -> None:
+    me = QemuProcess.of(os.getpid())
+    assert me is not None and me.pid == os.getpid() and me.alive() is True
+    assert QemuProcess.from_private(me.to_private()) == me
+    assert process_record(os.getpid()) == me.to_private()
+    assert process_record(None) is None
+    assert QemuProcess.of(1 << 30) is None  # beyond pid_max: nobody
+    assert attrs.evolve(me, start_time=me.start_time + 1).alive() is False  # a recycled pid
+    assert attrs.evolve(me, boot_id="another boot").alive() is False
+    for bad in ({}, {"pid": "1", "start_time": 1, "boot_id": "b"}, me.to_private() | {"pid": 0}):
+        with pytest.raises(ValueError, match="not a recorded QEMU process"):
+            QemuProcess.from_private(bad)
+
+
+async def test_a_malformed_process_record_is_named(tmp_path: Path) -> None:
+    async with qemus() as q:
+        recovery = QemuRecovery(q.attach)
+        private = backup_private("b1") | {PROCESS: {"pid": -4}}
+        records: list[Record] = [(BVM, AsyncJob.BACKUP, "perform", private)]
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(QemuRecoveryError, match="'qmp_process' is not a recorded QEMU"),
+            allow_unwrapped=True,
+        ):
+            await recover_from(tmp_path / "j.db", records, recovery)
+
+
+async def test_the_handlers_hand_the_recorded_processes_to_attach(tmp_path: Path) -> None:
+    me = QemuProcess.of(os.getpid())
+    assert me is not None
+    other = attrs.evolve(me, start_time=me.start_time + 1)
+    async with qemus() as q:
+        recovery = QemuRecovery(q.attach)
+        out = out_private(SRC, DST) | {
+            SOURCE_PROCESS: me.to_private(),
+            DESTINATION_PROCESS: other.to_private(),
+        }
+        backup = {"job_id": "b1", QMP: "vm2@a", PROCESS: me.to_private()}
+        records: list[Record] = [
+            (SRC, AsyncJob.MIGRATION_OUT, "perform", out),
+            ("vm2@a", AsyncJob.BACKUP, "perform", backup),
+        ]
+        await recover_from(tmp_path / "j.db", records, recovery)
+    assert sorted(q.attached, key=repr) == [
+        QemuRef(SRC, SRC, me),
+        QemuRef(DST, DST, other),
+        QemuRef("vm2@a", "vm2@a", me),
+    ]  # (in repr order)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("anyio_backend", ["trio", "asyncio"])
+async def test_attach_unix_tells_a_gone_qemu_from_an_unreachable_one() -> None:
+    """Real QEMU: its socket file removed, it is unreachable, not gone; with
+    another start time recorded (a recycled pid) or once killed, it is gone."""
+    async with running_qemu() as (path, process):
+        me = QemuProcess.of(process.pid)
+        assert me is not None
+        # Field 22: when the process started, in clock ticks after boot (just now).
+        uptime = float((await anyio.Path("/proc/uptime").read_text()).split()[0])
+        assert abs(me.start_time / os.sysconf("SC_CLK_TCK") - uptime) < 60
+        ref = QemuRef("vm1", path, me)
+        async with attach_unix(ref) as qmp:
+            assert qmp is not None and (await qmp.execute("query-status"))["running"]
+            # Another client holds the only monitor: no greeting.
+            with pytest.raises(
+                QemuUnreachableError, match=r"no QMP greeting within 0\.2 s"
+            ) as held:
+                async with attach_unix(ref, timeout=0.2):
+                    pytest.fail("attached")
+            assert isinstance(held.value.__cause__, QMPConnectTimeoutError)
+        os.unlink(path)
+        for recorded in (ref, QemuRef("vm1", path)):  # without a process: the bound socket listens
+            with pytest.raises(QemuUnreachableError) as unreachable:
+                async with attach_unix(recorded):
+                    pytest.fail("attached")
+            error = unreachable.value
+            assert (error.domain, error.qmp, error.alive) == ("vm1", path, True)
+            assert error.pid == (process.pid if recorded.process else None)
+            assert f"its QMP socket file is gone (QMP socket {path!r})" in str(error)
+            assert f"(pid {process.pid}) runs but" in str(error) or recorded.process is None
+        # A stale socket file nobody listens on, while QEMU runs.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+            stale.bind(path)
+            with pytest.raises(QemuUnreachableError, match="refuses connections"):
+                async with attach_unix(ref):
+                    pytest.fail("attached")
+        recycled = attrs.evolve(me, start_time=me.start_time + 1)
+        async with attach_unix(attrs.evolve(ref, process=recycled)) as qmp:
+            assert qmp is None  # the recorded process is gone; this pid is another's
+        process.kill()
+        await process.wait()
+        for recorded in (ref, QemuRef("vm1", path)):
+            async with attach_unix(recorded) as qmp:
+                assert qmp is None
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("anyio_backend", ["trio", "asyncio"])
+async def test_recovery_leaves_an_unreachable_qemu_and_its_record_alone(tmp_path: Path) -> None:
+    """A SAVE in ``perform`` on a real QEMU whose socket file was removed:
+    recovery fails naming the pid and socket, keeps the record and the
+    partial file; once QEMU is killed, recovery settles the job."""
+    partial = tmp_path / "vm.save"
+    partial.write_bytes(b"QEVM partial")
+    journal_path = tmp_path / "j.db"
+    async with running_qemu() as (path, process):
+        me = QemuProcess.of(process.pid)
+        assert me is not None
+        private = save_private(partial, **{QMP: path, PROCESS: me.to_private()})
+        async with open_journal(journal_path) as dead:
+            await dead.persister.save_async_job(BVM, info(AsyncJob.SAVE, "perform"), private)
+        os.unlink(path)
+        recovery = QemuRecovery()
+        async with open_journal(journal_path) as journal:
+            with pytest.RaisesGroup(
+                pytest.RaisesExc(
+                    QemuUnreachableError,
+                    match=rf"recovering SAVE of 'vm1@a' in phase 'perform': .*pid {process.pid}",
+                ),
+                allow_unwrapped=True,
+            ):
+                await recover(
+                    journal, backends={}, end_actions={}, async_handlers=recovery.handlers()
+                )
+            assert [job.domain for job in await journal.async_jobs()] == [BVM]
+        assert partial.exists() and process.returncode is None
+        process.kill()
+        await process.wait()
+        async with open_journal(journal_path) as journal:
+            await recover(journal, backends={}, end_actions={}, async_handlers=recovery.handlers())
+            assert await journal.async_jobs() == ()
+        assert not partial.exists()
+        assert recovery.statistics().files_removed == 1
 
 
 # -- the flows store what recovery reads -----------------------------------------------------

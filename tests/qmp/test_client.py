@@ -8,10 +8,12 @@ from typing import Any
 
 import anyio
 import pytest
+import trio.testing
 from anyio.streams.stapled import StapledObjectStream
 
 import jobctl
 from jobctl.qmp import (
+    DEFAULT_CONNECT_TIMEOUT,
     MAX_COMMAND_BYTES,
     CommandNotFoundError,
     DeviceNotActiveError,
@@ -20,6 +22,7 @@ from jobctl.qmp import (
     KVMMissingCapError,
     QMPClient,
     QMPCommandError,
+    QMPConnectTimeoutError,
     QMPGreeting,
     QMPProtocolError,
     QMPStatistics,
@@ -251,14 +254,86 @@ async def test_end_of_stream_before_greeting() -> None:
                 pytest.fail("opened")
 
 
-async def test_handshake_timeout(timeout: float) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.expect_eof()  # never greets
+async def never_greets(peer: Peer) -> None:
+    """Say nothing, with no time limit of its own, until the client leaves."""
+    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+        await peer.stream.receive()
 
-    async with fake_qmp(script) as path:
-        with pytest.raises(TimeoutError, match="no QMP greeting"):
+
+async def test_handshake_timeout(timeout: float) -> None:
+    async with fake_qmp(never_greets) as path:
+        with pytest.raises(QMPConnectTimeoutError, match="no QMP greeting") as info:
             async with open_qmp_unix(path, timeout=timeout):
                 pytest.fail("opened")
+    assert isinstance(info.value, TimeoutError)
+    assert (info.value.where, info.value.timeout, info.value.stage) == (
+        f"QMP socket {path!r}",
+        timeout,
+        "greeting",
+    )
+    assert f"QMP socket {path!r} within {timeout:g} s" in str(info.value)
+    assert "larger timeout=, or None" in str(info.value)
+
+
+class TestOpeningTimeouts:
+    """In virtual time (trio's MockClock), so the limits show to the second."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> Any:
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+
+    @pytest.mark.parametrize("opener", ["unix", "tcp", "stream"])
+    async def test_opening_waits_for_the_greeting_30_s_by_default(self, opener: str) -> None:
+        """Virtual time: the default limit is DEFAULT_CONNECT_TIMEOUT, to the second."""
+        assert DEFAULT_CONNECT_TIMEOUT == 30.0
+        async with fake_qmp(never_greets) as path, fake_qmp_tcp(never_greets) as (host, port):
+            begun = anyio.current_time()
+            with anyio.fail_after(3600), pytest.raises(QMPConnectTimeoutError, match="within 30 s"):
+                if opener == "unix":
+                    async with open_qmp_unix(path):
+                        pytest.fail("opened")
+                elif opener == "tcp":
+                    async with open_qmp_tcp(host, port):
+                        pytest.fail("opened")
+                else:
+                    async with open_qmp_stream(await anyio.connect_unix(path)):
+                        pytest.fail("opened")
+            assert anyio.current_time() - begun == DEFAULT_CONNECT_TIMEOUT
+            if opener != "unix":  # the unused server was never connected to
+                async with await anyio.connect_unix(path):
+                    pass
+            if opener != "tcp":
+                async with await anyio.connect_tcp(host, port):
+                    pass
+
+    async def test_a_wider_timeout_and_none(self) -> None:
+        """``timeout=`` widens the limit; None waits for the greeting without limit
+        (here: until the caller's own scope gives up, a day later)."""
+        async with fake_qmp(never_greets) as path:
+            begun = anyio.current_time()
+            with pytest.raises(QMPConnectTimeoutError, match="within 3600 s"):
+                async with open_qmp_unix(path, timeout=3600):
+                    pytest.fail("opened")
+            assert anyio.current_time() - begun == 3600
+        async with fake_qmp(never_greets) as path:
+            begun = anyio.current_time()
+            with anyio.move_on_after(86400) as scope:
+                async with open_qmp_unix(path, timeout=None):
+                    pytest.fail("opened")
+            assert scope.cancelled_caught
+            assert anyio.current_time() - begun == 86400
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, "5", True])
+async def test_bad_open_timeouts_are_refused_before_connecting(bad: Any) -> None:
+    with pytest.raises(ValueError, match="timeout must be a non-negative number"):
+        async with open_qmp_unix("/tmp/jobctl-no-such-dir/qmp.sock", timeout=bad):
+            pytest.fail("opened")
+
+
+def test_the_connect_timeout_message_names_the_stage() -> None:
+    error = QMPConnectTimeoutError("QMP at h:1", 2.5, "connect")
+    assert str(error).startswith("could not connect to QMP at h:1 within 2.5 s")
 
 
 async def test_connect_failure_names_the_socket() -> None:
