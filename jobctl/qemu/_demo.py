@@ -36,7 +36,7 @@ from jobctl.qemu._migration import MigrationOptions, migrate
 from jobctl.qemu._restore import restore
 from jobctl.qemu._save import save
 from jobctl.qemu._vm import VM
-from jobctl.testing import InvariantChecker
+from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker
 
 __all__ = [
     "JOBS",
@@ -189,7 +189,7 @@ class DemoReport:
             f"barrier waits:               {self.barrier.describe()}",
             f"monitor commands: {self.monitor_commands}",
             f"monitor violations (simulator's detector): {simulator}",
-            f"invariant violations (trace checker, all 7): {self.violations_trace}",
+            f"invariant violations (trace checker, all 12): {self.violations_trace}",
         ]
         lines += [f"  {example}" for example in self.violation_examples]
         lines += [f"failure: {failure}" for failure in self.failures]
@@ -359,7 +359,7 @@ async def run_demo(
     counters.total = config.total
     # Every isolation invariant, checked live on the trace (the only check on
     # real QEMU, which cannot tell whether a client overlapped commands).
-    checker = InvariantChecker()
+    checker = InvariantChecker(instant=REAL_TIME_INSTANT)
     samples = _Samples()
     scratch = Path(tempfile.mkdtemp(prefix="jobctl-demo-"))
     try:

@@ -105,6 +105,7 @@ scheduler), so the printed scenario and schedule replay on their own too:
 
 from typing import TYPE_CHECKING, Any
 
+from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
 from jobctl.testing._format import format_event, format_events
 from jobctl.testing._invariants import (
     INVARIANTS,
@@ -137,16 +138,25 @@ from jobctl.testing._plans import (
 )
 from jobctl.testing._recorder import TraceRecorder
 from jobctl.testing._runner import (
+    BACKENDS,
     ActorOutcome,
+    Backend,
     FlowError,
     ScenarioResult,
     play_plan,
     run_scenario,
     run_virtual,
+    virtual_backend,
 )
 from jobctl.testing._schedule import Schedule, ScheduleCursor
-from jobctl.testing._simulated import SimulatedVM, fault_plan, open_simulated_vm
+from jobctl.testing._simulated import (
+    SimulatedVM,
+    drawn_monitor_faults,
+    fault_plan,
+    open_simulated_vm,
+)
 from jobctl.testing._stepped import SteppedRun, SteppedRunError
+from jobctl.testing._virtual import VirtualEventLoop
 
 if TYPE_CHECKING:
     from jobctl.testing._strategies import (
@@ -183,11 +193,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BACKENDS",
+    "INSTANT",
     "INVARIANTS",
+    "REAL_TIME_INSTANT",
     "AbortPlan",
     "ActorOutcome",
     "Allow",
     "AsyncJobPlan",
+    "Backend",
     "Commands",
     "DomainModel",
     "DomainPlan",
@@ -213,11 +227,13 @@ __all__ = [
     "SteppedRunError",
     "TraceRecorder",
     "Violation",
+    "VirtualEventLoop",
     "Window",
     "abort_plans",
     "async_job_plans",
     "check_invariants",
     "domain_plans",
+    "drawn_monitor_faults",
     "fault_plan",
     "format_event",
     "format_events",
@@ -229,4 +245,5 @@ __all__ = [
     "run_virtual",
     "scenarios",
     "schedules",
+    "virtual_backend",
 ]

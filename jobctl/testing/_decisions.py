@@ -21,10 +21,13 @@ from jobctl._info import DomainStatistics
 from jobctl._trace import TraceEvent, TraceKind
 from jobctl.testing import _spec as spec
 
-__all__ = ["DecisionChecker"]
+__all__ = ["INSTANT", "REAL_TIME_INSTANT", "DecisionChecker"]
 
 #: What "at once" allows on a virtual clock (float rounding only).
 INSTANT: Final = 1e-6
+#: What "at once" allows on a real clock of a loaded machine: a bound that
+#: flags a pre-emption or a timeout gone wrong, not a slow scheduler.
+REAL_TIME_INSTANT: Final = 0.5
 
 #: Events that report a decision the check expects, or that carry no input.
 _PASSIVE: Final = frozenset(
