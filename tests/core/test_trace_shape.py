@@ -351,8 +351,8 @@ async def test_wait_errors_name_the_holders_and_info_shows_the_state() -> None:
         await anyio.sleep(1.0)
         assert await raised(dom.job(Job.MODIFY, owner="y")) == (
             "cannot begin MODIFY job on domain 'vm1': held by async job MIGRATION_OUT "
-            "(owner 'migrate', 3.0 s, phase 'perform', interruptible), QUERY job (owner "
-            "'stats', 1.0 s); waited 3.0 s"
+            "(owner 'migrate', 6.0 s, phase 'perform', interruptible), QUERY job (owner "
+            "'stats', 4.0 s); waited 3.0 s"
         )
         info = dom.info()
         assert info.name == "vm1"
