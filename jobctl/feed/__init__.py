@@ -10,11 +10,27 @@
 :meth:`~Feed.handle_stream` however you like); :class:`PageServer` serves the
 page. The message schema is in :mod:`jobctl.feed._protocol` and
 ``jobctl/feed/SCHEMA.md``. Trio only (trio-websocket is).
+
+Under load and hostile clients (see :class:`Feed`): only a completed
+handshake holds a client slot; unfinished handshakes have their own bounded
+pool and a short timeout; a full feed drops its least responsive client
+before it refuses a fresh one; job control never waits for any client.
 """
 
 from __future__ import annotations
 
-from ._feed import FEED_PATH, Feed, FeedStatistics
+from ._feed import (
+    DEFAULT_BUFFER,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    FEED_PATH,
+    UNRESPONSIVE_AFTER,
+    Feed,
+    FeedStatistics,
+)
 from ._page import PageServer
 from ._protocol import FEED_SCHEMA_VERSION, FeedProtocolError, Subscription
 from ._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
@@ -22,8 +38,15 @@ from ._state import FeedState
 from ._workload import simulated_workload
 
 __all__ = [
+    "DEFAULT_BUFFER",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_HANDSHAKES",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
     "FEED_PATH",
     "FEED_SCHEMA_VERSION",
+    "UNRESPONSIVE_AFTER",
     "Feed",
     "FeedAddress",
     "FeedConfigError",

@@ -20,6 +20,7 @@ from trio_websocket import (
 from jobctl import TraceEvent, TraceHub, TraceSubscription, default_trace_hub
 
 from ._outbox import Outbox, Resync
+from ._pool import PendingPool
 from ._protocol import (
     FeedProtocolError,
     Subscription,
@@ -32,7 +33,18 @@ from ._protocol import (
 )
 from ._state import DEFAULT_MAX_DOMAINS, FeedState
 
-__all__ = ["FEED_PATH", "Feed", "FeedStatistics"]
+__all__ = [
+    "DEFAULT_BUFFER",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_HANDSHAKES",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
+    "FEED_PATH",
+    "UNRESPONSIVE_AFTER",
+    "Feed",
+    "FeedStatistics",
+]
 
 logger = logging.getLogger("jobctl.feed")
 
@@ -42,8 +54,22 @@ FEED_PATH: Final = "/feed"
 MAX_CLIENT_MESSAGE: Final = 64 * 1024
 #: Most events in one ``events`` message.
 MAX_BATCH: Final = 256
-#: How long a shutting-down feed waits for a client to answer its close frame.
+#: How long a shutting-down feed waits for a client to answer its close frame,
+#: and how long the answer to a handshake (101 or a refusal) may take to go out.
 CLOSE_TIMEOUT: Final = 0.5
+
+#: The defaults of the feed's limits (``serve_feed``, ``jobctl serve`` and
+#: ``jobctl demo --serve`` have the same).
+DEFAULT_BUFFER: Final = 1024
+DEFAULT_MAX_CLIENTS: Final = 64
+DEFAULT_MAX_HANDSHAKES: Final = 64
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 3.0
+DEFAULT_PING_INTERVAL: Final = 10.0
+DEFAULT_PING_TIMEOUT: Final = 10.0
+#: A client whose ping has gone unanswered this long (or ``ping_timeout``, if
+#: shorter) may be dropped to make room for a fresh one when the feed is full.
+#: A live client answers within a round trip.
+UNRESPONSIVE_AFTER: Final = 1.0
 
 
 @final
@@ -51,7 +77,7 @@ CLOSE_TIMEOUT: Final = 0.5
 class FeedStatistics:
     """Counters since the feed was made."""
 
-    #: Clients connected now.
+    #: Clients connected now (handshake completed: each holds a slot).
     clients: int
     #: Connections accepted / refused at the handshake.
     accepted: int
@@ -60,7 +86,7 @@ class FeedStatistics:
     events: int
     #: Events lost to full client buffers (every client, summed).
     dropped: int
-    #: Clients cut off because they left a ping unanswered.
+    #: Clients cut off because they left a ping unanswered for ``ping_timeout``.
     unresponsive: int
     #: Client messages answered with an ``error``.
     protocol_errors: int
@@ -69,16 +95,82 @@ class FeedStatistics:
     #: Connections ended by a failure of the feed's own (the first one
     #: logged; should stay 0).
     connection_errors: int
+    #: Connections whose handshake is in progress now (they hold no slot).
+    handshakes: int = 0
+    #: Handshakes cut off by ``handshake_timeout``.
+    handshake_timeouts: int = 0
+    #: Handshakes cut off because ``max_handshakes`` newer ones arrived.
+    handshakes_evicted: int = 0
+    #: Connected clients dropped, unresponsive, to make room for a fresh one.
+    evicted: int = 0
 
 
 @final
 class _Client:
-    __slots__ = ("outbox", "subscription", "unresponsive")
+    __slots__ = ("outbox", "ping_sent", "scope", "subscription", "unresponsive")
 
     def __init__(self, buffer: int) -> None:
         self.outbox: Outbox[TraceEvent] = Outbox(buffer)
         self.subscription = Subscription()
         self.unresponsive = False
+        #: When the ping now in flight was sent (None: none in flight).
+        self.ping_sent: float | None = None
+        #: Cancelled when the client is evicted.
+        self.scope = trio.CancelScope()
+
+
+@final
+class _WatchedStream(trio.abc.Stream):
+    """A stream that tells when it ended (closed, or the peer's EOF or
+    failure). trio-websocket's handshake waits for a request even after its
+    reader gave up on the stream: a plain HTTP request gets its ``400``,
+    then the wait would last the whole handshake timeout."""
+
+    __slots__ = ("_stream", "ended")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self.ended = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+        if not data:
+            self.ended.set()
+        return data
+
+    async def aclose(self) -> None:
+        self.ended.set()
+        await self._stream.aclose()
+
+
+async def _receive_request(
+    nursery: trio.Nursery, stream: _WatchedStream
+) -> WebSocketRequest | None:
+    """The client's handshake request; None if the stream ended first.
+    trio-websocket's reader task goes into ``nursery``."""
+    requests: list[WebSocketRequest] = []
+    async with trio.open_nursery() as race:
+
+        async def until_ended() -> None:
+            await stream.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(until_ended)
+        requests.append(
+            await wrap_server_stream(nursery, stream, max_message_size=MAX_CLIENT_MESSAGE)
+        )
+        race.cancel_scope.cancel()
+    return requests[0] if requests else None
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -93,6 +185,12 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+def _count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
+    return value
+
+
 @final
 class Feed:
     """Streams ``hub``'s trace events to websocket clients.
@@ -103,9 +201,22 @@ class Feed:
       event into the state model and appends it to each client's bounded
       outbox (``buffer`` events). A client that falls behind loses events; it
       is told how many (``dropped``) and gets a fresh ``snapshot``.
-    * A client that leaves a ping unanswered for ``ping_timeout`` seconds
-      (``ping_interval`` apart) is cut off. The feed always reads what clients
-      send, so live clients' pongs are seen.
+    * A connection holds one of the ``max_clients`` slots only once its
+      websocket handshake completed. Until then it is one of at most
+      ``max_handshakes`` handshakes in progress, each cut off after
+      ``handshake_timeout`` seconds, or as soon as its stream ends (a plain
+      HTTP request gets its ``400`` and is gone at once). When that pool is
+      full, a new connection is let in and the oldest handshake is dropped.
+    * Every client is pinged on connecting, then every ``ping_interval``
+      seconds; one that leaves a ping unanswered for ``ping_timeout`` seconds
+      is cut off. The feed always reads what clients send, so live clients'
+      pongs are seen.
+    * A fresh client that finds every slot taken is not refused while some
+      client has left a ping unanswered for :data:`UNRESPONSIVE_AFTER`
+      seconds (or ``ping_timeout``, if shorter): the one whose ping has waited
+      longest is dropped (its stream cut, no close frame) and the fresh client
+      takes its slot, waiting within its handshake time for such a ping to
+      come of age. Only a feed full of responsive clients answers ``503``.
     * A malformed client message gets an ``error`` message; nothing else.
     * With a ``token``, a client must present it (``/feed?token=...``);
       without one, a browser (a request with an ``Origin`` header) is let in
@@ -120,35 +231,38 @@ class Feed:
         self,
         hub: TraceHub | None = None,
         *,
-        buffer: int = 1024,
+        buffer: int = DEFAULT_BUFFER,
         token: str | None = None,
         allowed_origins: Collection[str] = (),
-        ping_interval: float = 10.0,
-        ping_timeout: float = 10.0,
-        handshake_timeout: float = 10.0,
-        max_clients: int = 64,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        ping_timeout: float = DEFAULT_PING_TIMEOUT,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_domains: int = DEFAULT_MAX_DOMAINS,
     ) -> None:
-        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-            raise ValueError(f"buffer must be an int of at least 1, not {buffer!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ValueError(f"max_clients must be an int of at least 1, not {max_clients!r}")
         self._hub = default_trace_hub if hub is None else hub
-        self._buffer = buffer
+        self._buffer = _count("buffer", buffer)
         self._token = token
         self._origins = frozenset(allowed_origins)
         self._ping_interval = _positive("ping_interval", ping_interval)
         self._ping_timeout = _positive("ping_timeout", ping_timeout)
         self._handshake_timeout = _positive("handshake_timeout", handshake_timeout)
-        self._max_clients = max_clients
+        self._unresponsive_after = min(UNRESPONSIVE_AFTER, self._ping_timeout)
+        self._max_clients = _count("max_clients", max_clients)
+        self._handshakes = PendingPool(_count("max_handshakes", max_handshakes))
         self._state = FeedState(max_domains=max_domains)
+        # Every client holding a slot; insertion order is arrival order.
         self._clients: dict[_Client, None] = {}
+        # Set (and replaced) whenever a slot is freed.
+        self._room = trio.Event()
         self._subscription: TraceSubscription | None = None
         self._accepted = self._refused = self._events = self._dropped = 0
         self._unresponsive = self._protocol_errors = 0
         self._listener_errors = self._connection_errors = 0
+        self._handshake_timeouts = self._evicted = 0
 
     # -- lifetime ------------------------------------------------------------
 
@@ -178,6 +292,10 @@ class Feed:
             protocol_errors=self._protocol_errors,
             listener_errors=self._listener_errors,
             connection_errors=self._connection_errors,
+            handshakes=len(self._handshakes),
+            handshake_timeouts=self._handshake_timeouts,
+            handshakes_evicted=self._handshakes.evicted,
+            evicted=self._evicted,
         )
 
     # -- the trace listener: never blocks ------------------------------------
@@ -197,6 +315,48 @@ class Feed:
             if self._listener_errors == 1:
                 logger.exception("jobctl.feed: trace listener failed on %r", event)
 
+    # -- slots ---------------------------------------------------------------
+
+    def _register(self) -> _Client:
+        client = _Client(self._buffer)
+        # Registered and marked for a snapshot in one step: nothing is missed.
+        self._clients[client] = None
+        client.outbox.resync_nowait()
+        return client
+
+    def _release(self, client: _Client) -> None:
+        """Free ``client``'s slot (idempotent)."""
+        if client in self._clients:
+            del self._clients[client]
+            self._room.set()
+            self._room = trio.Event()
+
+    def _least_responsive(self) -> _Client | None:
+        """The client whose unanswered ping has waited longest, if any."""
+        waiting = [c for c in self._clients if c.ping_sent is not None]
+        return min(waiting, key=lambda c: c.ping_sent or 0.0, default=None)
+
+    async def _take_slot(self, deadline: float) -> _Client | None:
+        """A slot for a fresh client, by eviction if need be; None (refuse)
+        if every client is responsive up to ``deadline``."""
+        while True:
+            if len(self._clients) < self._max_clients:
+                return self._register()
+            victim = self._least_responsive()
+            if victim is None or victim.ping_sent is None:
+                return None
+            ripe = victim.ping_sent + self._unresponsive_after
+            if ripe <= trio.current_time():
+                del self._clients[victim]
+                victim.scope.cancel()
+                self._evicted += 1
+                return self._register()
+            if ripe > deadline:
+                return None
+            room = self._room
+            with trio.move_on_at(ripe):
+                await room.wait()
+
     # -- connections ---------------------------------------------------------
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
@@ -210,7 +370,9 @@ class Feed:
         try:
             async with trio.open_nursery() as nursery:
                 try:
-                    await self._serve(nursery, stream)
+                    admitted = await self._handshake(nursery, _WatchedStream(stream))
+                    if admitted is not None:
+                        await self._run_client(*admitted)
                 finally:
                     # Ends trio-websocket's reader task, whatever state it is in.
                     nursery.cancel_scope.cancel()
@@ -224,19 +386,46 @@ class Feed:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> None:
-        ws: WebSocketConnection | None = None
-        with trio.move_on_after(self._handshake_timeout):
-            request = await wrap_server_stream(nursery, stream, max_message_size=MAX_CLIENT_MESSAGE)
-            refusal = self._refusal(request)
-            if refusal is not None:
-                self._refused += 1
-                status, reason = refusal
-                await request.reject(status, body=reason.encode())
-                return
-            ws = await request.accept()
-        if ws is not None:
-            await self._run_client(ws)
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: _WatchedStream
+    ) -> tuple[WebSocketConnection, _Client] | None:
+        """In the handshake pool, within the handshake time: the request, a
+        slot, the answer. The connection and its client (holding a slot), or
+        None: refused, timed out, evicted from the pool, or gone."""
+        client: _Client | None = None
+        kept = False
+        try:
+            with self._handshakes.admit():
+                deadline = trio.current_time() + self._handshake_timeout
+                request = None
+                with trio.move_on_at(deadline) as waiting:
+                    request = await _receive_request(nursery, stream)
+                if waiting.cancelled_caught:
+                    self._handshake_timeouts += 1
+                if request is None:
+                    return None
+                refusal = self._refusal(request)
+                if refusal is None:
+                    with trio.move_on_at(deadline):
+                        client = await self._take_slot(deadline)
+                    if client is None:
+                        refusal = 503, f"too many clients (at most {self._max_clients})"
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    if refusal is not None:
+                        self._refused += 1
+                        status, reason = refusal
+                        await request.reject(status, body=reason.encode())
+                        return None
+                    assert client is not None
+                    ws = await request.accept()
+                    kept = True
+                    return ws, client
+        except ConnectionClosed:
+            pass  # the client went away
+        finally:
+            if client is not None and not kept:
+                self._release(client)
+        return None
 
     def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
         url = urlsplit(request.path)
@@ -244,8 +433,6 @@ class Feed:
             return 404, f"no such endpoint; the feed is at {FEED_PATH}"
         if self._subscription is None:
             return 503, "the feed is closed"
-        if len(self._clients) >= self._max_clients:
-            return 503, f"too many clients (at most {self._max_clients})"
         if self._token is not None:
             given = parse_qs(url.query).get("token", [""])[-1]
             if not hmac.compare_digest(given.encode(), self._token.encode()):
@@ -256,19 +443,14 @@ class Feed:
             return 403, "this origin may not read the feed"
         return None
 
-    async def _run_client(self, ws: WebSocketConnection) -> None:
-        client = _Client(self._buffer)
-        # Registered and marked for a snapshot in one step: nothing is missed.
-        self._clients[client] = None
-        client.outbox.resync_nowait()
+    async def _run_client(self, ws: WebSocketConnection, client: _Client) -> None:
         self._accepted += 1
         try:
-            await ws.send_message(encode(hello_message(trio.current_time(), self._buffer)))
-            async with trio.open_nursery() as nursery:
-                for part in (self._heartbeat, self._write, self._read):
-                    nursery.start_soon(self._until_done, nursery, part, ws, client)
-        except ConnectionClosed:
-            pass
+            # Cancelled by an eviction: the client ends quietly, its stream cut.
+            with client.scope:
+                async with trio.open_nursery() as nursery:
+                    for part in (self._heartbeat, self._write, self._read):
+                        nursery.start_soon(self._until_done, nursery, part, ws, client)
         except BaseException as exc:
             # Cancelled (the server is shutting down) or a failure of the
             # feed's own: say which, then go. The close frame goes out at once;
@@ -283,9 +465,9 @@ class Feed:
                     await ws.aclose(code, reason)
             raise
         finally:
-            del self._clients[client]
-        # Here the client has closed, or it is unresponsive and its stream is
-        # cut without a closing handshake (by handle_stream).
+            self._release(client)
+        # Here the client has closed, or it is unresponsive or evicted and its
+        # stream is cut without a closing handshake (by handle_stream).
 
     @staticmethod
     async def _until_done(
@@ -316,6 +498,9 @@ class Feed:
             client.outbox.resync_nowait()
 
     async def _write(self, ws: WebSocketConnection, client: _Client) -> None:
+        # The hello goes out here, beside the heartbeat: a client that reads
+        # nothing stalls this task only, and the heartbeat sees it.
+        await ws.send_message(encode(hello_message(trio.current_time(), self._buffer)))
         outbox = client.outbox
         reported = 0
         # Events up to this seq are folded into the last snapshot sent.
@@ -350,11 +535,15 @@ class Feed:
                 batch = []
 
     async def _heartbeat(self, ws: WebSocketConnection, client: _Client) -> None:
+        # The first ping goes out at once: a client that reads nothing is
+        # known as such within a round trip, not a ping interval.
         while True:
-            await trio.sleep(self._ping_interval)
+            client.ping_sent = trio.current_time()
             with trio.move_on_after(self._ping_timeout) as scope:
                 await ws.ping()
             if scope.cancelled_caught:
                 client.unresponsive = True
                 self._unresponsive += 1
                 return
+            client.ping_sent = None
+            await trio.sleep(self._ping_interval)

@@ -1,7 +1,8 @@
 """The timeline page's HTTP server: the static files and a config, GET only.
 
 trio-websocket answers plain HTTP with 400, so the page has a port of its own.
-One request per connection, answered with ``Connection: close``.
+One request per connection, answered with ``Connection: close``; connections
+still sending their request are bounded in number and time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from ._pool import PendingPool
 
 __all__ = ["PageServer"]
 
@@ -42,11 +45,22 @@ class PageServer:
     """Answers ``GET``/``HEAD`` for the page's files and ``/config.json``.
 
     ``config`` is served as ``/config.json`` (it must be JSON-ready). Each
-    connection gets ``request_timeout`` seconds to send its request; anything
-    else than a well-formed GET or HEAD of a known path gets 400, 404 or 405.
+    connection gets ``request_timeout`` seconds to send its request and have
+    the answer sent; at most ``max_pending`` connections are served at once,
+    and one more drops the oldest (so silent connections cannot keep the page
+    from a fresh browser). Anything else than a well-formed GET or HEAD of a
+    known path gets 400, 404 or 405.
     """
 
-    def __init__(self, config: Mapping[str, Any], *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        request_timeout: float = 3.0,
+        max_pending: int = 64,
+    ) -> None:
+        if not (isinstance(request_timeout, int | float) and request_timeout > 0):
+            raise ValueError(f"request_timeout must be a positive number, not {request_timeout!r}")
         static = resources.files("jobctl.feed") / "static"
         self._routes: dict[str, tuple[bytes, str]] = {
             path: ((static / name).read_bytes(), content_type)
@@ -57,11 +71,22 @@ class PageServer:
             "application/json",
         )
         self._request_timeout = request_timeout
+        self._pending = PendingPool(max_pending)
+
+    @property
+    def pending(self) -> int:
+        """Connections being served now."""
+        return len(self._pending)
+
+    @property
+    def evicted(self) -> int:
+        """Connections dropped to make room for newer ones."""
+        return self._pending.evicted
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Answer one request on ``stream``, then close it."""
         try:
-            with trio.move_on_after(self._request_timeout):
+            with self._pending.admit(), trio.move_on_after(self._request_timeout):
                 await self._answer(stream)
         except trio.BrokenResourceError:
             pass  # the client went away

@@ -11,7 +11,16 @@ import trio
 
 from jobctl import TraceHub
 
-from ._feed import FEED_PATH, Feed
+from ._feed import (
+    DEFAULT_BUFFER,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    FEED_PATH,
+    Feed,
+)
 from ._page import PageServer
 from ._protocol import FEED_SCHEMA_VERSION
 
@@ -57,6 +66,8 @@ class FeedAddress:
     ws_port: int
     http_port: int
     token_required: bool
+    #: The feed serving there (None in an address made by hand).
+    feed: Feed | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
     @property
     def _url_host(self) -> str:
@@ -95,9 +106,12 @@ async def serve_feed(
     ws_port: int = 0,
     http_port: int = 0,
     token: str | None = None,
-    buffer: int = 1024,
-    ping_interval: float = 10.0,
-    ping_timeout: float = 10.0,
+    buffer: int = DEFAULT_BUFFER,
+    max_clients: int = DEFAULT_MAX_CLIENTS,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ping_interval: float = DEFAULT_PING_INTERVAL,
+    ping_timeout: float = DEFAULT_PING_TIMEOUT,
     task_status: trio.TaskStatus[FeedAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``hub``'s trace (default: :data:`jobctl.default_trace_hub`) until cancelled.
@@ -107,6 +121,18 @@ async def serve_feed(
     anything else requires ``token`` (:class:`FeedConfigError`), which clients
     then present (``?token=`` on the websocket, ``#token=`` on the page). Use
     ``address = await nursery.start(serve_feed, ...)`` to learn the ports.
+
+    The limits (see :class:`Feed`, whose guarantees hold here): each client
+    holds up to ``buffer`` events (default 1024); at most ``max_clients``
+    websocket clients (default 64), counted once their handshake completed;
+    at most ``max_handshakes`` connections still in their handshake (default
+    64; one more drops the oldest), each for at most ``handshake_timeout``
+    seconds (default 3); a ping every ``ping_interval`` seconds (default 10),
+    to be answered within ``ping_timeout`` (default 10). The page's port has
+    the same bounds on connections still sending their request
+    (``max_handshakes``, ``handshake_timeout``). The address handed to
+    ``task_status`` carries the :class:`Feed` (``address.feed``), to read its
+    :meth:`~Feed.statistics`.
     """
     bind = check_listen(host, token)
     listeners: list[trio.SocketListener] = []
@@ -120,14 +146,6 @@ async def serve_feed(
             http_listener.socket.getsockname()[1],
             token is not None,
         )
-        page = PageServer(
-            {
-                "v": FEED_SCHEMA_VERSION,
-                "ws_port": address.ws_port,
-                "ws_path": FEED_PATH,
-                "token_required": address.token_required,
-            }
-        )
         feed = Feed(
             hub,
             buffer=buffer,
@@ -135,7 +153,21 @@ async def serve_feed(
             allowed_origins=_page_origins(bind, address.http_port),
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            handshake_timeout=handshake_timeout,
+            max_clients=max_clients,
+            max_handshakes=max_handshakes,
         )
+        page = PageServer(
+            {
+                "v": FEED_SCHEMA_VERSION,
+                "ws_port": address.ws_port,
+                "ws_path": FEED_PATH,
+                "token_required": address.token_required,
+            },
+            request_timeout=handshake_timeout,
+            max_pending=max_handshakes,
+        )
+        address = attrs.evolve(address, feed=feed)
     except BaseException:
         for listener in listeners:
             await trio.aclose_forcefully(listener)

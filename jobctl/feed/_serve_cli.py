@@ -16,12 +16,42 @@ from typing import Any
 
 import trio
 
-from jobctl._argtypes import port, positive_float, positive_int
+from jobctl._argtypes import bounded_float, bounded_int, port
 
+from ._feed import (
+    DEFAULT_BUFFER,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+)
 from ._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
 from ._workload import simulated_workload
 
-__all__ = ["add_arguments", "add_feed_arguments", "announce", "feed_options", "run"]
+__all__ = [
+    "MAX_BUFFER",
+    "MAX_CONNECTIONS",
+    "MAX_DURATION",
+    "MAX_SERVE_DOMAINS",
+    "add_arguments",
+    "add_feed_arguments",
+    "announce",
+    "feed_options",
+    "run",
+]
+
+#: Events per client: each holds up to this many (a few hundred bytes each).
+MAX_BUFFER = 65536
+#: --max-clients and --max-handshakes: each connection is a socket and a few
+#: tasks; more than this wants a proxy in front of the feed.
+MAX_CONNECTIONS = 4096
+#: Timeouts and intervals, in seconds: from 0.1 s to an hour.
+_SECONDS = bounded_float(0.1, 3600.0, "seconds")
+#: ``jobctl serve --domains``: the simulated workload runs 3 tasks per domain.
+MAX_SERVE_DOMAINS = 256
+#: ``jobctl serve --duration``: 30 days (no option: until interrupted).
+MAX_DURATION = 30 * 24 * 3600.0
 
 
 def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +64,16 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
         help="IP address to listen on (default: 127.0.0.1; anything not loopback needs --token)",
     )
     group.add_argument(
-        "--ws-port", type=port, default=8765, help="websocket feed port (default: 8765; 0: any)"
+        "--ws-port",
+        type=port,
+        default=8765,
+        help="websocket feed port (0..65535, 0: any free one; default: 8765)",
     )
     group.add_argument(
-        "--http-port", type=port, default=8766, help="timeline page port (default: 8766; 0: any)"
+        "--http-port",
+        type=port,
+        default=8766,
+        help="timeline page port (0..65535, 0: any free one; default: 8766)",
     )
     group.add_argument(
         "--token",
@@ -46,10 +82,51 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--buffer",
-        type=positive_int,
-        default=1024,
+        type=bounded_int(1, MAX_BUFFER),
+        default=DEFAULT_BUFFER,
         metavar="EVENTS",
-        help="events buffered per client before a slow one loses some (default: 1024)",
+        help="events buffered per client before a slow one loses some "
+        f"(1..{MAX_BUFFER}, default: {DEFAULT_BUFFER})",
+    )
+    group.add_argument(
+        "--max-clients",
+        type=bounded_int(1, MAX_CONNECTIONS),
+        default=DEFAULT_MAX_CLIENTS,
+        metavar="N",
+        help="websocket clients at once, counted once their handshake completed; when full, "
+        "an unresponsive one makes room for a fresh one "
+        f"(1..{MAX_CONNECTIONS}, default: {DEFAULT_MAX_CLIENTS})",
+    )
+    group.add_argument(
+        "--max-handshakes",
+        type=bounded_int(1, MAX_CONNECTIONS),
+        default=DEFAULT_MAX_HANDSHAKES,
+        metavar="N",
+        help="connections still in their handshake (or page request) at once; one more drops "
+        f"the oldest (1..{MAX_CONNECTIONS}, default: {DEFAULT_MAX_HANDSHAKES})",
+    )
+    group.add_argument(
+        "--handshake-timeout",
+        type=_SECONDS,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="time a connection has to complete its websocket handshake (or page request) "
+        f"(0.1..3600, default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--ping-interval",
+        type=_SECONDS,
+        default=DEFAULT_PING_INTERVAL,
+        metavar="SECONDS",
+        help=f"time between pings to each client (0.1..3600, default: {DEFAULT_PING_INTERVAL:g})",
+    )
+    group.add_argument(
+        "--ping-timeout",
+        type=_SECONDS,
+        default=DEFAULT_PING_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to answer a ping (its pong) before it is cut off "
+        f"(0.1..3600, default: {DEFAULT_PING_TIMEOUT:g})",
     )
 
 
@@ -65,6 +142,11 @@ def feed_options(args: argparse.Namespace) -> dict[str, Any]:
         "http_port": args.http_port,
         "token": args.token,
         "buffer": args.buffer,
+        "max_clients": args.max_clients,
+        "max_handshakes": args.max_handshakes,
+        "handshake_timeout": args.handshake_timeout,
+        "ping_interval": args.ping_interval,
+        "ping_timeout": args.ping_timeout,
     }
 
 
@@ -79,15 +161,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_feed_arguments(parser)
     group = parser.add_argument_group("simulated workload")
     group.add_argument(
-        "--domains", type=positive_int, default=3, help="simulated domains (default: 3)"
+        "--domains",
+        type=bounded_int(1, MAX_SERVE_DOMAINS),
+        default=3,
+        help=f"simulated domains (1..{MAX_SERVE_DOMAINS}, default: 3)",
     )
-    group.add_argument("--seed", type=int, default=None, help="random seed of the workload")
+    group.add_argument(
+        "--seed",
+        type=bounded_int(0, 2**64 - 1),
+        default=None,
+        help="random seed of the workload (0..2**64-1, default: a fresh one)",
+    )
     group.add_argument(
         "--duration",
-        type=positive_float,
+        type=bounded_float(0.001, MAX_DURATION, "seconds"),
         default=None,
         metavar="SECONDS",
-        help="stop after this long (default: run until interrupted)",
+        help=f"stop after this long (0.001..{MAX_DURATION:.0f}, default: run until interrupted)",
     )
 
 

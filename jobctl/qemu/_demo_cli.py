@@ -2,7 +2,11 @@
 hosts, while domstats runs against it in a tight loop; then a report.
 
 Exits 0 when every job completed with no monitor violation and no domstats
-error, 1 otherwise, 2 for bad options (a one-line error, no traceback).
+error, 1 otherwise, 2 for bad options (a one-line error naming the option,
+the value and its range; no traceback). Ctrl-C (SIGINT) or SIGTERM stops a
+run: every VM is stopped, the report of what ran so far is printed, and the
+status is 128 + the signal (130 for Ctrl-C), within :data:`INTERRUPT_BOUND`
+seconds on the simulator at the largest ``--domains``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ import json
 import math
 import signal
 import sys
+import time
 from functools import partial
 from typing import Any, TextIO, final
 
 import trio
 
-from jobctl._argtypes import port, positive_int
+from jobctl._argtypes import bounded_int, port
 from jobctl._errors import JobError
 from jobctl._groups import unwrap_single
 from jobctl._trace import TraceHub
@@ -30,21 +35,37 @@ from jobctl.qemu._demo import (
     open_demo_hosts,
     run_demo,
 )
+from jobctl.qemu._migration import UNLIMITED_BANDWIDTH
 
-__all__ = ["add_arguments", "run"]
+__all__ = [
+    "INTERRUPT_BOUND",
+    "MAX_BANDWIDTH",
+    "MAX_DOMAINS",
+    "MAX_MIGRATIONS",
+    "MAX_RAM",
+    "add_arguments",
+    "run",
+]
 
 _PROG = "jobctl demo"
 _BAR_WIDTH = 30
 _REFRESH = 0.1
+#: Jobs per VM.
+MAX_MIGRATIONS = 100_000
+#: VMs at once. Each is a QEMU (simulated or real) on each host, a domstats
+#: loop and a lane in the timeline, and Ctrl-C must stop every one within
+#: INTERRUPT_BOUND: on the simulator, on 2 cores, that takes about 2 s at 128
+#: VMs (and 3 to 4 s at 256, too close to the bound). 128 real QEMUs of the
+#: default 64 MiB, doubled while they migrate, also fit a 24 GiB host.
+MAX_DOMAINS = 128
 #: RAM per VM, in MiB (real QEMU writes it to a file of random bytes).
-_MAX_RAM = 4096
-
-
-def _ram(text: str) -> int:
-    value = positive_int(text)
-    if value > _MAX_RAM:
-        raise argparse.ArgumentTypeError(f"at most {_MAX_RAM} MiB, not {text!r}")
-    return value
+MAX_RAM = 4096
+#: Migration bandwidth, MiB/s: 1 TiB/s, what jobctl's migrations use for "no
+#: limit". QEMU's ``max-bandwidth`` takes bytes/s up to 2**64 - 1 (a uint64,
+#: so 2**44 - 1 MiB/s), a rate no link has.
+MAX_BANDWIDTH = UNLIMITED_BANDWIDTH // (1 << 20)
+#: Seconds from Ctrl-C to the exit, every VM stopped (simulator, MAX_DOMAINS).
+INTERRUPT_BOUND = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,17 +74,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--migrations",
-        type=positive_int,
+        type=bounded_int(1, MAX_MIGRATIONS),
         default=100,
         metavar="N",
-        help="jobs per VM (default: 100)",
+        help=f"jobs per VM (1..{MAX_MIGRATIONS}, default: 100)",
     )
     parser.add_argument(
         "--domains",
-        type=positive_int,
+        type=bounded_int(1, MAX_DOMAINS),
         default=1,
         metavar="K",
-        help="VMs at once, each with its own domstats loop (default: 1)",
+        help=f"VMs at once, each with its own domstats loop (1..{MAX_DOMAINS}, default: 1)",
     )
     parser.add_argument(
         "--job", choices=JOBS, default="migrate", help="the job to repeat (default: migrate)"
@@ -78,17 +99,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ram",
-        type=_ram,
+        type=bounded_int(1, MAX_RAM, "MiB"),
         default=64,
         metavar="MiB",
-        help="RAM per VM; random bytes on real QEMU (default: 64)",
+        help=f"RAM per VM; random bytes on real QEMU (1..{MAX_RAM}, default: 64)",
     )
     parser.add_argument(
         "--bandwidth",
-        type=positive_int,
+        type=bounded_int(1, MAX_BANDWIDTH, "MiB/s"),
         default=1024,
         metavar="MiB/s",
-        help="migration bandwidth limit (default: 1024)",
+        help=f"migration bandwidth limit (1..{MAX_BANDWIDTH}, i.e. up to 1 TiB/s; default: 1024)",
     )
     parser.add_argument(
         "--serve",
@@ -103,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=port,
         default=argparse.SUPPRESS,
         metavar="PORT",
-        help="the same as --ws-port",
+        help="the same as --ws-port (0..65535)",
     )
 
 
@@ -154,27 +175,66 @@ def _print_report(report: DemoReport, as_json: bool) -> None:
         print(report.describe(), flush=True)
 
 
-async def _watch_signals(scope: trio.CancelScope, interrupted: list[int]) -> None:
+@final
+class _Run:
+    """One run of the demo: what it did so far, and how it ended."""
+
+    def __init__(self, config: DemoConfig, qemu: bool) -> None:
+        self.config = config
+        self.backend = "qemu" if qemu else "simulator"
+        self.counters = DemoCounters()
+        self.report: DemoReport | None = None
+        #: The signals that arrived (the first one stopped the run).
+        self.signals: list[int] = []
+
+    def interrupted_report(self, signum: int, duration: float) -> dict[str, Any]:
+        """What ran before ``signum`` stopped the run (JSON-ready)."""
+        c = self.counters
+        return {
+            "ok": False,
+            "interrupted": signal.Signals(signum).name,
+            "job": self.config.job,
+            "backend": self.backend,
+            "domains": self.config.domains,
+            "jobs": {"requested": self.config.total, "completed": c.completed, "failed": c.failed},
+            "domstats": {"calls": c.domstats},
+            "duration_s": round(duration, 3),
+        }
+
+
+def _describe_interrupted(report: dict[str, Any]) -> str:
+    jobs = report["jobs"]
+    return "\n".join(
+        [
+            f"interrupted by {report['interrupted']} after {report['duration_s']:.1f} s; "
+            "every VM stopped",
+            f"{NOUNS[report['job']]}: {jobs['completed']}/{jobs['requested']} completed, "
+            f"{jobs['failed']} failed ({report['domains']} VM(s), {report['backend']})",
+            f"domstats calls: {report['domstats']['calls']}",
+            "result: INTERRUPTED",
+        ]
+    )
+
+
+async def _watch_signals(scope: trio.CancelScope, signals_seen: list[int]) -> None:
     """Ctrl-C or SIGTERM: stop the demo cleanly (every QEMU stopped, every
     file removed) instead of dying half-way."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            interrupted.append(signum)
+            signals_seen.append(signum)
             scope.cancel()
 
 
 async def _main(
-    config: DemoConfig,
+    run: _Run,
     qemu: bool,
     as_json: bool,
     feed: dict[str, Any] | None,
-    reports: list[DemoReport],
-    interrupted: list[int],
 ) -> None:
     hub = TraceHub()
-    counters = DemoCounters()
+    config, counters = run.config, run.counters
     async with unwrap_single(), trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
+        nursery.start_soon(_watch_signals, nursery.cancel_scope, run.signals)
         if feed is not None:
             from jobctl.feed import serve_feed
 
@@ -183,18 +243,20 @@ async def _main(
         bar = _ProgressBar(counters, sys.stderr, NOUNS[config.job]) if sys.stderr.isatty() else None
         if bar is not None:
             nursery.start_soon(bar.run)
-        async with open_demo_hosts(qemu=qemu) as hosts:
-            report = await run_demo(
-                config,
-                hosts.hosts,
-                hub=hub,
-                counters=counters,
-                simulator_violations=hosts.simulator_violations,
-                backend=hosts.backend,
-            )
-        if bar is not None:
-            bar.finish()
-        reports.append(report)
+        try:
+            async with open_demo_hosts(qemu=qemu) as hosts:
+                report = await run_demo(
+                    config,
+                    hosts.hosts,
+                    hub=hub,
+                    counters=counters,
+                    simulator_violations=hosts.simulator_violations,
+                    backend=hosts.backend,
+                )
+        finally:
+            if bar is not None:
+                bar.finish()
+        run.report = report
         _print_report(report, as_json)
         if feed is not None:
             print(f"{_PROG}: serving the feed until interrupted", file=sys.stderr, flush=True)
@@ -214,14 +276,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # includes the feed's FeedConfigError
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2
-    reports: list[DemoReport] = []
-    interrupted: list[int] = []
+    demo = _Run(config, args.qemu)
+    began = time.monotonic()
     try:
-        trio.run(_main, config, args.qemu, args.json, feed, reports, interrupted)
+        trio.run(_main, demo, args.qemu, args.json, feed)
     except (JobError, OSError) as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
-    if not reports:
-        print(f"{_PROG}: interrupted", file=sys.stderr)
-        return 128 + (interrupted[0] if interrupted else signal.SIGINT)
-    return 0 if reports[0].ok else 1
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal watcher was up: nothing had started yet.
+        demo.signals.append(signal.SIGINT)
+    if demo.report is not None:
+        return 0 if demo.report.ok else 1
+    signum = demo.signals[0] if demo.signals else signal.SIGINT
+    partial_report = demo.interrupted_report(signum, time.monotonic() - began)
+    if args.json:
+        print(json.dumps(partial_report, indent=2), flush=True)
+    else:
+        print(_describe_interrupted(partial_report), flush=True)
+    print(f"{_PROG}: interrupted", file=sys.stderr)
+    return 128 + signum

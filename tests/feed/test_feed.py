@@ -12,7 +12,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
-from jobctl import TraceHub, TraceKind
+from jobctl import TRACE_SCHEMA_VERSION, TraceHub, TraceKind
 from jobctl.feed import Feed, FeedState
 
 from ._support import Recorder, connected, emit, receive, receive_events, receive_type, refusal
@@ -32,7 +32,7 @@ async def test_hello_snapshot_then_live_events() -> None:
         emit(hub, "vm-2", TraceKind.JOB_WAIT, 2, "MODIFY", position=0)
         async with connected(feed) as ws:
             hello = await receive_type(ws, "hello")
-            assert hello["trace_schema"] == 1
+            assert hello["trace_schema"] == TRACE_SCHEMA_VERSION
             assert hello["kinds"] == [kind.value for kind in TraceKind]
             assert hello["buffer"] == 8
             assert hello["t"] == trio.current_time()

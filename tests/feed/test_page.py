@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 
 import pytest
 import trio
 import trio.testing
 
+from jobctl import TRACE_SCHEMA_VERSION
 from jobctl.feed import PageServer
 
 pytestmark = pytest.mark.anyio
@@ -105,3 +107,12 @@ async def test_a_client_that_leaves_at_once_gets_nothing() -> None:
     await client.send_eof()
     await PageServer(CONFIG).handle_stream(server)
     assert await client.receive_some() == b""
+
+
+def test_the_page_reads_the_trace_schema_the_core_writes() -> None:
+    """The page skips events of another trace schema: a bump in the core
+    without one in the page would leave every lane empty."""
+    script = (resources.files("jobctl.feed") / "static" / "app.js").read_text()
+    found = re.search(r"const TRACE_SCHEMA = (\d+);", script)
+    assert found is not None
+    assert int(found.group(1)) == TRACE_SCHEMA_VERSION

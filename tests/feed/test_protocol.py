@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jobctl import TraceEvent, TraceKind
+from jobctl import TRACE_SCHEMA_VERSION, TraceEvent, TraceKind
 from jobctl.feed import FeedProtocolError, Subscription
 from jobctl.feed._protocol import ResyncRequest, encode, events_message, parse_client_message
 
@@ -57,7 +57,7 @@ def test_encoding_is_strict_json_whatever_the_detail_holds() -> None:
     message = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert message["type"] == "events"
     (sent,) = message["events"]
-    assert sent["v"] == 1
+    assert sent["v"] == TRACE_SCHEMA_VERSION
     assert sent["seq"] == 7
     progress = sent["detail"]["progress"]
     assert progress["rate"] == "inf"

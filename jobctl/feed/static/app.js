@@ -4,7 +4,7 @@
 
 (() => {
   const FEED_SCHEMA = 1;
-  const TRACE_SCHEMA = 1;
+  const TRACE_SCHEMA = 2; // jobctl.TRACE_SCHEMA_VERSION
   const SAMPLES = 2000; // latency samples kept per statistic
   const KEEP_S = 130; // history kept for the timeline (the widest window), in seconds
   const KEEP_MAX = 20000; // intervals (and marks) kept per lane at most

@@ -1,0 +1,367 @@
+"""Hostile and idle clients cannot starve the feed (issue 14, point 5).
+
+In memory and virtual time first (each rule alone, exactly), then the whole
+storm over real loopback sockets: idle TCP connections, half handshakes,
+plain HTTP requests and clients that complete the handshake and never read,
+while a normal client still connects and gets its snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import open_websocket_url
+
+from jobctl import TraceHub, TraceKind
+from jobctl.feed import UNRESPONSIVE_AFTER, Feed, FeedAddress, PageServer, _serve_cli, serve_feed
+
+from ._support import connected, receive_events, receive_type, refusal, refused
+
+pytestmark = pytest.mark.anyio
+
+#: A complete websocket opening handshake, as a client that never reads sends it.
+HANDSHAKE = (
+    b"GET /feed HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+#: The same, cut off before its end: the server waits for the rest.
+HALF_HANDSHAKE = HANDSHAKE[:60]
+PLAIN_GET = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    """Everything the server sent before it closed (a reset counts as closed)."""
+    data = b""
+    try:
+        while chunk := await stream.receive_some():
+            data += chunk
+    except trio.BrokenResourceError:
+        pass
+    return data
+
+
+# -- in memory, in virtual time ---------------------------------------------------
+
+
+async def test_a_plain_http_request_gets_400_and_is_gone_at_once() -> None:
+    """trio-websocket answers it with 400; the feed must not then wait out
+    the handshake timeout for a request that will never come."""
+    with Feed(TraceHub(), handshake_timeout=30) as feed:
+        server, client = trio.testing.memory_stream_pair()
+        await client.send_all(PLAIN_GET)
+        start = trio.current_time()
+        await feed.handle_stream(server)
+        assert trio.current_time() == start
+        assert (await read_to_eof(client)).startswith(b"HTTP/1.1 400 ")
+        assert feed.statistics().handshakes == 0
+
+
+async def test_a_half_handshake_is_cut_off_after_the_handshake_timeout() -> None:
+    with Feed(TraceHub(), handshake_timeout=2) as feed:
+        server, client = trio.testing.memory_stream_pair()
+        await client.send_all(HALF_HANDSHAKE)
+        start = trio.current_time()
+        await feed.handle_stream(server)
+        assert trio.current_time() - start == 2
+        assert await read_to_eof(client) == b""
+        stats = feed.statistics()
+        assert (stats.handshake_timeouts, stats.handshakes, stats.clients) == (1, 0, 0)
+
+
+async def test_handshakes_have_a_bounded_pool_and_the_oldest_makes_room() -> None:
+    with Feed(TraceHub(), max_handshakes=2, handshake_timeout=5) as feed:
+        clients = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                server, client = trio.testing.memory_stream_pair()
+                clients.append(client)
+                nursery.start_soon(feed.handle_stream, server)
+                await trio.testing.wait_all_tasks_blocked()
+            # The third one in dropped the first, at once; the others wait.
+            assert trio.current_time() == 0
+            assert await read_to_eof(clients[0]) == b""
+            stats = feed.statistics()
+            assert (stats.handshakes, stats.handshakes_evicted) == (2, 1)
+        assert trio.current_time() == 5
+        stats = feed.statistics()
+        assert (stats.handshakes, stats.handshake_timeouts) == (0, 2)
+
+
+async def test_unfinished_handshakes_hold_no_slot() -> None:
+    with Feed(TraceHub(), max_clients=1, max_handshakes=20) as feed:
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                server, client = trio.testing.memory_stream_pair()
+                await client.send_all(HALF_HANDSHAKE)
+                nursery.start_soon(feed.handle_stream, server)
+            await trio.testing.wait_all_tasks_blocked()
+            assert feed.statistics().handshakes == 10
+            async with connected(feed) as ws:
+                await receive_type(ws, "hello")
+                await receive_type(ws, "snapshot")
+                assert trio.current_time() == 0
+                assert feed.statistics().clients == 1
+            nursery.cancel_scope.cancel()
+        assert feed.statistics().evicted == 0
+
+
+async def test_a_client_that_never_reads_makes_room_for_a_fresh_one() -> None:
+    hub = TraceHub()
+    with Feed(hub, max_clients=1) as feed:
+        async with trio.open_nursery() as nursery:
+            server, deaf = trio.testing.memory_stream_pair()
+            await deaf.send_all(HANDSHAKE)
+            nursery.start_soon(feed.handle_stream, server)
+            await trio.testing.wait_all_tasks_blocked()
+            assert feed.statistics().clients == 1  # its ping is out, unanswered
+            async with connected(feed) as ws:
+                hello = await receive_type(ws, "hello")
+                # It waited for the deaf client's ping to go unanswered long
+                # enough, then took its slot.
+                assert hello["t"] == UNRESPONSIVE_AFTER
+                await receive_type(ws, "snapshot")
+                stats = feed.statistics()
+                assert (stats.clients, stats.evicted, stats.refused) == (1, 1, 0)
+                sent = await read_to_eof(deaf)
+                assert sent.startswith(b"HTTP/1.1 101 ")  # it had been let in
+                hub.emit("vm", TraceKind.GATE_OPEN)
+                await receive_events(ws, 1)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_reads_its_101_and_nothing_more_is_cut_off() -> None:
+    """Over a stream with no buffer, the server's first message stalls: the
+    heartbeat runs beside it, so the client is still found unresponsive."""
+    with Feed(TraceHub(), ping_interval=1, ping_timeout=2) as feed:
+        server, client = trio.testing.lockstep_stream_pair()
+        with trio.fail_after(30):  # virtual seconds: not cut off, it would hang
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed.handle_stream, server)
+                await client.send_all(HANDSHAKE)
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += await client.receive_some()
+                assert answer.startswith(b"HTTP/1.1 101 ")
+                await trio.testing.wait_all_tasks_blocked()
+                assert feed.statistics().clients == 1
+        # handle_stream returned: the ping went unanswered for ping_timeout.
+        assert trio.current_time() == 2
+        stats = feed.statistics()
+        assert (stats.clients, stats.unresponsive) == (0, 1)
+
+
+async def test_a_full_feed_of_responsive_clients_still_refuses() -> None:
+    with Feed(TraceHub(), max_clients=2, ping_interval=0.3) as feed:
+        async with connected(feed) as a, connected(feed) as b:
+            for ws in (a, b):
+                await receive_type(ws, "hello")
+                await receive_type(ws, "snapshot")
+            for _ in range(5):
+                refused = await refusal(feed)
+                assert refused.status_code == 503
+                await trio.sleep(0.1)  # whatever the phase of their pings
+            stats = feed.statistics()
+            assert (stats.clients, stats.evicted) == (2, 0)
+
+
+async def test_handshakes_finishing_together_do_not_exceed_max_clients() -> None:
+    """A slot is taken in the same step as the check, before the 101 goes out."""
+    with Feed(TraceHub(), max_clients=1) as feed:
+        outcomes: list[str] = []
+        most = 0
+
+        async def one_client() -> None:
+            try:
+                async with connected(feed) as ws:
+                    await receive_type(ws, "hello")
+                    outcomes.append("in")
+                    await trio.sleep(5)
+            except BaseExceptionGroup as group:
+                (refused,) = group.exceptions
+                assert getattr(refused, "status_code", None) == 503, refused
+                outcomes.append("refused")
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, feed.statistics().clients)
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            async with trio.open_nursery() as clients:
+                clients.start_soon(one_client)
+                clients.start_soon(one_client)
+            nursery.cancel_scope.cancel()
+        assert sorted(outcomes) == ["in", "refused"]
+        assert most == 1
+
+
+async def test_the_page_server_bounds_its_waiting_connections() -> None:
+    page = PageServer({"v": 1}, max_pending=2, request_timeout=4)
+    clients = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            server, client = trio.testing.memory_stream_pair()
+            clients.append(client)
+            nursery.start_soon(page.handle_stream, server)
+            await trio.testing.wait_all_tasks_blocked()
+        assert await read_to_eof(clients[0]) == b""
+        assert (page.pending, page.evicted) == (2, 1)
+        # A fresh browser is answered at once, though the pool is full.
+        server, client = trio.testing.memory_stream_pair()
+        await client.send_all(PLAIN_GET)
+        nursery.start_soon(page.handle_stream, server)
+        assert (await read_to_eof(client)).startswith(b"HTTP/1.1 200 ")
+        assert trio.current_time() == 0
+    assert trio.current_time() == 4
+    assert page.pending == 0
+
+
+# -- the storm, over real loopback sockets -------------------------------------------
+
+#: The feed's settings for the storm: short timeouts, so that the test is short.
+STORM: dict[str, Any] = {"handshake_timeout": 1.5, "ping_interval": 1.0, "ping_timeout": 2.0}
+#: How long a normal client may take to get its snapshot during the storm:
+#: its handshake time (it may wait that long for an unresponsive client's
+#: slot), plus a generous margin for two shared cores.
+SNAPSHOT_BOUND = 5.0
+
+
+async def _open_many(port: int, count: int, data: bytes) -> list[trio.SocketStream]:
+    streams = []
+    for _ in range(count):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        if data:
+            await stream.send_all(data)
+        streams.append(stream)
+    return streams
+
+
+async def _read_all(ws: Any, domain: str, seen: trio.Event) -> None:
+    """Read every message; set ``seen`` once an event of ``domain`` came."""
+    while True:
+        message = json.loads(await ws.get_message())
+        if message["type"] == "events" and any(e["domain"] == domain for e in message["events"]):
+            seen.set()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # real sockets: the real clock
+async def test_a_storm_of_idle_and_deaf_clients_cannot_starve_a_normal_one(
+    anyio_backend: Any,
+) -> None:
+    hub = TraceHub()
+    bystander_ticks = 0
+    bystander = trio.CancelScope()
+
+    async def job_control() -> None:
+        """What runs beside the feed: it must never be cancelled, nor wait."""
+        nonlocal bystander_ticks
+        with bystander:
+            while True:
+                hub.emit("vm", TraceKind.GATE_OPEN)
+                bystander_ticks += 1
+                await trio.sleep(0.01)
+
+    with trio.fail_after(60):  # nothing hangs
+        async with trio.open_nursery() as nursery:
+            address: FeedAddress = await nursery.start(partial(serve_feed, hub, **STORM))
+            feed = address.feed
+            assert feed is not None
+            nursery.start_soon(job_control)
+            port = address.ws_port
+            hostile = await _open_many(port, 200, b"")  # connect, send nothing
+            hostile += await _open_many(port, 200, HALF_HANDSHAKE)
+            hostile += await _open_many(port, 20, PLAIN_GET)
+            # Complete the handshake and never read: more than the 64 slots.
+            hostile += await _open_many(port, 100, HANDSHAKE)
+            page_idle = await _open_many(address.http_port, 100, b"")
+
+            start = trio.current_time()
+            async with open_websocket_url(address.ws_url) as ws:
+                with trio.fail_after(SNAPSHOT_BOUND):
+                    assert json.loads(await ws.get_message())["type"] == "hello"
+                    assert json.loads(await ws.get_message())["type"] == "snapshot"
+                took = trio.current_time() - start
+                ticks = bystander_ticks
+                seen = trio.Event()
+                async with trio.open_nursery() as reading:
+                    # A normal client reads all along (and so answers pings).
+                    reading.start_soon(_read_all, ws, "vm-normal", seen)
+                    # Every hostile connection is closed by the server, after
+                    # its timeout or to make room: at most its handshake time,
+                    # then its ping timeout.
+                    bound = 3 * (STORM["handshake_timeout"] + STORM["ping_timeout"])
+                    with trio.fail_after(bound):
+                        answers = [await read_to_eof(stream) for stream in hostile + page_idle]
+                    # Plain GETs got their 400 (unless the pool dropped them first).
+                    assert all(a == b"" or a.startswith(b"HTTP/1.1 400 ") for a in answers[400:420])
+                    assert any(a.startswith(b"HTTP/1.1 400 ") for a in answers[400:420])
+
+                    # The normal client is still served, live.
+                    hub.emit("vm-normal", TraceKind.GATE_CLOSE)
+                    with trio.fail_after(5):
+                        await seen.wait()
+                    assert feed.statistics().clients == 1
+                    reading.cancel_scope.cancel()
+            for stream in hostile + page_idle:
+                await stream.aclose()
+
+            # The slots and the handshake pool empty again.
+            with trio.fail_after(5):
+                # A bounded poll: the feed has no event for "all gone".
+                while feed.statistics().clients or feed.statistics().handshakes:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            stats = feed.statistics()
+            assert stats.evicted + stats.unresponsive >= 100 - 64
+            assert stats.handshake_timeouts + stats.handshakes_evicted >= 400
+            assert (stats.connection_errors, stats.listener_errors) == (0, 0)
+
+            # Nothing else was cancelled: job control went on, the feed serves.
+            assert bystander_ticks > ticks and not bystander.cancel_called
+            async with open_websocket_url(address.ws_url) as ws:
+                assert json.loads(await ws.get_message())["type"] == "hello"
+            nursery.cancel_scope.cancel()
+    print(f"normal client's snapshot after {took:.2f} s; {stats}")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # real sockets: the real clock
+async def test_the_command_line_limits_reach_the_running_feed(anyio_backend: Any) -> None:
+    parser = argparse.ArgumentParser(prog="jobctl serve")
+    _serve_cli.add_arguments(parser)
+    argv = "--ws-port 0 --http-port 0 --max-clients 1 --buffer 7 --handshake-timeout 0.2"
+    argv += " --max-handshakes 3 --ping-interval 0.2 --ping-timeout 0.3"
+    args = parser.parse_args(argv.split())
+    options = _serve_cli.feed_options(args)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(partial(serve_feed, TraceHub(), **options))
+            feed = address.feed
+            assert feed is not None
+            async with open_websocket_url(address.ws_url) as ws:
+                assert json.loads(await ws.get_message())["buffer"] == 7
+                # It answers its pings (every 0.2 s) all along: it keeps its slot.
+                stream = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
+                rejected = await refused(stream)
+                assert rejected.status_code == 503
+                assert rejected.body is not None and b"at most 1)" in rejected.body
+            # A silent connection is cut after 0.2 s, not the default 3 s.
+            silent = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
+            with trio.fail_after(2):
+                assert await read_to_eof(silent) == b""
+            await silent.aclose()
+            # Four silent ones: the pool of three drops the first at once.
+            streams = await _open_many(address.ws_port, 4, b"")
+            with trio.fail_after(2):
+                assert await read_to_eof(streams[0]) == b""
+            for stream in streams:
+                await stream.aclose()
+            assert feed.statistics().handshakes_evicted >= 1
+            nursery.cancel_scope.cancel()
