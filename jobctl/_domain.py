@@ -30,6 +30,7 @@ Rules (each one a guarantee the property tests check on the trace):
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -71,6 +72,24 @@ __all__ = [
 ]
 
 _job_ids = itertools.count(1)
+
+
+@enum.unique
+class _JobState(enum.Enum):
+    NEW = "new"
+    WAITING = "waiting"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+@enum.unique
+class _SessionState(enum.Enum):
+    NEW = "new"
+    WAITING = "waiting"
+    HELD = "held"
+    CLOSED = "closed"
+
+
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
@@ -145,8 +164,7 @@ class _JobBase:
         self.id = next(_job_ids)
         self.owner = owner
         self.started = 0.0
-        # "new" -> "waiting" -> "active" -> "ended"
-        self._state = "new"
+        self._state = _JobState.NEW
         self._task: object = None
 
     @property
@@ -156,7 +174,7 @@ class _JobBase:
     @property
     def active(self) -> bool:
         """Whether the job has begun and not yet ended."""
-        return self._state == "active"
+        return self._state == _JobState.ACTIVE
 
     def _kind_name(self) -> str:
         raise NotImplementedError
@@ -216,7 +234,8 @@ class ActiveJob(_JobBase):
         self._domain._end_regular(self, exc)
 
     def __repr__(self) -> str:
-        return f"<ActiveJob {self.kind.name} #{self.id} on {self._domain.name!r} ({self._state})>"
+        state = self._state.value
+        return f"<ActiveJob {self.kind.name} #{self.id} on {self._domain.name!r} ({state})>"
 
 
 @final
@@ -295,6 +314,13 @@ class ActiveAsyncJob(_JobBase):
         return self._section is not None
 
     @property
+    def preempted(self) -> bool:
+        """Whether a DESTROY request pre-empted this job. Its body is
+        cancelled; clean-up must not use the monitor or open a section (the
+        VM is being destroyed, and the DESTROY job may hold the monitor)."""
+        return self._destroyed
+
+    @property
     def abort_reason(self) -> str | None:
         """The reason given to ``Domain.abort``, once an abort was delivered."""
         return self._abort_reason
@@ -369,7 +395,7 @@ class ActiveAsyncJob(_JobBase):
         )
 
     def _check_active(self) -> None:
-        if self._state != "active":
+        if self._state != _JobState.ACTIVE:
             raise JobStateError(f"{self!r} is not active")
 
     # -- begin and end ----------------------------------------------------------
@@ -428,7 +454,7 @@ class ActiveAsyncJob(_JobBase):
     def __repr__(self) -> str:
         return (
             f"<ActiveAsyncJob {self.kind.name} #{self.id} on {self._domain.name!r} "
-            f"phase {self.phase!r} ({self._state})>"
+            f"phase {self.phase!r} ({self._state.value})>"
         )
 
 
@@ -511,8 +537,7 @@ class MonitorSession:
     def __init__(self, job: _JobBase, nowait: bool = False) -> None:
         self._job = job
         self._nowait = nowait
-        # "new" -> "waiting" -> "held" -> "closed"
-        self._state = "new"
+        self._state = _SessionState.NEW
         self._busy = False
         self._monitor: Monitor | None = None
         self._task: object = None
@@ -524,11 +549,11 @@ class MonitorSession:
         return job
 
     async def __aenter__(self) -> MonitorSession:
-        if self._state != "new":
+        if self._state != _SessionState.NEW:
             raise JobStateError("a monitor session cannot be entered twice")
         job = self._job
         dom = job._domain
-        if job._state != "active":
+        if job._state != _JobState.ACTIVE:
             raise JobStateError(f"only an active job may enter the monitor; {job!r} is not")
         if isinstance(job, ActiveAsyncJob):
             if job._section is not None:
@@ -548,7 +573,7 @@ class MonitorSession:
         if monitor is None:
             raise JobStateError(f"domain {dom.name!r} has no monitor")
         self._monitor = monitor
-        self._state = "waiting"
+        self._state = _SessionState.WAITING
         await dom._acquire_monitor(self)
         return self
 
@@ -558,7 +583,7 @@ class MonitorSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state == "held":
+        if self._state == _SessionState.HELD:
             self._job._domain._release_monitor(self)
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
@@ -567,15 +592,17 @@ class MonitorSession:
         Raises :class:`JobStateError` if the session is not held (its block
         ended) or a command is already in flight on it.
         """
-        if self._state != "held":
+        if self._state != _SessionState.HELD:
             raise JobStateError(
-                f"monitor session of {self._job!r} used outside its block ({self._state})"
+                f"monitor session of {self._job!r} used outside its block ({self._state.value})"
             )
         if self._busy:
             raise JobStateError(
                 f"a command is already in flight on the monitor session of {self._job!r}"
             )
         assert self._monitor is not None
+        # A cancelled caller (a pre-empted async job, too) sends nothing.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         job = self._job
         dom = job._domain
         self._busy = True
@@ -780,7 +807,7 @@ class Domain:
                         {"reason": reason, "error": f"{type(exc).__name__}: {exc}"},
                     )
                     raise
-            if target._state != "active":  # pragma: no cover - its barrier holds it
+            if target._state != _JobState.ACTIVE:  # pragma: no cover - its barrier holds it
                 raise JobStateError(f"{target!r} ended before it could be aborted")
             target._abort_reason = reason
             self._abort_count += 1
@@ -899,7 +926,7 @@ class Domain:
         return _WAIT
 
     def _grant(self, job: ActiveJob | ActiveAsyncJob, waited: bool) -> None:
-        job._state = "active"
+        job._state = _JobState.ACTIVE
         job.started = anyio.current_time()
         self._holders[job._task] = job
         if isinstance(job, ActiveAsyncJob):
@@ -954,7 +981,7 @@ class Domain:
     async def _begin(
         self, job: ActiveJob | ActiveAsyncJob, nowait: bool, timeout: float | None
     ) -> None:
-        if job._state != "new":
+        if job._state != _JobState.NEW:
             raise JobStateError(f"{job!r} cannot be entered twice")
         task = current_task_key()
         held = self._holders.get(task)
@@ -978,7 +1005,7 @@ class Domain:
         is_async = isinstance(job, ActiveAsyncJob)
         what = f"cannot begin {job._kind_name()} job on domain {self.name!r}"
         if decision is not _WAIT:
-            job._state = "ended"
+            job._state = _JobState.ENDED
             if decision is _BUSY:
                 self._busy += 1
                 error: JobError = JobBusyError(f"{what}: {self._describe_holders()} (nowait)")
@@ -1010,7 +1037,7 @@ class Domain:
         else:
             position = len(self._waiters)
         self._waiters.push(waiter.lane, waiter)
-        job._state = "waiting"
+        job._state = _JobState.WAITING
         self._waits += 1
         if self._trace.active:
             detail: dict[str, Any] = {
@@ -1052,7 +1079,7 @@ class Domain:
         self._waiters.remove(waiter.lane, waiter)
         if not waiter.exempt:
             self._counted_waiters -= 1
-        waiter.job._state = "ended"
+        waiter.job._state = _JobState.ENDED
         self._emit(
             TraceKind.JOB_WAIT_FAILED,
             waiter.job,
@@ -1083,9 +1110,9 @@ class Domain:
     def _end_regular(
         self, job: ActiveJob, exc: BaseException | None, outcome: str | None = None
     ) -> None:
-        if job._state != "active":
+        if job._state != _JobState.ACTIVE:
             return
-        job._state = "ended"
+        job._state = _JobState.ENDED
         del self._regular[job]
         self._forget_holder(job)
         if not job.kind.shared:
@@ -1135,7 +1162,7 @@ class Domain:
     def _finish_async_state(
         self, job: ActiveAsyncJob, outcome: str, error: BaseException | None
     ) -> AsyncJobInfo:
-        job._state = "ended"
+        job._state = _JobState.ENDED
         job._outcome = outcome
         job._ended_at = anyio.current_time()
         job._section = None
@@ -1161,11 +1188,12 @@ class Domain:
         return info
 
     async def _end_async(self, job: ActiveAsyncJob, error: BaseException | None) -> None:
-        if job._state != "active":
+        if job._state != _JobState.ACTIVE:
             return
         if job._destroyed:
             outcome = "destroyed"
-        elif isinstance(error, JobAbortedError):
+        elif isinstance(error, JobAbortedError) and job._abort_reason is not None:
+            # Its own abort (another job's JobAbortedError passing through is an error).
             outcome = "aborted"
         elif error is None:
             outcome = "ok"
@@ -1192,7 +1220,7 @@ class Domain:
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
         if session._nowait:
-            session._state = "closed"
+            session._state = _SessionState.CLOSED
             holder = self._monitor_session
             self._emit(
                 TraceKind.MONITOR_REFUSED,
@@ -1213,20 +1241,20 @@ class Domain:
                 self._release_monitor(session)
             elif self._monitor_queue.pop(session, None) is not None:
                 self._emit(TraceKind.MONITOR_WAIT_FAILED, job, {"result": "cancelled"})
-            session._state = "closed"
+            session._state = _SessionState.CLOSED
             raise
         if self._monitor_session is not session:
-            session._state = "closed"
+            session._state = _SessionState.CLOSED
             raise JobStateError(f"{job!r} ended while waiting for the monitor")
 
     def _hand_monitor(self, session: MonitorSession, waited: bool) -> None:
         self._monitor_session = session
-        session._state = "held"
+        session._state = _SessionState.HELD
         self._emit(TraceKind.MONITOR_ENTER, session._job, {"waited": waited})
 
     def _release_monitor(self, session: MonitorSession) -> None:
         """``session`` leaves the monitor; the next waiter (if any) takes it."""
-        session._state = "closed"
+        session._state = _SessionState.CLOSED
         if self._monitor_session is not session:
             return
         self._monitor_session = None
@@ -1235,7 +1263,7 @@ class Domain:
         while queue:
             waiting = next(iter(queue))
             queue.pop(waiting).set()
-            if waiting._job._state == "active":
+            if waiting._job._state == _JobState.ACTIVE:
                 self._hand_monitor(waiting, True)
                 return
             self._emit(TraceKind.MONITOR_WAIT_FAILED, waiting._job, {"result": "job_ended"})

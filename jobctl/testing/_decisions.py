@@ -33,14 +33,13 @@ REAL_TIME_INSTANT: Final = 0.5
 _PASSIVE: Final = frozenset(
     {TraceKind.BARRIER_START, TraceKind.BARRIER_END, TraceKind.LISTENER_FAILED}
 )
-#: What an async job does by itself: none of it may follow a DESTROY request.
+#: What a pre-empted async job must not do: talk to the VM's monitor (the VM
+#: is being destroyed, and the DESTROY job may hold it) or let jobs in. (It
+#: may still name a clean-up phase or report progress.)
 _ASYNC_ACTIONS: Final = frozenset(
     {
         TraceKind.COMMAND_SENT,
         TraceKind.GATE_OPEN,
-        TraceKind.ASYNC_PHASE,
-        TraceKind.ASYNC_ALLOWED,
-        TraceKind.ASYNC_PROGRESS,
         TraceKind.MONITOR_WAIT,
     }
 )
@@ -474,6 +473,15 @@ class DecisionChecker:
 
     def _on_destroy_delivered(self, track: _Track, event: TraceEvent) -> None:
         track.delivered = True
+        preempt = track.preempt
+        if preempt is not None and event.time > preempt.time + self._instant:
+            self._report(
+                8,
+                event.domain,
+                f"the pre-emption was delivered at t={event.time:.6f}, after the DESTROY "
+                f"request at t={preempt.time:.6f} (not within one scheduling round)",
+                (preempt, event),
+            )
 
     def _on_abort_delivered(self, track: _Track, event: TraceEvent) -> None:
         track.aborted.add(_job(event))

@@ -33,8 +33,9 @@ Invariants 8 to 12 replay the trace on the reference model
 
 8. A DESTROY request pre-empts the running async job: the pre-emption is
    delivered to its body and the job ends ``destroyed`` within one scheduling
-   round (the same virtual instant), doing nothing more; an async job ends
-   ``aborted`` only after an abort was delivered to it.
+   round (the same virtual instant); meanwhile it neither talks to the
+   monitor nor opens a section (it may name a clean-up phase). An async job
+   ends ``aborted`` only after an abort was delivered to it.
 9. The monitor goes to its waiting sessions in arrival order; a session
    waits or is refused only while the monitor is taken.
 10. Waits end by their timeout: no request stays queued past its deadline,

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from types import TracebackType
 from typing import final
 
+import sniffio
+import trio
+import trio.testing
+
 from jobctl._trace import TraceEvent, TraceHub, TraceKind, TraceSubscription
+from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
 from jobctl.testing._format import format_events
 from jobctl.testing._invariants import InvariantChecker
+
+
+def on_virtual_clock() -> bool:
+    """Whether the running event loop keeps virtual time (trio's
+    ``MockClock`` or jobctl's :class:`VirtualEventLoop`)."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    if library == "trio":
+        return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    from jobctl.testing._virtual import VirtualEventLoop
+
+    return isinstance(asyncio.get_running_loop(), VirtualEventLoop)
+
 
 __all__ = ["TraceRecorder"]
 
@@ -23,7 +44,7 @@ class TraceRecorder:
     only those domains' events (useful on the shared default hub).
     """
 
-    __slots__ = ("_domains", "_events", "_subscription", "hub")
+    __slots__ = ("_domains", "_events", "_real_time", "_subscription", "hub")
 
     def __init__(
         self, hub: TraceHub | None = None, *, domains: Iterable[str] | None = None
@@ -31,10 +52,14 @@ class TraceRecorder:
         self.hub = TraceHub() if hub is None else hub
         self._domains = None if domains is None else frozenset(domains)
         self._events: list[TraceEvent] = []
+        #: Whether an event was recorded on a real (not virtual) clock.
+        self._real_time = False
         self._subscription: TraceSubscription | None = self.hub.subscribe(self._record)
 
     def _record(self, event: TraceEvent) -> None:
         if self._domains is None or event.domain in self._domains:
+            if not self._events:
+                self._real_time = not on_virtual_clock()
             self._events.append(event)
 
     @property
@@ -54,12 +79,19 @@ class TraceRecorder:
     def clear(self) -> None:
         self._events.clear()
 
-    def check(self, *, max_wait: float | None = None, complete: bool = True) -> None:
+    def check(
+        self, *, max_wait: float | None = None, complete: bool = True, instant: float | None = None
+    ) -> None:
         """Check the recorded trace; raises :class:`InvariantViolation`.
 
         ``complete=False`` skips the end-of-run checks (jobs may still run).
+        ``instant`` (see :class:`InvariantChecker`) defaults to next to
+        nothing for a trace recorded on a virtual clock (trio's ``MockClock``,
+        :class:`VirtualEventLoop`) and to :data:`REAL_TIME_INSTANT` otherwise.
         """
-        checker = InvariantChecker(max_wait=max_wait)
+        if instant is None:
+            instant = REAL_TIME_INSTANT if self._real_time else INSTANT
+        checker = InvariantChecker(max_wait=max_wait, instant=instant)
         checker.feed_all(self._events)
         if complete:
             checker.finish()

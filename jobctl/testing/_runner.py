@@ -6,8 +6,9 @@ import contextlib
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Final, TypeVar, final
+from typing import Any, Final, Literal, TypeVar, final
 
+import anyio
 import attrs
 import trio
 import trio.testing
@@ -40,17 +41,25 @@ from jobctl.testing._plans import (
 )
 from jobctl.testing._recorder import TraceRecorder
 from jobctl.testing._schedule import Schedule, ScheduleCursor
+from jobctl.testing._virtual import VirtualEventLoop
 
 __all__ = [
+    "BACKENDS",
     "ActorOutcome",
+    "Backend",
     "FlowError",
     "ScenarioResult",
     "play_plan",
     "run_scenario",
     "run_virtual",
+    "virtual_backend",
 ]
 
 T = TypeVar("T")
+
+#: The event loops a run can use: anyio's backends.
+Backend = Literal["trio", "asyncio"]
+BACKENDS: Final[tuple[Backend, ...]] = ("trio", "asyncio")
 
 #: How long the end-of-run probe may take (virtual seconds) before the
 #: domain counts as stuck.
@@ -115,24 +124,22 @@ class _Play:
         self.dom = dom
         self.cursor = cursor
         #: Plan times count from here.
-        self.origin = trio.current_time()
+        self.origin = anyio.current_time()
         self.outcomes: list[ActorOutcome] = []
         #: Actors that have not finished: owner -> how far they got.
         self.pending: dict[str, str] = {}
         self.surprises: list[BaseException] = []
 
     async def play(self, plan: DomainPlan) -> None:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             for job in plan.jobs:
-                nursery.start_soon(
-                    self.actor, job.owner, job.start, job.cancel_after, self.regular(job)
-                )
+                tg.start_soon(self.actor, job.owner, job.start, job.cancel_after, self.regular(job))
             for ajob in plan.async_jobs:
-                nursery.start_soon(
+                tg.start_soon(
                     self.actor, ajob.owner, ajob.start, ajob.cancel_after, self.async_(ajob)
                 )
             for index, abort in enumerate(plan.aborts):
-                nursery.start_soon(self.actor, f"aborter{index}", abort.at, None, self.abort(abort))
+                tg.start_soon(self.actor, f"aborter{index}", abort.at, None, self.abort(abort))
 
     async def actor(
         self,
@@ -142,18 +149,18 @@ class _Play:
         body: Callable[[Callable[[], None]], Awaitable[None]],
     ) -> None:
         self.pending[owner] = "not started"
-        await trio.sleep_until(self.origin + start)
-        requested = trio.current_time()
+        await _sleep_until(self.origin + start)
+        requested = anyio.current_time()
         began: list[float] = []
         self.pending[owner] = "requested"
 
         def mark_began() -> None:
-            began.append(trio.current_time())
+            began.append(anyio.current_time())
             self.pending[owner] = "began"
 
         result = "ok"
         deadline = math.inf if cancel_after is None else self.origin + start + cancel_after
-        with trio.CancelScope(deadline=deadline) as scope:
+        with anyio.CancelScope(deadline=deadline) as scope:
             try:
                 await self.cursor.point()
                 await body(mark_began)
@@ -173,7 +180,7 @@ class _Play:
                 owner,
                 requested,
                 began[0] if began else None,
-                trio.current_time(),
+                anyio.current_time(),
                 result,
             )
         )
@@ -194,7 +201,7 @@ class _Play:
                 if plan.commands:
                     async with job.monitor() as mon:
                         await self.commands(mon, "query-status", plan.commands)
-                await trio.sleep(plan.hold)
+                await anyio.sleep(plan.hold)
 
         return body
 
@@ -223,7 +230,7 @@ class _Play:
             async with ajob.interruptible():
                 if step.misuse:
                     await self.misuse(ajob)
-                await trio.sleep(step.seconds)
+                await anyio.sleep(step.seconds)
                 await self.cursor.point()
         elif isinstance(step, Allow):
             ajob.set_allowed(step.kinds)
@@ -254,13 +261,25 @@ async def _cancel_hook(mon: MonitorSession) -> None:
     await mon.execute("migrate_cancel")
 
 
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until the absolute ``deadline``: on trio exactly
+    ``trio.sleep_until`` (a cancel scope at the deadline around a sleep
+    forever), on asyncio a timer at exactly that time. ``anyio.sleep_until``
+    would sleep a computed delay instead, which rounds the deadline and on
+    trio turns a due deadline into a plain checkpoint, changing the
+    interleaving that a schedule replays."""
+    with anyio.CancelScope(deadline=deadline):
+        await anyio.sleep_forever()
+
+
 async def play_plan(dom: Domain, plan: DomainPlan, cursor: ScheduleCursor) -> list[ActorOutcome]:
     """Play the actors of ``plan`` (regular jobs, async jobs, aborts) on
     ``dom``, each from its start time (counted from this call); return how
-    each fared once all are done. Trio only.
+    each fared once all are done. Backend-neutral (anyio: trio or asyncio).
 
     The plan's name, latency, faults, ``wait_timeout`` and ``max_queued`` are
-    not applied here (the domain exists already). An actor that fails with an
+    not applied here (the domain exists already): give the plan to
+    :func:`~jobctl.testing.open_simulated_vm` as ``load=`` for those. An actor that fails with an
     error outside its expected family re-raises it (with a note naming the
     actor) after every actor finished.
     """
@@ -274,10 +293,12 @@ async def play_plan(dom: Domain, plan: DomainPlan, cursor: ScheduleCursor) -> li
 @final
 @attrs.frozen
 class ScenarioResult:
-    """What a scenario run produced: its trace and how each actor fared."""
+    """What a scenario run produced: its trace and how each actor fared,
+    and on which backend it ran."""
 
     events: tuple[TraceEvent, ...]
     outcomes: tuple[ActorOutcome, ...]
+    backend: Backend = "trio"
 
 
 @contextlib.contextmanager
@@ -303,15 +324,51 @@ def _seeded_scheduler(seed: int) -> Iterator[None]:
         rng.setstate(state)
 
 
-def run_virtual(async_fn: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
-    """Run ``async_fn()`` in a fresh ``trio.run`` on virtual time
-    (``MockClock(autojump_threshold=0)``), sleeps taking no real time, with
-    trio's scheduler seeded by ``seed``: the same function replays the same
-    interleaving every time, inside Hypothesis or not."""
+def _check_backend(backend: object) -> Backend:
+    for known in BACKENDS:
+        if backend == known:
+            return known
+    raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+
+
+def virtual_backend(backend: Backend) -> tuple[Backend, dict[str, Any]]:
+    """The value of anyio's ``anyio_backend`` fixture that runs a test on
+    ``backend`` in virtual time, as :func:`run_virtual` does (trio's
+    ``MockClock(autojump_threshold=0)``, or a :class:`VirtualEventLoop`)::
+
+        @pytest.fixture(params=["trio", "asyncio"])
+        def anyio_backend(request):
+            return virtual_backend(request.param)
+    """
+    backend = _check_backend(backend)
+    if backend == "asyncio":
+        return backend, {"loop_factory": VirtualEventLoop}
+    return backend, {"clock": trio.testing.MockClock(autojump_threshold=0)}
+
+
+def run_virtual(
+    async_fn: Callable[[], Awaitable[T]], *, seed: int = 0, backend: Backend = "trio"
+) -> T:
+    """Run ``async_fn()`` in a fresh event loop on virtual time, sleeps
+    taking no real time: the same function replays the same interleaving
+    every time, inside Hypothesis or not.
+
+    ``backend="trio"``: ``trio.run`` with ``MockClock(autojump_threshold=0)``
+    and trio's scheduler seeded by ``seed``. ``backend="asyncio"``:
+    ``anyio.run`` on a :class:`~jobctl.testing.VirtualEventLoop`, which
+    jumps the same way; asyncio runs ready callbacks first in, first out,
+    so there is nothing to seed and ``seed`` is unused. Anything else is a
+    ``ValueError`` naming the backend.
+    """
+    backend = _check_backend(backend)
 
     async def main() -> T:
         return await async_fn()
 
+    if backend == "asyncio":
+        return anyio.run(
+            main, backend="asyncio", backend_options={"loop_factory": VirtualEventLoop}
+        )
     with _seeded_scheduler(seed):
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -322,9 +379,13 @@ def run_scenario(
     *,
     simulated: bool = False,
     check: bool = True,
+    backend: Backend = "trio",
 ) -> ScenarioResult:
     """Play ``scenario`` in virtual time with the interleaving ``schedule``
-    picks, then check it.
+    picks, on ``backend`` (``"trio"`` or ``"asyncio"``, see
+    :func:`run_virtual`), then check it. A scenario and schedule replay the
+    same trace every time on the same backend; the two backends interleave
+    differently.
 
     Each domain's monitor is a :class:`ScriptedMonitor`, or with
     ``simulated=True`` jobctl's QMP client connected to a simulated QEMU
@@ -340,6 +401,7 @@ def run_scenario(
     (7). A failure raises :class:`InvariantViolation`. An actor failing with
     an error outside its expected family re-raises it.
     """
+    backend = _check_backend(backend)
     recorder = TraceRecorder()
     cursor = schedule.cursor()
     plays: list[_Play] = []
@@ -352,10 +414,10 @@ def run_scenario(
             else:
                 domains = _scripted_domains(scenario, recorder)
             plays.extend(_Play(dom, cursor) for dom, _, _ in domains)
-            with trio.move_on_after(scenario.horizon()) as horizon:
-                async with trio.open_nursery() as nursery:
+            with anyio.move_on_after(scenario.horizon()) as horizon:
+                async with anyio.create_task_group() as tg:
                     for play, (_, plan, _) in zip(plays, domains, strict=True):
-                        nursery.start_soon(play.play, plan)
+                        tg.start_soon(play.play, plan)
             if horizon.cancelled_caught:
                 pending = [
                     f"{play.dom.name}/{owner} ({state})"
@@ -375,11 +437,11 @@ def run_scenario(
             for dom, _, overlaps in domains:
                 extra.extend(await _end_state(dom, overlaps(), recorder))
 
-    run_virtual(main)
+    run_virtual(main, backend=backend)
     recorder.close()
     outcomes = tuple(o for play in plays for o in play.outcomes)
     surprises = [e for play in plays for e in play.surprises]
-    result = ScenarioResult(recorder.events, outcomes)
+    result = ScenarioResult(recorder.events, outcomes, backend)
     if check:
         checker = InvariantChecker(max_wait=scenario.max_wait())
         checker.feed_all(recorder.events)
@@ -424,21 +486,14 @@ def _scripted_domains(scenario: Scenario, recorder: TraceRecorder) -> list[_Play
 async def _simulated_domains(
     scenario: Scenario, recorder: TraceRecorder, stack: contextlib.AsyncExitStack
 ) -> list[_Playable]:
-    from jobctl.testing._simulated import fault_plan, open_simulated_vm
+    from jobctl.testing._simulated import open_simulated_vm
     from simulators.qemu import SimulatedHost
 
     host = SimulatedHost()
     domains: list[_Playable] = []
     for plan in scenario.domains:
         vm = await stack.enter_async_context(
-            open_simulated_vm(
-                plan.name,
-                host=host,
-                faults=fault_plan(plan.latency, plan.faults),
-                trace=recorder.hub,
-                wait_timeout=plan.wait_timeout,
-                max_queued=plan.max_queued,
-            )
+            open_simulated_vm(plan.name, host=host, load=plan, trace=recorder.hub)
         )
 
         def overlaps(prefix: str = f"{plan.name}/") -> list[str]:
@@ -479,7 +534,7 @@ async def _probe(dom: Domain) -> str | None:
     """Take the whole domain once; return what went wrong, if anything."""
     dom.set_monitor(ScriptedMonitor())
     what = "beginning an async job"
-    with trio.move_on_after(_PROBE_TIME) as scope:
+    with anyio.move_on_after(_PROBE_TIME) as scope:
         try:
             async with dom.async_job(AsyncJob.DUMP, owner="probe", timeout=0) as ajob:
                 what = "entering the monitor from the async job"

@@ -1,7 +1,8 @@
 """Drawn schedules: reproducible exploration of task interleavings.
 
 Under Hypothesis, trio's scheduler is seeded the same way for every example,
-so the interleaving of tasks that become ready together is fixed. A
+and asyncio runs ready tasks first in, first out, so on either backend the
+interleaving of tasks that become ready together is fixed. A
 :class:`Schedule` varies it: every actor calls :meth:`ScheduleCursor.point`
 at its decision points, which yields to the scheduler as many times as the
 schedule's next number says. Different numbers, different interleavings; an
@@ -56,7 +57,8 @@ class ScheduleCursor:
 
     async def point(self) -> None:
         """A decision point: yield to the scheduler as often as the schedule
-        says (always at least one checkpoint, so cancellation is seen)."""
+        says (always at least one checkpoint, so cancellation is seen). On
+        trio or asyncio alike, each yield is an anyio checkpoint."""
         self.points += 1
         extra = 0
         if self._position < len(self._yields):

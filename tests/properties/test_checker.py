@@ -316,8 +316,18 @@ def test_an_async_job_running_on_after_destroy_breaks_8() -> None:
 
 def test_an_async_job_acting_after_destroy_breaks_8() -> None:
     b = destroy_in_a_section().end(2, "DESTROY").add(TraceKind.GATE_CLOSE, 1, M)
-    b.add(TraceKind.ASYNC_PHASE, 1, M, phase="perform")
+    b.add(TraceKind.ASYNC_PHASE, 1, M, phase="cleanup")  # naming a clean-up phase is fine
+    assert violated(b, complete=False) == set()
+    b.add(TraceKind.MONITOR_ENTER, 1, M, waited=False)
+    b.add(TraceKind.COMMAND_SENT, 1, M, command="migrate_cancel")
     assert violated(b, complete=False) == {8}
+
+
+def test_a_late_delivery_breaks_8() -> None:
+    b = TraceBuilder().async_begin(1).add(TraceKind.GATE_OPEN, 1, M)
+    b.add(TraceKind.DESTROY_REQUEST, 1, M).begin(2, "DESTROY", in_section=True)
+    b.at(0.5).add(TraceKind.DESTROY_DELIVERED, 1, M)
+    assert 8 in violated(b, complete=False)
 
 
 def test_a_destroyed_end_without_delivery_breaks_8() -> None:

@@ -3,16 +3,16 @@ schedule, keeps the seven invariants; and the runner itself does what it says.""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from jobctl import AsyncJob, Job, TraceEvent
+from jobctl import AsyncJob, Job
 from jobctl.testing import (
+    BACKENDS,
     AbortPlan,
     AsyncJobPlan,
+    Backend,
     Commands,
     DomainPlan,
     Fail,
@@ -30,7 +30,7 @@ from jobctl.testing import (
 )
 
 from ._bugs import BUGS
-from ._suite import PROPERTIES, Example
+from ._suite import PROPERTIES, Example, normalized
 
 
 @given(example=PROPERTIES["scenarios"])
@@ -51,12 +51,13 @@ MIGRATION = AsyncJobPlan(
 )
 
 
-def outcomes(scenario: Scenario) -> dict[str, tuple[float | None, str]]:
-    result = run_scenario(scenario)
+def outcomes(scenario: Scenario, backend: Backend) -> dict[str, tuple[float | None, str]]:
+    result = run_scenario(scenario, backend=backend)
     return {o.owner: (o.began, o.result) for o in result.outcomes}
 
 
-def test_jobs_meet_the_migration_only_in_its_window() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jobs_meet_the_migration_only_in_its_window(backend: Backend) -> None:
     plan = DomainPlan(
         "vm",
         jobs=(
@@ -66,15 +67,16 @@ def test_jobs_meet_the_migration_only_in_its_window() -> None:
         async_jobs=(MIGRATION,),
         latency=(1.0,),
     )
-    got = outcomes(Scenario((plan,)))
+    got = outcomes(Scenario((plan,)), backend)
     assert got["migrate"] == (0.0, "ok")
     assert got["stats"] == (1.0, "ok")  # waited for the window, which opened at 1.0
     assert got["resize"] == (None, "timeout")  # not allowed: parked until it gave up
 
 
-def test_an_abort_ends_the_migration() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_abort_ends_the_migration(backend: Backend) -> None:
     plan = DomainPlan("vm", async_jobs=(MIGRATION,), aborts=(AbortPlan(1.0),))
-    result = run_scenario(Scenario((plan,)))
+    result = run_scenario(Scenario((plan,)), backend=backend)
     got = {o.owner: o.result for o in result.outcomes}
     assert got == {"migrate": "aborted", "aborter0": "ok"}
     assert "migrate_cancel" in [
@@ -82,38 +84,44 @@ def test_an_abort_ends_the_migration() -> None:
     ]
 
 
-def test_a_destroy_preempts_the_migration() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_destroy_preempts_the_migration(backend: Backend) -> None:
     plan = DomainPlan(
         "vm",
         jobs=(RegularJobPlan("kill", Job.DESTROY, start=0.5, commands=1),),
         async_jobs=(MIGRATION,),
     )
-    got = outcomes(Scenario((plan,)))
+    got = outcomes(Scenario((plan,)), backend)
     assert got["migrate"] == (0.0, "destroyed")
     assert got["kill"][1] == "ok"
 
 
-def test_faults_end_in_typed_errors() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_faults_end_in_typed_errors(backend: Backend) -> None:
     plan = DomainPlan(
         "vm",
         jobs=(RegularJobPlan("q", Job.QUERY, commands=2),),
         async_jobs=(AsyncJobPlan("m", AsyncJob.SAVE, start=1.0, steps=(Commands(1), Fail())),),
         faults=(MonitorFault(FaultKind.DROP, at=1),),
     )
-    got = outcomes(Scenario((plan,)))
+    got = outcomes(Scenario((plan,)), backend)
     assert got["q"][1] == "monitor_closed"
     assert got["m"][1] == "monitor_closed"
 
 
-def test_domains_are_independent() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_domains_are_independent(backend: Backend) -> None:
     def busy(name: str) -> DomainPlan:
         return DomainPlan(name, jobs=(RegularJobPlan("m", Job.MODIFY, hold=2.0),))
 
-    result = run_scenario(Scenario((busy("a"), busy("b"))))
+    result = run_scenario(Scenario((busy("a"), busy("b"))), backend=backend)
     assert sorted((o.domain, o.began) for o in result.outcomes) == [("a", 0.0), ("b", 0.0)]
 
 
-def test_a_deadlock_is_reported_as_invariant_6(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deadlock_is_reported_as_invariant_6(
+    monkeypatch: pytest.MonkeyPatch, backend: Backend
+) -> None:
     BUGS["barrier_never_released"].plant(monkeypatch)
     plan = DomainPlan(
         "vm",
@@ -121,12 +129,13 @@ def test_a_deadlock_is_reported_as_invariant_6(monkeypatch: pytest.MonkeyPatch) 
         async_jobs=(AsyncJobPlan("m", AsyncJob.SAVE, steps=(Window(1.0), Commands(1))),),
     )
     with pytest.raises(InvariantViolation, match="deadlock") as info:
-        run_scenario(Scenario((plan,)))
+        run_scenario(Scenario((plan,)), backend=backend)
     assert 6 in info.value.invariants
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_surprising_error_propagates_with_the_actor_named(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, backend: Backend
 ) -> None:
     async def broken(self: object, phase: str) -> None:
         raise RuntimeError("persister exploded")
@@ -134,7 +143,7 @@ def test_a_surprising_error_propagates_with_the_actor_named(
     monkeypatch.setattr("jobctl.ActiveAsyncJob.set_phase", broken)
     plan = DomainPlan("vm", async_jobs=(MIGRATION,))
     with pytest.raises(RuntimeError, match="persister exploded") as info:
-        run_scenario(Scenario((plan,)))
+        run_scenario(Scenario((plan,)), backend=backend)
     assert "raised by actor 'migrate' on domain 'vm'" in info.value.__notes__
 
 
@@ -170,32 +179,21 @@ def test_plans_print_as_python() -> None:
     assert eval(text, namespace) == Scenario((plan,))
 
 
-def normalized(events: tuple[TraceEvent, ...]) -> list[str]:
-    """The trace without process-wide counters (seq, job ids) and addresses."""
-    ids: dict[int, int] = {}
-    out: list[str] = []
-    for e in events:
-        job = None if e.job_id is None else ids.setdefault(e.job_id, len(ids))
-        detail = {k: v for k, v in e.detail.items() if k not in ("pending", "abandoned")}
-        line = (
-            f"{e.time} {e.domain} {e.kind.value} {job} {e.job} {e.owner} {sorted(detail.items())}"
-        )
-        out.append(re.sub(r"0x[0-9a-f]+", "0x?", line))
-    return out
-
-
-def test_a_printed_scenario_replays_on_its_own() -> None:
-    """Outside Hypothesis too: virtual time and a seeded scheduler make a
-    scenario pasted from a failure report run the same way every time."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_printed_scenario_replays_on_its_own(backend: Backend) -> None:
+    """Outside Hypothesis too: virtual time and a seeded scheduler (on
+    asyncio, its first-in first-out ready queue) make a scenario pasted
+    from a failure report run the same way every time, on each backend."""
     jobs = [RegularJobPlan(f"q{i}", Job.QUERY, hold=1.0, commands=2) for i in range(4)]
     jobs += [RegularJobPlan("m", Job.MODIFY, commands=1), RegularJobPlan("d", Job.DESTROY)]
     scenario = Scenario((DomainPlan("vm", jobs=jobs, async_jobs=(MIGRATION,), latency=(0.1,)),))
     schedule = Schedule((1, 0, 2, 3, 0, 1))
-    runs = [normalized(run_scenario(scenario, schedule).events) for _ in range(3)]
+    runs = [normalized(run_scenario(scenario, schedule, backend=backend).events) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
 
 
-def test_a_drawn_example_replays_identically() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_drawn_example_replays_identically(backend: Backend) -> None:
     """The same Hypothesis seed gives the same scenario, schedule and trace:
     what ``@reproduce_failure`` and ``--hypothesis-seed`` rely on."""
 
@@ -206,7 +204,7 @@ def test_a_drawn_example_replays_identically() -> None:
         @settings(max_examples=5, database=None, derandomize=False)
         @given(st.tuples(scenarios(), schedules()))
         def run(args: tuple[Scenario, Schedule]) -> None:
-            traces.append(normalized(run_scenario(*args).events))
+            traces.append(normalized(run_scenario(*args, backend=backend).events))
 
         run()
         return traces
