@@ -250,7 +250,10 @@ async def _clean_up(
     added: bool,
     timeout: float,
 ) -> None:
-    """Cancel and dismiss QEMU's job, remove the added node; best effort."""
+    """Cancel and dismiss QEMU's job, remove the added node; best effort.
+    Nothing after a DESTROY: QEMU is being killed, and its job with it."""
+    if ajob.preempted:
+        return
     with anyio.move_on_after(timeout):
         try:
             async with ajob.monitor() as mon:

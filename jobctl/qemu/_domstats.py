@@ -18,6 +18,7 @@ import attrs
 from jobctl._domain import Domain
 from jobctl._errors import JobBusyError
 from jobctl._kinds import Job
+from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._progress import MigrationProgress
 
 __all__ = ["BlockStats", "DomainStats", "domstats"]
@@ -89,16 +90,23 @@ async def domstats(
     """Gather ``query-status``, ``query-blockstats`` and, while an async job
     runs, the migration's progress (``query-migrate``), in one QUERY job.
 
-    Waits for the job like any other (``timeout``: the domain's default),
-    unless ``nowait``: then a busy domain gives partial stats at once.
+    Waits for the job like any other, unless ``nowait``: then a busy domain
+    gives partial stats at once. ``timeout`` bounds the whole call: the
+    wait for the job, the wait for the monitor and QEMU's answers. When it
+    passes, :class:`jobctl.JobTimeoutError` names the domain and what did
+    not happen in time (the command QEMU did not answer, for a stopped or
+    hung QEMU), and the job, the monitor and the command are given up (the
+    domain is idle again). With ``timeout=None`` the job waits for the
+    domain's ``wait_timeout`` and QEMU's answers are not bounded.
     Raises what the monitor raises (:class:`jobctl.MonitorError`).
     """
+    limit = Deadline(dom.name, timeout, flow="domstats")
     try:
         async with dom.job(Job.QUERY, owner=owner, nowait=nowait, timeout=timeout) as job:
             if dom.monitor is None:
                 return DomainStats(dom.name, anyio.current_time(), "shutoff", False)
             migration = None
-            async with job.monitor() as mon:
+            async with limit.monitor(job) as mon:
                 status = await mon.execute("query-status")
                 blocks = await mon.execute("query-blockstats")
                 if job.in_section:

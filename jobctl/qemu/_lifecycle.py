@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import anyio
+
 from jobctl._kinds import AsyncJob, Job
+from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError
 from jobctl.qemu._machine import Machine, MachineSpec
 from jobctl.qemu._vm import VM
@@ -25,10 +30,40 @@ async def start(vm: VM, spec: MachineSpec, *, owner: str = "start") -> Machine:
     return machine
 
 
-async def destroy(vm: VM, *, owner: str = "destroy") -> None:
-    """Stop the VM's QEMU at once, as a DESTROY job: it pre-empts a running
-    async job, which cleans up first. Does nothing if the VM does not run."""
-    async with vm.domain.job(Job.DESTROY, owner=owner):
+async def destroy(vm: VM, *, owner: str = "destroy", timeout: float | None = None) -> None:
+    """Kill the VM's QEMU, then end its jobs, as libvirt's destroy does.
+
+    First the QEMU process is killed (SIGKILL for a real QEMU, which ends a
+    stopped or hung one too; :meth:`Machine.kill`), with no task switch
+    before the DESTROY job is requested: its QMP connection closes, so a
+    regular job stuck in a monitor command fails with
+    :class:`jobctl.MonitorClosedError` at once, and a running async job
+    (migration, backup, save, restore) is pre-empted by the DESTROY job and
+    ends with :class:`jobctl.JobAbortedError` (``reason="destroyed"``)
+    after its clean-up. Then, as a DESTROY job, the machine is detached and
+    reaped: when this returns, the process is gone and the domain holds no
+    job of its own. A QEMU that does not answer cannot hold destroy up.
+
+    ``timeout`` bounds the whole call (None: the domain's ``wait_timeout``):
+    the wait for the DESTROY job and for the process to be gone; past it
+    :class:`jobctl.JobTimeoutError` says which. The kill is not undone
+    then: the host reaps the process all the same. If the VM does not run
+    here, nothing is killed and it returns once the DESTROY job could begin.
+    """
+    dom = vm.domain
+    limit = Deadline(dom.name, dom.wait_timeout if timeout is None else timeout, flow="destroy")
+    killed = vm.machine
+    if killed is not None:
+        # Synchronous: the pre-emption below comes before any task sees the
+        # monitor close, so the async job ends as destroyed, not as failed.
+        killed.kill()
+    async with dom.job(Job.DESTROY, owner=owner, timeout=limit.remaining()):
         machine = vm.detach()
-        if machine is not None:
-            await machine.stop()
+        if machine is not None and machine is not killed:
+            machine.kill()  # attached while the DESTROY job waited
+        for dying in dict.fromkeys(m for m in (killed, machine) if m is not None):
+            left = limit.remaining()
+            with anyio.move_on_after(math.inf if left is None else left):
+                await dying.wait_stopped()
+            if not dying.stopped:
+                raise limit.error(f"{dying!r} (pid {dying.pid}) was not gone")

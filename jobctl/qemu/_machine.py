@@ -9,6 +9,7 @@ every machine still running, so no QEMU outlives the block that started it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, final
 
 import anyio
@@ -69,11 +70,13 @@ class Machine:
     (paused until told to continue). ``qmp_path`` is the unix socket of the
     monitor ``qmp`` talks to (None when it is not a socket, as for simulated
     machines): a manager that restarts reaches the machine there once ``qmp``
-    is closed (see :class:`~jobctl.qemu.QemuRecovery`).
+    is closed (see :class:`~jobctl.qemu.QemuRecovery`). ``kill`` is how its
+    host kills the process at once (see :meth:`kill`).
     """
 
     __slots__ = (
         "_gone",
+        "_kill",
         "_stop",
         "exit_status",
         "extra_monitors",
@@ -97,6 +100,7 @@ class Machine:
         pid: int | None = None,
         extra_monitors: tuple[str, ...] = (),
         qmp_path: str | None = None,
+        kill: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -111,6 +115,7 @@ class Machine:
         #: The process's exit status once it is gone (``None`` while it runs,
         #: and for a simulated machine that was stopped).
         self.exit_status: int | None = None
+        self._kill = kill
         self._stop = anyio.Event()
         self._gone = anyio.Event()
 
@@ -128,6 +133,26 @@ class Machine:
         """
         self._stop.set()
         await self._gone.wait()
+
+    def kill(self) -> None:
+        """Kill the machine's process now, without asking it anything, and
+        return at once; :meth:`wait_stopped` returns once it is gone (reaped).
+
+        A real QEMU gets SIGKILL, which ends even a stopped (SIGSTOP) or hung
+        process; a simulated one dies as on :meth:`SimulatedQemu.kill
+        <simulators.qemu.SimulatedQemu.kill>`. Either way its QMP connection
+        closes, so every command in flight fails with
+        :class:`jobctl.MonitorClosedError`. Nothing is awaited, so a caller
+        can kill and then begin a job with no task switch between the two.
+        A machine whose host gave no way to kill it is asked to stop
+        (:meth:`stop`). Does nothing once the machine is gone.
+        """
+        if self._gone.is_set():
+            return
+        if self._kill is None:
+            self._stop.set()
+        else:
+            self._kill()
 
     async def wait_stopped(self) -> None:
         """Wait until the machine is gone, without asking it to stop."""

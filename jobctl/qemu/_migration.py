@@ -38,8 +38,9 @@ import anyio
 import attrs
 
 from jobctl._domain import ActiveAsyncJob, MonitorSession
-from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._errors import JobTimeoutError, MonitorClosedError, MonitorError
 from jobctl._kinds import AsyncJob, Job
+from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, MigrationError
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
@@ -75,8 +76,9 @@ class MigrationOptions:
     last one; ``downtime_limit`` (milliseconds) its ``downtime-limit``, when
     given.
     ``poll_interval`` is how often the source leaves its section to read
-    ``query-migrate`` for progress. The destination must finish within
-    ``finish_timeout`` seconds of the source; cleaning up after a failure
+    ``query-migrate`` for progress. The destination must finish (end its
+    migration and answer ``cont``) within ``finish_timeout`` seconds of the
+    source; cleaning up after a failure
     takes at most ``cleanup_timeout`` seconds per side.
     """
 
@@ -342,11 +344,13 @@ class _Migration:
         # The source's QEMU has completed: an abort can no longer stop it.
         out.set_allowed({Job.QUERY})
         await inn.set_phase("finish")
+        # One deadline for the destination's end and its answer to "cont".
+        limit = Deadline(self.destination.name, self.options.finish_timeout, flow="migration")
         try:
             # The source answers queries until the destination runs the VM.
             async with out.interruptible():
                 status, _ = await wait_in_sections(
-                    inn, events, _terminal, timeout=self.options.finish_timeout
+                    inn, events, _terminal, timeout=limit.remaining()
                 )
                 if status != "completed":
                     raise MigrationError(
@@ -355,7 +359,7 @@ class _Migration:
                         status=status,
                     )
                 if self.was_running:
-                    async with inn.monitor() as mon:
+                    async with limit.monitor(inn) as mon:
                         await mon.execute("cont")
         except TimeoutError:
             raise MigrationError(
@@ -363,6 +367,10 @@ class _Migration:
                 f"{self.options.finish_timeout:g} s of the source",
                 side="destination",
             ) from None
+        except JobTimeoutError as exc:
+            raise MigrationError(
+                f"{self._what()}: the destination did not finish: {exc}", side="destination"
+            ) from exc
         except MonitorError as exc:
             raise MigrationError(
                 f"{self._what()}: the destination failed: {exc}", side="destination"
@@ -379,6 +387,10 @@ class _Migration:
     async def _recover(self, out: ActiveAsyncJob, machine: Machine, error: BaseException) -> None:
         """After a failure: make sure no migration runs, and that the source
         runs if it ran before. A source whose monitor is gone is stopped."""
+        if out.preempted:
+            # DESTROY: the source is being killed; there is nothing to resume.
+            _log.info("%s pre-empted by DESTROY", self._what())
+            return
         _log.info("%s failed (%r); recovering the source", self._what(), error)
         with anyio.move_on_after(self.options.cleanup_timeout):
             try:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Final, final
@@ -27,7 +28,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._errors import MonitorError
 from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
@@ -270,6 +271,7 @@ class QemuHost:
                         pid=process.pid,
                         extra_monitors=tuple(str(path) for path in sockets[1:]),
                         qmp_path=str(sockets[0]),
+                        kill=_killer(process),
                     )
                     tg.start_soon(_watch_exit, process, machine)
                     self._machines.add(machine)
@@ -280,9 +282,15 @@ class QemuHost:
                             with suppress(MonitorError):
                                 await qmp.execute("quit")
                             await process.wait()
-            except (OSError, MonitorClosedError, TimeoutError) as exc:
+            except Exception as exc:
+                # One machine's failure is its own: it stops, and its host's
+                # other machines run on.
                 if machine is None:
                     failure = exc
+                else:
+                    logging.getLogger("jobctl.qemu").warning(
+                        "machine %r on host %r failed and is stopped: %r", name, self._name, exc
+                    )
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._end(process)
@@ -316,6 +324,19 @@ def _blockdev(disk: DiskImage, node: str) -> list[str]:
     protocol = {"driver": "file", "filename": disk.path, "node-name": f"{node}-file"}
     image = {"driver": "qcow2", "file": f"{node}-file", "node-name": node}
     return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(image)]
+
+
+def _killer(process: anyio.abc.Process) -> Callable[[], None]:
+    """What :meth:`Machine.kill` runs: SIGKILL, which ends even a stopped
+    (SIGSTOP) process, unless the process is already gone. The machine's
+    task then sees it exit and reaps it."""
+
+    def kill() -> None:
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.kill()
+
+    return kill
 
 
 async def _watch_exit(process: anyio.abc.Process, machine: Machine) -> None:

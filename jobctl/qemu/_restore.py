@@ -25,9 +25,10 @@ import anyio
 import attrs
 
 from jobctl._domain import ActiveAsyncJob
-from jobctl._errors import MonitorError
+from jobctl._errors import JobTimeoutError, MonitorError
 from jobctl._groups import unwrap_single
 from jobctl._kinds import AsyncJob
+from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, RestoreError
 from jobctl.qemu._machine import Machine, MachineSpec
 from jobctl.qemu._migration import EVENTS_ON
@@ -97,7 +98,10 @@ async def restore(
     It runs afterwards unless ``paused``. Raises :class:`FlowError` if the
     VM already runs there, :class:`RestoreError` if the restore failed (the
     new QEMU is stopped then), and :class:`jobctl.JobAbortedError` when
-    pre-empted by DESTROY. ``timeout`` bounds loading the state.
+    pre-empted by DESTROY. ``timeout`` bounds loading the state and
+    resuming the VM, from ``migrate-incoming`` to ``cont``: QEMU's answers
+    and the wait for the end of the migration; past it the restore fails
+    with :class:`RestoreError`, which names what QEMU did not do in time.
     """
     if not await anyio.Path(path).is_file():
         raise RestoreError(f"cannot restore {vm.name!r}: no saved state at {path!r}")
@@ -115,16 +119,19 @@ async def restore(
         directory = tempfile.mkdtemp(prefix="jobctl-restore-")
         try:
             feeder = _Feeder(path, os.path.join(directory, "restore.sock"))
+            limit = Deadline(vm.name, timeout, flow="restore")
             try:
-                await _load(ajob, machine, feeder, timeout)
+                await _load(ajob, machine, feeder, limit)
+                await ajob.set_phase("finish")
+                if not paused:
+                    async with limit.monitor(ajob) as mon:
+                        await mon.execute("cont")
             except TimeoutError:
                 raise RestoreError(
                     f"cannot restore {vm.name!r}: QEMU did not load {path!r} within {timeout:g} s"
                 ) from None
-            await ajob.set_phase("finish")
-            if not paused:
-                async with ajob.monitor() as mon:
-                    await mon.execute("cont")
+            except JobTimeoutError as exc:
+                raise RestoreError(f"cannot restore {vm.name!r} from {path!r}: {exc}") from exc
         except MonitorError as exc:
             with anyio.CancelScope(shield=True):
                 vm.detach()
@@ -140,16 +147,18 @@ async def restore(
     return RestoreResult(vm.name, path, feeder.sent, not paused, anyio.current_time() - started)
 
 
-async def _load(ajob: ActiveAsyncJob, machine: Machine, feeder: _Feeder, timeout: float) -> None:
+async def _load(ajob: ActiveAsyncJob, machine: Machine, feeder: _Feeder, limit: Deadline) -> None:
     with machine.qmp.subscribe("MIGRATION") as events:
-        async with ajob.monitor() as mon:
+        async with limit.monitor(ajob) as mon:
             await mon.execute("migrate-set-capabilities", EVENTS_ON)
             await mon.execute("migrate-incoming", {"uri": f"unix:{feeder.socket_path}"})
         await ajob.set_phase("perform")
         async with unwrap_single(), anyio.create_task_group() as tg:
             tg.start_soon(feeder.run)
             try:
-                status, _ = await wait_in_sections(ajob, events, _terminal, timeout=timeout)
+                status, _ = await wait_in_sections(
+                    ajob, events, _terminal, timeout=limit.remaining()
+                )
             finally:
                 tg.cancel_scope.cancel()
     if status != "completed":

@@ -182,8 +182,8 @@ async def _write(
 async def _resume(ajob: ActiveAsyncJob, vm: VM, was_running: bool | None, timeout: float) -> None:
     """Stop a migration still under way and resume the VM if it ran."""
     machine = vm.machine
-    if machine is None or machine.stopped:
-        return
+    if machine is None or machine.stopped or ajob.preempted:
+        return  # with DESTROY, QEMU is being killed: nothing to resume
     with anyio.move_on_after(timeout):
         try:
             async with ajob.monitor() as mon:

@@ -10,6 +10,7 @@ concurrency detector) can migrate between each other.
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._errors import MonitorError
 from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
@@ -158,7 +159,9 @@ class SimulatedQemuHost:
                 try:
                     stream = await qemu.add_monitor().connect_memory()
                     async with open_qmp_stream(stream, timeout=self._stop_timeout) as qmp:
-                        machine = Machine(name, self._name, spec, qmp, incoming=incoming)
+                        machine = Machine(
+                            name, self._name, spec, qmp, incoming=incoming, kill=qemu.kill
+                        )
                         self._machines[machine] = qemu
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(_watch_exit, qemu, machine)
@@ -166,9 +169,15 @@ class SimulatedQemuHost:
                             await machine._stop.wait()
                             await self._quit(qemu, machine)
                             tg.cancel_scope.cancel()
-                except (OSError, MonitorClosedError, TimeoutError) as exc:
+                except Exception as exc:
+                    # One machine's failure is its own: it stops, and its
+                    # host's other machines run on.
                     if machine is None:
                         failure = exc
+                    else:
+                        logging.getLogger("jobctl.qemu").warning(
+                            "machine %r on host %r failed and is stopped: %r", name, self._name, exc
+                        )
         finally:
             for path in self._sockets.pop(name, ()):
                 path.unlink(missing_ok=True)

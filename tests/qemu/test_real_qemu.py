@@ -7,15 +7,27 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from jobctl import Domain, JobAbortedError
+from jobctl import (
+    Domain,
+    JobAbortedError,
+    JobTimeoutError,
+    MonitorClosedError,
+    TraceEvent,
+    TraceHub,
+    TraceKind,
+    TraceSubscription,
+)
 from jobctl.qemu import (
     VM,
+    Machine,
     MachineSpec,
     MigrationError,
     MigrationOptions,
@@ -29,7 +41,7 @@ from jobctl.qemu import (
     save,
     start,
 )
-from jobctl.testing import TraceRecorder
+from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker, TraceRecorder
 from tests._requires import require_qemu
 
 pytestmark = pytest.mark.qemu
@@ -148,3 +160,137 @@ async def test_flows_on_real_qemu(tmp_path: Path) -> None:
             await destroy(src)
             assert a.machines == ()
     trace.check()
+
+
+#: How long a host lets a machine quit (then SIGTERM, then SIGKILL): far
+#: beyond every destroy's timeout, so a destroy that asked QEMU to quit
+#: instead of killing it would be seen.
+STOP_TIMEOUT = 30.0
+
+
+def sent(hub: TraceHub, command: str) -> tuple[anyio.Event, TraceSubscription]:
+    """An event set once a job sends ``command`` (close the subscription)."""
+    event = anyio.Event()
+
+    def listener(e: TraceEvent) -> None:
+        if e.kind is TraceKind.COMMAND_SENT and e.detail["command"] == command:
+            event.set()
+
+    return event, hub.subscribe(listener)
+
+
+@contextmanager
+def killed_at_exit(machine: Machine) -> Iterator[int]:
+    """The machine's pid; if a failed test leaves the machine running
+    (stopped, maybe), it is SIGKILLed, so that leaving its host never waits."""
+    assert machine.pid is not None
+    try:
+        yield machine.pid
+    finally:
+        if not machine.stopped:  # not reaped: the pid is still this QEMU's
+            with suppress(ProcessLookupError):
+                os.kill(machine.pid, signal.SIGKILL)
+
+
+def check_real_time(trace: TraceRecorder) -> None:
+    """The trace's invariants, with real time's slack for "at once" and
+    "by its timeout" (:data:`REAL_TIME_INSTANT`)."""
+    checker = InvariantChecker(instant=REAL_TIME_INSTANT)
+    checker.feed_all(trace.events)
+    checker.finish()
+    checker.check()
+
+
+def assert_reaped(pid: int) -> None:
+    """The process is gone and waited for: not even a zombie is left."""
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.anyio
+async def test_destroy_kills_a_sigstopped_qemu_under_a_stuck_query(tmp_path: Path) -> None:
+    require_qemu()
+    with TraceRecorder() as trace, ExitStack() as stack:
+        async with open_qemu_host("a", storage=tmp_path, stop_timeout=STOP_TIMEOUT) as a:
+            vm = VM(Domain("vm1@a", trace=trace.hub), a)
+            machine = await start(vm, MachineSpec(ram_mib=64, random_ram=False))
+            stack.enter_context(killed_at_exit(machine))
+            assert machine.pid is not None
+            os.kill(machine.pid, signal.SIGSTOP)
+            errors: list[BaseException] = []
+
+            async def stuck() -> None:
+                # Its own timeout is far beyond destroy's: only the kill ends it.
+                with pytest.raises(MonitorClosedError) as info:
+                    await domstats(vm.domain, timeout=120)
+                errors.append(info.value)
+
+            asked, subscription = sent(trace.hub, "query-status")
+            with subscription, anyio.fail_after(60):  # nothing hangs
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stuck)
+                    await asked.wait()
+                    await destroy(vm, timeout=10)
+                    # DESTROY began only once the query had ended: it failed already.
+                    assert len(errors) == 1
+            assert machine.stopped and machine.exit_status == -signal.SIGKILL
+            assert_reaped(machine.pid)
+            assert vm.machine is None and a.machines == () and vm.domain.info().idle
+    check_real_time(trace)
+
+
+@pytest.mark.anyio
+async def test_domstats_timeout_on_a_sigstopped_qemu(tmp_path: Path) -> None:
+    require_qemu()
+    with TraceRecorder() as trace, ExitStack() as stack:
+        async with open_qemu_host("a", storage=tmp_path, stop_timeout=STOP_TIMEOUT) as a:
+            vm = VM(Domain("vm1@a", trace=trace.hub), a)
+            machine = await start(vm, MachineSpec(ram_mib=64, random_ram=False))
+            stack.enter_context(killed_at_exit(machine))
+            assert machine.pid is not None
+            os.kill(machine.pid, signal.SIGSTOP)
+            before = anyio.current_time()
+            with pytest.raises(JobTimeoutError) as info:
+                await domstats(vm.domain, timeout=2)
+            assert anyio.current_time() - before < 30  # bound against hangs
+            message = str(info.value)
+            assert "'vm1@a'" in message and "query-status did not answer within 2 s" in message
+            assert vm.domain.info().idle  # no job, no monitor holder left behind
+            os.kill(machine.pid, signal.SIGCONT)
+            with anyio.fail_after(30):
+                assert (await domstats(vm.domain)).state == "running"
+            await destroy(vm, timeout=10)
+            assert_reaped(machine.pid)
+    check_real_time(trace)
+
+
+@pytest.mark.anyio
+async def test_destroy_preempts_a_migration_from_a_sigstopped_qemu(tmp_path: Path) -> None:
+    require_qemu()
+    # 64 MiB: 16 s. Without the kill, the clean-up would wait for QEMU (60 s).
+    slow = MigrationOptions(bandwidth=4 * MiB, poll_interval=0.05, cleanup_timeout=60)
+    with TraceRecorder() as trace, ExitStack() as stack:
+        async with (
+            open_qemu_host("a", storage=tmp_path, stop_timeout=STOP_TIMEOUT) as a,
+            open_qemu_host("b", storage=tmp_path) as b,
+        ):
+            src = VM(Domain("vm1@a", trace=trace.hub), a)
+            dst = VM(Domain("vm1@b", trace=trace.hub), b)
+            machine = await start(src, MachineSpec(ram_mib=64))
+            pid = stack.enter_context(killed_at_exit(machine))
+
+            async def act() -> None:
+                asked, subscription = sent(trace.hub, "query-migrate")
+                with subscription:
+                    os.kill(pid, signal.SIGSTOP)
+                    await asked.wait()  # the flow's poll hangs
+                await destroy(src, timeout=20)
+
+            with anyio.fail_after(120):
+                error = await migrate_and_act(src, dst, slow, act)
+            assert isinstance(error, JobAbortedError) and error.reason == "destroyed"
+            assert machine.exit_status == -signal.SIGKILL
+            assert_reaped(pid)
+            assert src.machine is None and a.machines == () and b.machines == ()
+            assert src.domain.info().idle and dst.domain.info().idle
+    check_real_time(trace)
