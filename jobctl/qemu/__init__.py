@@ -45,15 +45,21 @@ from jobctl.qemu._migration import MigrationOptions, MigrationResult, migrate
 from jobctl.qemu._progress import MigrationProgress
 from jobctl.qemu._qemu_host import QemuHost, open_qemu_host
 from jobctl.qemu._recovery import (
+    DESTINATION_PROCESS,
     DESTINATION_QMP,
+    PROCESS,
     QMP,
+    SOURCE_PROCESS,
     SOURCE_QMP,
     Attach,
+    QemuProcess,
     QemuRecovery,
     QemuRecoveryError,
     QemuRecoveryStatistics,
     QemuRef,
+    QemuUnreachableError,
     attach_unix,
+    process_record,
 )
 from jobctl.qemu._restore import RestoreResult, restore
 from jobctl.qemu._save import SaveResult, save
@@ -61,8 +67,11 @@ from jobctl.qemu._sim_host import FaultPolicy, SimulatedQemuHost, open_simulated
 from jobctl.qemu._vm import VM
 
 __all__ = [
+    "DESTINATION_PROCESS",
     "DESTINATION_QMP",
+    "PROCESS",
     "QMP",
+    "SOURCE_PROCESS",
     "SOURCE_QMP",
     "VM",
     "Attach",
@@ -85,10 +94,12 @@ __all__ = [
     "MigrationResult",
     "NotRunningError",
     "QemuHost",
+    "QemuProcess",
     "QemuRecovery",
     "QemuRecoveryError",
     "QemuRecoveryStatistics",
     "QemuRef",
+    "QemuUnreachableError",
     "RestoreError",
     "RestoreResult",
     "SaveError",
@@ -101,6 +112,7 @@ __all__ = [
     "migrate",
     "open_qemu_host",
     "open_simulated_host",
+    "process_record",
     "qcow2_target",
     "restore",
     "save",

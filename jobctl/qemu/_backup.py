@@ -33,7 +33,7 @@ from jobctl._errors import JobAbortedError, MonitorError
 from jobctl._kinds import AsyncJob
 from jobctl.qemu._errors import BackupError
 from jobctl.qemu._machine import DiskImage
-from jobctl.qemu._recovery import QMP
+from jobctl.qemu._recovery import PROCESS, QMP, process_record
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
 from jobctl.qmp import EventSubscription, QMPEvent
@@ -149,6 +149,7 @@ async def backup(
         source = device or machine.spec.disk_node
         ajob.private.update(job_id=state.job_id, device=source, target=target.node_name)
         ajob.private[QMP] = machine.qmp_path
+        ajob.private[PROCESS] = process_record(machine.pid)
         added = False
         try:
             await ajob.set_phase("begin")

@@ -44,7 +44,13 @@ from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, MigrationError
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
-from jobctl.qemu._recovery import DESTINATION_QMP, SOURCE_QMP
+from jobctl.qemu._recovery import (
+    DESTINATION_PROCESS,
+    DESTINATION_QMP,
+    SOURCE_PROCESS,
+    SOURCE_QMP,
+    process_record,
+)
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
 from jobctl.qmp import EventSubscription, QMPEvent
@@ -214,6 +220,7 @@ class _Migration:
     async def _begin(self, out: ActiveAsyncJob, machine: Machine) -> None:
         out.private["destination"] = self.destination.name
         out.private[SOURCE_QMP] = machine.qmp_path
+        out.private[SOURCE_PROCESS] = process_record(machine.pid)
         await out.set_phase("begin")
         bandwidth = self.options.bandwidth
         parameters: dict[str, Any] = {
@@ -242,6 +249,7 @@ class _Migration:
             try:
                 inn.private["source"] = self.source.name
                 inn.private[SOURCE_QMP] = machine.qmp_path
+                inn.private[SOURCE_PROCESS] = process_record(machine.pid)
                 inn.private["was_running"] = self.was_running
                 await inn.set_phase("prepare")
                 # The source answers queries while the destination starts.
@@ -269,6 +277,7 @@ class _Migration:
         # Persisted again, with the destination's socket: recovery must be
         # able to reach the QEMU this phase started.
         inn.private[DESTINATION_QMP] = machine.qmp_path
+        inn.private[DESTINATION_PROCESS] = process_record(machine.pid)
         await inn.set_phase("prepare")
         listen = host.incoming_uri(machine.name)
         events = stack.enter_context(machine.qmp.subscribe("MIGRATION"))
@@ -289,6 +298,9 @@ class _Migration:
         out.private["uri"] = uri
         destination = self.destination.machine
         out.private[DESTINATION_QMP] = None if destination is None else destination.qmp_path
+        out.private[DESTINATION_PROCESS] = (
+            None if destination is None else process_record(destination.pid)
+        )
         await out.set_phase("perform")
 
         async def poll(mon: MonitorSession) -> str | None:

@@ -41,7 +41,7 @@ from jobctl.qemu._migration import (
     final_progress,
 )
 from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
-from jobctl.qemu._recovery import QMP
+from jobctl.qemu._recovery import PROCESS, QMP, process_record
 from jobctl.qemu._sink import SaveSink, open_save_sink
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
@@ -95,7 +95,14 @@ async def save(
     async with vm.domain.async_job(AsyncJob.SAVE, owner=owner) as ajob:
         started = anyio.current_time()
         machine = vm.running_machine()
-        ajob.private.update({"path": path, QMP: machine.qmp_path, "keep_running": keep_running})
+        ajob.private.update(
+            {
+                "path": path,
+                QMP: machine.qmp_path,
+                PROCESS: process_record(machine.pid),
+                "keep_running": keep_running,
+            }
+        )
         was_running: bool | None = None
         try:
             async with ajob.monitor() as mon:
