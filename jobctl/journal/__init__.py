@@ -9,7 +9,12 @@ domain's async job on each phase change. :func:`recover` reconciles all that
 with what the backends report at start-up.
 
 The default store is an SQLite file in WAL mode (:class:`SqliteJournalStore`);
-anything implementing :class:`JournalStore` can replace it.
+anything implementing :class:`JournalStore` can replace it. It refuses to
+lie: one writer per database file whatever name opens it; only a path that
+does not exist becomes a new journal; a damaged file, a record altered in
+place, a lost or foreign ``-wal`` (fewer commits than were acknowledged, per
+the journal's seal file) raise :class:`JournalCorruptError` naming the file,
+at open or at the read that meets the damage, and the file is left as it was.
 """
 
 from ._backend import BackendState, BackendStatus, TaskBackend

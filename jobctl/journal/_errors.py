@@ -35,12 +35,23 @@ class JournalSchemaError(JournalError):
 
 @final
 class JournalCorruptError(JournalError):
-    """Data in the journal is unreadable: a row breaks the schema's rules, or
-    SQLite reports the file itself as damaged. The journal is never reset on
-    this; ``table`` and ``row`` name the bad row when one is known."""
+    """The journal is damaged: SQLite reports the file as damaged, a record
+    fails its checksum or breaks the schema's rules, or the journal holds
+    fewer commits than were acknowledged (a lost or foreign ``-wal``, a
+    restored backup). The journal is never reset on this and the file is
+    left as it was. ``path`` names the journal file; ``table`` and ``row``
+    name the bad row when one is known."""
 
-    def __init__(self, message: str, *, table: str | None = None, row: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        table: str | None = None,
+        row: str | None = None,
+    ) -> None:
         super().__init__(message)
+        self.path = path
         self.table = table
         self.row = row
 
@@ -54,14 +65,21 @@ class JournalStateError(JournalError):
 
 @final
 class JournalNotFoundError(JournalError, LookupError):
-    """No command or task with the given id is in the journal."""
+    """No command or task with the given id is in the journal, or no journal
+    file at the path (opened with ``create=False``)."""
 
 
 @final
 class JournalInUseError(JournalError):
     """Another open store (in this process or another) already writes this
-    journal file. The journal has one writer; a second one could run a
-    command's end action twice."""
+    journal file, whatever name it was opened by. The journal has one
+    writer; a second one could run a command's end action twice. ``path``
+    is the database file; ``pid`` the holder's process id when it is known."""
+
+    def __init__(self, message: str, *, path: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
 
 
 @final

@@ -343,10 +343,14 @@ async def open_journal(
     *,
     synchronous: Literal["full", "normal"] = "full",
     readers: int = 4,
+    create: bool = True,
+    reseal: bool = False,
 ) -> AsyncIterator[Journal]:
     """``async with open_journal("jobs.db") as journal:`` a journal in an
     SQLite file (see :class:`SqliteJournalStore` for the options), closed on
     the way out."""
-    store = await SqliteJournalStore.open(path, synchronous=synchronous, readers=readers)
+    store = await SqliteJournalStore.open(
+        path, synchronous=synchronous, readers=readers, create=create, reseal=reseal
+    )
     async with Journal(store) as journal:
         yield journal

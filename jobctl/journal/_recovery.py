@@ -11,10 +11,11 @@ import anyio
 import anyio.abc
 import attrs
 
+from jobctl._groups import unwrap_single
 from jobctl._kinds import AsyncJob
 
 from ._backend import BackendState, BackendStatus, TaskBackend
-from ._errors import JournalStateError, RecoveryError
+from ._errors import JournalCorruptError, JournalNotFoundError, JournalStateError, RecoveryError
 from ._follow import follow_tasks, outcome_update
 from ._journal import EndAction, Journal
 from ._records import (
@@ -156,9 +157,24 @@ async def _complete_command(
         task_status.started()
         if tasks_done is not None:
             await tasks_done.wait()
-        await journal.end_command(
-            command.id, action, max_attempts=max_attempts, retry_delay=retry_delay
-        )
+        try:
+            await journal.end_command(
+                command.id, action, max_attempts=max_attempts, retry_delay=retry_delay
+            )
+        except JournalNotFoundError as exc:
+            raise _vanished(journal, f"command {command.id!r}", exc) from exc
+
+
+def _vanished(journal: Journal, what: str, exc: JournalNotFoundError) -> JournalCorruptError:
+    """Recovery read ``what`` from the journal a moment ago; not finding it
+    now means the journal is damaged (one writer: nobody removed it)."""
+    path = getattr(journal.store, "path", None)
+    name = repr(path) if isinstance(path, str) else repr(journal.store)
+    return JournalCorruptError(
+        f"journal file {name} is damaged: recovery read {what} from it, then could not find it"
+        f" again ({exc})",
+        path=path if isinstance(path, str) else None,
+    )
 
 
 async def recover(
@@ -198,6 +214,11 @@ async def recover(
     ``await task_group.start(recover, journal, ...)`` it returns the report
     after step 4, while steps 5 go on in the task group. Safe to run again
     after a crash during recovery.
+
+    Errors leave as themselves, not wrapped in an :class:`ExceptionGroup`
+    (a group only when several fail at once). A damaged journal raises
+    :class:`JournalCorruptError` naming the file, including a command or
+    task that recovery read and then could not find again.
     """
     if journal.statistics().commands_begun:
         raise JournalStateError(
@@ -266,7 +287,9 @@ async def recover(
         if not waiting:
             tasks_done[task.command_id].set()
 
-    async with anyio.create_task_group() as tg:
+    # One failure leaves as itself (a JournalCorruptError, a handler's
+    # RecoveryError), not as a group of one.
+    async with unwrap_single(), anyio.create_task_group() as tg:
         # Follow first: a command may wait for another's locks, which it
         # releases only once its adopted tasks are over.
         if adopted:
@@ -296,4 +319,7 @@ async def _follow(
     poll_interval: float,
     on_done: Callable[[TaskRecord], None],
 ) -> None:
-    await follow_tasks(journal, tasks, backends, poll_interval=poll_interval, on_done=on_done)
+    try:
+        await follow_tasks(journal, tasks, backends, poll_interval=poll_interval, on_done=on_done)
+    except JournalNotFoundError as exc:
+        raise _vanished(journal, "an adopted task", exc) from exc

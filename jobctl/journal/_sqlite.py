@@ -10,13 +10,13 @@ for each other. The event loop never blocks on the file.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import queue
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, Final, Generic, Literal, TypeVar, final
 
 import anyio
@@ -29,11 +29,10 @@ from ._errors import (
     JournalClosedError,
     JournalCorruptError,
     JournalError,
-    JournalInUseError,
     JournalNotFoundError,
-    JournalSchemaError,
     JournalStateError,
 )
+from ._files import Seal, SealFile, WriterLock, directory_lock, read_seal
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
@@ -44,86 +43,22 @@ from ._records import (
     TaskState,
     TaskUpdate,
 )
+from ._rows import ASYNC_JOBS, COMMANDS, ENTITIES, SEAL, TASKS, RowContext, Table
+from ._schema import SCHEMA_VERSION, create_file, inspect, is_corruption, migrate
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore", "SqliteStoreStatistics"]
 
 T = TypeVar("T")
 
-#: ``PRAGMA application_id`` of a jobctl journal ("jobj").
-APPLICATION_ID: Final = 0x6A6F626A
-#: ``PRAGMA user_version`` of the schema this module writes.
-SCHEMA_VERSION: Final = 1
 #: Most write requests one transaction applies.
 _MAX_BATCH: Final = 512
-
-_SCHEMA: Final = (
-    """CREATE TABLE commands (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('running', 'ending', 'succeeded', 'failed')),
-        outcome TEXT CHECK (outcome IN ('succeeded', 'failed')),
-        data TEXT NOT NULL,
-        result TEXT,
-        error TEXT,
-        end_attempts INTEGER NOT NULL CHECK (end_attempts >= 0),
-        created REAL NOT NULL,
-        updated REAL NOT NULL
-    ) STRICT""",
-    "CREATE INDEX commands_unfinished ON commands (created, id)"
-    " WHERE state IN ('running', 'ending')",
-    """CREATE TABLE tasks (
-        id TEXT PRIMARY KEY,
-        command_id TEXT NOT NULL REFERENCES commands (id),
-        position INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        backend TEXT NOT NULL,
-        backend_id TEXT,
-        state TEXT NOT NULL
-            CHECK (state IN ('pending', 'starting', 'running', 'succeeded', 'failed')),
-        params TEXT NOT NULL,
-        result TEXT,
-        error TEXT,
-        updated REAL NOT NULL,
-        UNIQUE (command_id, position),
-        UNIQUE (command_id, name)
-    ) STRICT""",
-    # One unfinished task per backend id: recovery must know whose work it is.
-    "CREATE UNIQUE INDEX tasks_active_backend_id ON tasks (backend, backend_id)"
-    " WHERE backend_id IS NOT NULL AND state NOT IN ('succeeded', 'failed')",
-    """CREATE TABLE entities (
-        type TEXT NOT NULL,
-        id TEXT NOT NULL,
-        command_id TEXT NOT NULL REFERENCES commands (id),
-        shared INTEGER NOT NULL CHECK (shared IN (0, 1)),
-        active INTEGER NOT NULL CHECK (active IN (0, 1)),
-        PRIMARY KEY (type, id, command_id)
-    ) STRICT, WITHOUT ROWID""",
-    "CREATE INDEX entities_active ON entities (type, id) WHERE active = 1",
-    "CREATE INDEX entities_command ON entities (command_id)",
-    """CREATE TABLE async_jobs (
-        domain TEXT PRIMARY KEY,
-        job_id INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        phase TEXT NOT NULL,
-        owner TEXT,
-        allowed TEXT NOT NULL,
-        private TEXT NOT NULL,
-        session TEXT NOT NULL,
-        saved REAL NOT NULL
-    ) STRICT""",
-    f"PRAGMA application_id = {APPLICATION_ID}",
-    f"PRAGMA user_version = {SCHEMA_VERSION}",
-)
-
-_COMMAND_COLUMNS: Final = (
-    "c.id, c.kind, c.state, c.data, c.created, c.updated, c.outcome, c.end_attempts,"
-    " c.result, c.error"
-)
-_TASK_COLUMNS: Final = (
-    "t.id, t.command_id, t.position, t.name, t.backend, t.backend_id, t.state, t.params,"
-    " t.result, t.error, t.updated"
-)
 _UNFINISHED: Final = "c.state IN ('running', 'ending')"
+_UNFINISHED_STATES: Final = frozenset({"running", "ending"})
+_TASK_CHANGES: Final = ("state", "backend_id", "result", "error", "updated")
+_TASK_AND_COMMAND: Final = (
+    f"SELECT {TASKS.select('t')}, {COMMANDS.select('c')} FROM tasks t"
+    " LEFT JOIN commands c ON c.id = t.command_id WHERE t.id = ?"
+)
 
 
 @final
@@ -173,126 +108,217 @@ def _loads_optional(text: object, column: str) -> dict[str, Any] | None:
     return None if text is None else _loads(text, column)
 
 
-def _corrupt(table: str, row: object, exc: Exception) -> JournalCorruptError:
-    return JournalCorruptError(
-        f"corrupt row in journal table {table!r} (key {row!r}): {exc}", table=table, row=str(row)
-    )
+# -- reading rows: checksum first, then the schema's rules -----------------------------
 
 
-def _task_from_row(row: Sequence[Any]) -> TaskRecord:
+def _task(ctx: RowContext, raw: Sequence[Any]) -> TaskRecord:
+    r = ctx.verify(TASKS, raw)
     try:
         return TaskRecord(
-            id=row[0],
-            command_id=row[1],
-            position=row[2],
-            name=row[3],
-            backend=row[4],
-            backend_id=row[5],
-            state=TaskState(row[6]),
-            params=_loads(row[7], "params"),
-            result=_loads_optional(row[8], "result"),
-            error=row[9],
-            updated=row[10],
+            id=r["id"],
+            command_id=r["command_id"],
+            position=r["position"],
+            name=r["name"],
+            backend=r["backend"],
+            backend_id=r["backend_id"],
+            state=TaskState(r["state"]),
+            params=_loads(r["params"], "params"),
+            result=_loads_optional(r["result"], "result"),
+            error=r["error"],
+            updated=r["updated"],
         )
     except (TypeError, ValueError) as exc:
-        raise _corrupt("tasks", row[0], exc) from None
+        raise ctx.corrupt(TASKS, r["id"], str(exc)) from None
 
 
-def _command_from_row(
-    row: Sequence[Any], tasks: tuple[TaskRecord, ...], entities: tuple[EntityRef, ...]
+def _entity(ctx: RowContext, raw: Sequence[Any]) -> tuple[dict[str, Any], EntityRef]:
+    r = ctx.verify(ENTITIES, raw)
+    try:
+        return r, EntityRef(r["type"], r["id"], bool(r["shared"]))
+    except (TypeError, ValueError) as exc:
+        raise ctx.corrupt(ENTITIES, f"{r['type']}/{r['id']}/{r['command_id']}", str(exc)) from None
+
+
+def _command(
+    ctx: RowContext,
+    r: Mapping[str, Any],
+    tasks: list[TaskRecord],
+    entities: list[EntityRef],
 ) -> CommandRecord:
     try:
-        state = CommandState(row[2])
-        outcome = None if row[6] is None else CommandState(row[6])
+        state = CommandState(r["state"])
+        outcome = None if r["outcome"] is None else CommandState(r["outcome"])
         if state is not CommandState.RUNNING and outcome is None:
             raise ValueError(f"a command in state {state.value!r} must have an outcome")
+        # A task or entity row that a damaged index hid from the query.
+        tasks.sort(key=lambda task: task.position)
+        if [task.position for task in tasks] != list(range(r["task_count"])):
+            raise ValueError(
+                f"it has {r['task_count']} tasks, but positions"
+                f" {[task.position for task in tasks]} were found"
+            )
+        if len(entities) != r["entity_count"]:
+            raise ValueError(f"it has {r['entity_count']} entities, but {len(entities)} were found")
         return CommandRecord(
-            id=row[0],
-            kind=row[1],
+            id=r["id"],
+            kind=r["kind"],
             state=state,
-            data=_loads(row[3], "data"),
-            tasks=tasks,
-            entities=entities,
-            created=row[4],
-            updated=row[5],
+            data=_loads(r["data"], "data"),
+            tasks=tuple(tasks),
+            entities=tuple(sorted(entities, key=lambda e: (e.type, e.id))),
+            created=r["created"],
+            updated=r["updated"],
             outcome=outcome,
-            end_attempts=row[7],
-            result=_loads_optional(row[8], "result"),
-            error=row[9],
+            end_attempts=r["end_attempts"],
+            result=_loads_optional(r["result"], "result"),
+            error=r["error"],
         )
     except (TypeError, ValueError) as exc:
-        raise _corrupt("commands", row[0], exc) from None
+        raise ctx.corrupt(COMMANDS, r["id"], str(exc)) from None
 
 
-def _async_job_from_row(row: Sequence[Any]) -> AsyncJobRecord:
+def _async_job(ctx: RowContext, raw: Sequence[Any]) -> AsyncJobRecord:
+    r = ctx.verify(ASYNC_JOBS, raw)
     try:
-        allowed = json.loads(row[5])
+        allowed = json.loads(r["allowed"])
         if not isinstance(allowed, list):
             raise TypeError("column 'allowed' is not a JSON list")
         return AsyncJobRecord(
-            domain=row[0],
-            job_id=row[1],
-            kind=AsyncJob(row[2]),
-            phase=row[3],
-            owner=row[4],
+            domain=r["domain"],
+            job_id=r["job_id"],
+            kind=AsyncJob(r["kind"]),
+            phase=r["phase"],
+            owner=r["owner"],
             allowed=frozenset(Job(value) for value in allowed),
-            private=_loads(row[6], "private"),
-            session=row[7],
-            saved=row[8],
+            private=_loads(r["private"], "private"),
+            session=r["session"],
+            saved=r["saved"],
         )
     except (TypeError, ValueError) as exc:
-        raise _corrupt("async_jobs", row[0], exc) from None
+        raise ctx.corrupt(ASYNC_JOBS, r["domain"], str(exc)) from None
 
 
-def _load_commands(
-    conn: sqlite3.Connection, where: str, params: Sequence[Any]
-) -> tuple[CommandRecord, ...]:
-    """Commands matching ``where`` (over alias ``c``) with tasks and entities."""
-    rows = conn.execute(
-        f"SELECT {_COMMAND_COLUMNS} FROM commands c WHERE {where} ORDER BY c.created, c.id",
-        params,
-    ).fetchall()
+def _load(
+    conn: sqlite3.Connection,
+    ctx: RowContext,
+    where: str,
+    params: Sequence[Any],
+    accept: Callable[[Mapping[str, Any]], bool],
+) -> list[tuple[CommandRecord, dict[str, Any]]]:
+    """Commands matching ``where`` (over alias ``c``) with their tasks and
+    entities, each with its raw row, oldest first. Every row served is
+    checked against its checksum and against ``where`` (``accept``), and
+    each command against its task and entity counts: a damaged index that
+    serves the wrong row, or hides one, is reported, not believed."""
+    rows: dict[str, dict[str, Any]] = {}
+    for raw in conn.execute(f"SELECT {COMMANDS.select('c')} FROM commands c WHERE {where}", params):
+        r = ctx.verify(COMMANDS, raw)
+        if not accept(r) or r["id"] in rows:
+            why = "served twice" if r["id"] in rows else "served for a query it does not match"
+            raise ctx.corrupt(COMMANDS, r["id"], f"{why}: an index is damaged")
+        rows[r["id"]] = r
     if not rows:
-        return ()
-    tasks: dict[str, list[TaskRecord]] = {row[0]: [] for row in rows}
-    for task_row in conn.execute(
-        f"SELECT {_TASK_COLUMNS} FROM tasks t JOIN commands c ON c.id = t.command_id"
-        f" WHERE {where} ORDER BY t.command_id, t.position",
+        return []
+    tasks: dict[str, list[TaskRecord]] = {command_id: [] for command_id in rows}
+    for raw in conn.execute(
+        f"SELECT {TASKS.select('t')} FROM tasks t JOIN commands c ON c.id = t.command_id"
+        f" WHERE {where}",
         params,
     ):
-        tasks[task_row[1]].append(_task_from_row(task_row))
-    entities: dict[str, list[EntityRef]] = {row[0]: [] for row in rows}
-    for command_id, type_, id_, shared in conn.execute(
-        "SELECT e.command_id, e.type, e.id, e.shared FROM entities e"
-        f" JOIN commands c ON c.id = e.command_id WHERE {where} ORDER BY e.type, e.id",
+        task = _task(ctx, raw)
+        found = tasks.get(task.command_id)
+        if found is None:
+            raise ctx.corrupt(
+                TASKS, task.id, f"served with command {task.command_id!r}, which was not"
+            )
+        found.append(task)
+    entities: dict[str, list[EntityRef]] = {command_id: [] for command_id in rows}
+    for raw in conn.execute(
+        f"SELECT {ENTITIES.select('e')} FROM entities e JOIN commands c ON c.id = e.command_id"
+        f" WHERE {where}",
         params,
     ):
-        try:
-            entities[command_id].append(EntityRef(type_, id_, bool(shared)))
-        except (TypeError, ValueError) as exc:
-            raise _corrupt("entities", f"{type_}/{id_}/{command_id}", exc) from None
-    return tuple(
-        _command_from_row(row, tuple(tasks[row[0]]), tuple(entities[row[0]])) for row in rows
-    )
+        r, ref = _entity(ctx, raw)
+        if r["command_id"] not in entities:
+            key = f"{ref.type}/{ref.id}/{r['command_id']}"
+            raise ctx.corrupt(ENTITIES, key, "served with a command that was not")
+        entities[r["command_id"]].append(ref)
+    loaded = [
+        (_command(ctx, r, tasks[command_id], entities[command_id]), r)
+        for command_id, r in rows.items()
+    ]
+    loaded.sort(key=lambda pair: (pair[0].created, pair[0].id))
+    return loaded
 
 
-def _load_command(conn: sqlite3.Connection, command_id: str) -> CommandRecord:
-    found = _load_commands(conn, "c.id = ?", (command_id,))
+def _load_command(
+    conn: sqlite3.Connection, ctx: RowContext, command_id: str
+) -> tuple[CommandRecord, dict[str, Any]]:
+    found = _load(conn, ctx, "c.id = ?", (command_id,), lambda r: r["id"] == command_id)
     if not found:
         raise JournalNotFoundError(f"no command {command_id!r} in the journal")
     return found[0]
 
 
+def _command_row(conn: sqlite3.Connection, ctx: RowContext, command_id: str) -> dict[str, Any]:
+    raw = conn.execute(
+        f"SELECT {COMMANDS.select('c')} FROM commands c WHERE c.id = ?", (command_id,)
+    ).fetchone()
+    if raw is None:
+        raise JournalNotFoundError(f"no command {command_id!r} in the journal")
+    r = ctx.verify(COMMANDS, raw)
+    if r["id"] != command_id:
+        raise ctx.corrupt(COMMANDS, r["id"], f"served for id {command_id!r}: an index is damaged")
+    return r
+
+
+def _update(
+    conn: sqlite3.Connection,
+    ctx: RowContext,
+    table: Table,
+    row: Mapping[str, Any],
+    changed: tuple[str, ...],
+) -> None:
+    """Write ``row`` (every column; ``changed`` differ from the stored row)
+    with its new checksum."""
+    encoded = ctx.encode(table, row)
+    values = dict(zip(table.names, encoded, strict=False))
+    params = (*(values[name] for name in changed), encoded[-1], *ctx.key_of(table, row))
+    cursor = conn.execute(table.update_sql(changed), params)
+    if cursor.rowcount != 1:
+        raise ctx.corrupt(table, ctx.key_of(table, row), "vanished while it was rewritten")
+
+
+def _release_entities(conn: sqlite3.Connection, ctx: RowContext, command_id: str) -> None:
+    rows = conn.execute(
+        f"SELECT {ENTITIES.select('e')} FROM entities e WHERE e.command_id = ? AND e.active = 1",
+        (command_id,),
+    ).fetchall()
+    for raw in rows:
+        r, _ref = _entity(ctx, raw)
+        _update(conn, ctx, ENTITIES, {**r, "active": 0}, ("active",))
+
+
 def _translate(exc: Exception, path: str) -> Exception:
     """Turn SQLite's errors into journal errors; leave the journal's own alone."""
+    if isinstance(exc, UnicodeDecodeError):
+        return JournalCorruptError(f"journal file {path!r} is damaged: {exc}", path=path)
     if not isinstance(exc, sqlite3.Error):
         return exc
-    message = str(exc)
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "malformed" in message or "not a database" in message
-    ):
-        return JournalCorruptError(f"journal file {path!r} is damaged: {message}")
-    return JournalError(f"journal file {path!r}: {type(exc).__name__}: {message}")
+    if is_corruption(exc):
+        return JournalCorruptError(f"journal file {path!r} is damaged: {exc}", path=path)
+    return JournalError(f"journal file {path!r}: {type(exc).__name__}: {exc}")
+
+
+@final
+@attrs.frozen
+class _Opened:
+    path: str
+    writer: sqlite3.Connection
+    lock: WriterLock
+    seal: SealFile
+    ctx: RowContext
+    seq: int
 
 
 @final
@@ -309,16 +335,31 @@ class SqliteJournalStore:
       the process being killed but not the machine losing power.
     * Once a write was queued, cancelling its caller does not abandon it: the
       caller waits for the outcome (as ``anyio.to_thread.run_sync`` does).
-    * One writer per file: a second store on the same file, in any process,
-      fails with :class:`JournalInUseError` while the first is open.
+    * One writer per database file, whatever path, symlink or hard link
+      names it: a second store, in any process, fails with
+      :class:`JournalInUseError` (naming the holder's pid when the system
+      tells it) while the first is open. The lock is on the file itself;
+      there is no lock file to remove (details and limits: ``_files``).
+    * Only a path that does not exist becomes a new journal. An existing
+      file that is empty, damaged, or holds fewer commits than were
+      acknowledged raises :class:`JournalCorruptError` naming the file and
+      what is wrong, and is left as it was; so does every read that meets
+      a damaged record (see ``_rows`` and ``_schema`` for what is checked).
     * A file with a newer schema or another application's data raises
-      :class:`JournalSchemaError` and is left untouched.
+      :class:`JournalSchemaError` and is left untouched; a version 1
+      journal is migrated in one transaction.
+
+    The journal is the files ``<path>``, ``<path>-wal`` and
+    ``<path>-seal``: move, copy or back them up together (or close the
+    store first: then ``-wal`` is gone and the other two suffice).
     """
 
     __slots__ = (
+        "_broken",
         "_closed",
+        "_ctx",
         "_largest_batch",
-        "_lock_fd",
+        "_lock",
         "_path",
         "_queue",
         "_read_limiter",
@@ -326,6 +367,8 @@ class SqliteJournalStore:
         "_reads",
         "_reads_done",
         "_reads_in_flight",
+        "_seal",
+        "_seq",
         "_transactions",
         "_write_limiter",
         "_write_lock",
@@ -333,11 +376,15 @@ class SqliteJournalStore:
         "_writes",
     )
 
-    def __init__(self, path: str, writer: sqlite3.Connection, lock_fd: int, readers: int) -> None:
+    def __init__(self, opened: _Opened, readers: int) -> None:
         # Private: use ``await SqliteJournalStore.open(path)``.
-        self._path = path
-        self._writer = writer
-        self._lock_fd = lock_fd
+        self._path = opened.path
+        self._writer = opened.writer
+        self._lock = opened.lock
+        self._seal = opened.seal
+        self._ctx = opened.ctx
+        self._seq = opened.seq
+        self._broken: JournalError | None = None
         self._closed = False
         self._queue: list[_Write[Any]] = []
         self._write_lock = anyio.Lock()
@@ -360,12 +407,23 @@ class SqliteJournalStore:
         *,
         synchronous: Literal["full", "normal"] = "full",
         readers: int = 4,
+        create: bool = True,
+        reseal: bool = False,
     ) -> SqliteJournalStore:
-        """Open (creating if needed) the journal at ``path``.
+        """Open the journal at ``path``, creating it if no file is there
+        (and ``create`` is true; else :class:`JournalNotFoundError`).
 
         ``readers`` is how many reads may run at once, each on its own
-        connection. Raises :class:`JournalSchemaError` for a file this version
-        cannot use and :class:`JournalInUseError` if another store has it open.
+        connection. Symlinks in ``path`` are resolved: :attr:`path` and the
+        errors name the real file. Raises :class:`JournalCorruptError` for a
+        damaged file, :class:`JournalSchemaError` for a file this version
+        cannot use and :class:`JournalInUseError` if another store has it
+        open.
+
+        ``reseal=True`` is for an operator who knows what was lost: it
+        accepts a journal whose seal is missing, damaged, or ahead of it (a
+        deleted ``-wal``, a restored backup) as it is now, and seals it
+        again; every other check still applies.
         """
         path = os.fspath(path)
         if not path or path == ":memory:" or path.startswith("file:"):
@@ -374,8 +432,8 @@ class SqliteJournalStore:
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         if readers < 1:
             raise ValueError(f"readers must be >= 1, not {readers!r}")
-        writer, lock_fd = await anyio.to_thread.run_sync(_open_writer, path, synchronous)
-        return cls(path, writer, lock_fd, readers)
+        opened = await anyio.to_thread.run_sync(_open_files, path, synchronous, create, reseal)
+        return cls(opened, readers)
 
     async def __aenter__(self) -> SqliteJournalStore:
         return self
@@ -405,12 +463,14 @@ class SqliteJournalStore:
                 except queue.Empty:
                     break
             self._writer.close()
+            self._seal.close()
         finally:
-            os.close(self._lock_fd)
+            # Only now: closing a descriptor of the file drops SQLite's locks.
+            self._lock.release()
 
     @property
     def path(self) -> str:
-        """The journal file."""
+        """The journal file (symlinks resolved)."""
         return self._path
 
     def statistics(self) -> SqliteStoreStatistics:
@@ -435,6 +495,8 @@ class SqliteJournalStore:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise JournalClosedError(f"the journal store {self._path!r} is closed")
+        if self._broken is not None:
+            raise self._broken
         request: _Write[T] = _Write(fn)
         self._queue.append(request)
         # Once queued the request is committed by us or by whoever holds the
@@ -463,14 +525,19 @@ class SqliteJournalStore:
         return request.result  # type: ignore[return-value]
 
     def _run_batch(self, batch: list[_Write[Any]]) -> None:
-        """Apply ``batch`` in one transaction (worker thread)."""
+        """Apply ``batch`` in one transaction, then seal it (worker thread)."""
         conn = self._writer
+        if self._broken is not None:
+            for request in batch:
+                request.error, request.done = self._broken, True
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
         except Exception as exc:
             for request in batch:
                 request.error, request.done = _translate(exc, self._path), True
             return
+        seq = self._seq + 1
         try:
             for request in batch:
                 conn.execute("SAVEPOINT request")
@@ -480,6 +547,7 @@ class SqliteJournalStore:
                     conn.execute("ROLLBACK TO request")
                     request.error = _translate(exc, self._path)
                 conn.execute("RELEASE request")
+            _update(conn, self._ctx, SEAL, {"id": 1, "seq": seq}, ("seq",))
             conn.execute("COMMIT")
         except BaseException as exc:
             # Nothing of the batch was committed: every request fails.
@@ -494,6 +562,17 @@ class SqliteJournalStore:
                 conn.execute("ROLLBACK")
             if not isinstance(exc, Exception):
                 raise
+        else:
+            self._seq = seq
+            try:
+                self._seal.advance(seq)
+            except OSError as exc:
+                # The batch is committed (its results stand), but a later
+                # loss of the -wal could no longer be told: stop writing.
+                self._broken = JournalError(
+                    f"journal {self._path!r}: its seal {self._seal.path!r} cannot be written"
+                    f" ({exc}); reopen the journal"
+                )
         finally:
             for request in batch:
                 request.done = True
@@ -546,42 +625,63 @@ class SqliteJournalStore:
         entities: Iterable[EntityRef],
     ) -> CommandRecord:
         data_json = _dumps(data, f"data of command {command_id!r}")
-        task_rows = [
-            (
-                f"{command_id}.{position}",
-                command_id,
-                position,
-                spec.name,
-                spec.backend,
-                spec.backend_id,
-                _dumps(spec.params, f"params of task {spec.name!r}"),
-            )
+        task_rows: list[dict[str, Any]] = [
+            {
+                "id": f"{command_id}.{position}",
+                "command_id": command_id,
+                "position": position,
+                "name": spec.name,
+                "backend": spec.backend,
+                "backend_id": spec.backend_id,
+                "state": TaskState.PENDING.value,
+                "params": _dumps(spec.params, f"params of task {spec.name!r}"),
+                "result": None,
+                "error": None,
+            }
             for position, spec in enumerate(tasks)
         ]
         entity_list = tuple(sorted(entities, key=lambda e: (e.type, e.id)))
+        ctx = self._ctx
 
         def add(conn: sqlite3.Connection) -> CommandRecord:
             now = time.time()
             if conn.execute("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone():
                 raise JournalStateError(f"command id {command_id!r} is already in the journal")
-            conn.execute(
-                "INSERT INTO commands (id, kind, state, data, end_attempts, created, updated)"
-                " VALUES (?, ?, 'running', ?, 0, ?, ?)",
-                (command_id, kind, data_json, now, now),
-            )
+            command = {
+                "id": command_id,
+                "kind": kind,
+                "state": CommandState.RUNNING.value,
+                "outcome": None,
+                "data": data_json,
+                "result": None,
+                "error": None,
+                "end_attempts": 0,
+                "created": now,
+                "updated": now,
+                "task_count": len(task_rows),
+                "entity_count": len(entity_list),
+            }
+            conn.execute(COMMANDS.insert_sql(), ctx.encode(COMMANDS, command))
             for row in task_rows:
                 try:
-                    conn.execute(
-                        "INSERT INTO tasks (id, command_id, position, name, backend, backend_id,"
-                        " state, params, updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                        (*row, now),
-                    )
+                    conn.execute(TASKS.insert_sql(), ctx.encode(TASKS, {**row, "updated": now}))
                 except sqlite3.IntegrityError:
-                    raise _conflict(conn, row[4], row[5], row[3]) from None
+                    raise _conflict(conn, row["backend"], row["backend_id"], row["name"]) from None
             conn.executemany(
-                "INSERT INTO entities (type, id, command_id, shared, active)"
-                " VALUES (?, ?, ?, ?, 1)",
-                [(e.type, e.id, command_id, int(e.shared)) for e in entity_list],
+                ENTITIES.insert_sql(),
+                [
+                    ctx.encode(
+                        ENTITIES,
+                        {
+                            "type": e.type,
+                            "id": e.id,
+                            "command_id": command_id,
+                            "shared": e.shared,
+                            "active": 1,
+                        },
+                    )
+                    for e in entity_list
+                ],
             )
             return CommandRecord(
                 id=command_id,
@@ -590,12 +690,12 @@ class SqliteJournalStore:
                 data=data,
                 tasks=tuple(
                     TaskRecord(
-                        id=row[0],
+                        id=row["id"],
                         command_id=command_id,
-                        position=row[2],
-                        name=row[3],
-                        backend=row[4],
-                        backend_id=row[5],
+                        position=row["position"],
+                        name=row["name"],
+                        backend=row["backend"],
+                        backend_id=row["backend_id"],
                         state=TaskState.PENDING,
                         params=spec.params,
                         result=None,
@@ -620,23 +720,30 @@ class SqliteJournalStore:
             (update, _dumps(update.result, f"result of task {update.task_id!r}"))
             for update in updates
         ]
+        ctx = self._ctx
 
         def apply(conn: sqlite3.Connection) -> tuple[TaskRecord, ...]:
             now = time.time()
             out = []
             for update, result_json in encoded:
-                row = conn.execute(
-                    f"SELECT {_TASK_COLUMNS}, c.state FROM tasks t"
-                    " JOIN commands c ON c.id = t.command_id WHERE t.id = ?",
-                    (update.task_id,),
-                ).fetchone()
-                if row is None:
+                raw = conn.execute(_TASK_AND_COMMAND, (update.task_id,)).fetchone()
+                if raw is None:
                     raise JournalNotFoundError(f"no task {update.task_id!r} in the journal")
-                task = _task_from_row(row)
-                if row[-1] != CommandState.RUNNING:
+                split = len(TASKS.columns) + 1
+                task = _task(ctx, raw[:split])
+                if task.id != update.task_id:
+                    raise ctx.corrupt(TASKS, task.id, f"served for id {update.task_id!r}")
+                if raw[split] is None:
+                    why = f"its command {task.command_id!r} is missing"
+                    raise ctx.corrupt(TASKS, task.id, why)
+                command = ctx.verify(COMMANDS, raw[split:])
+                if command["id"] != task.command_id:
+                    why = f"served with command {command['id']!r}: an index is damaged"
+                    raise ctx.corrupt(TASKS, task.id, why)
+                if command["state"] != CommandState.RUNNING:
                     raise JournalStateError(
                         f"task {task.id!r} ({task.name}) belongs to command {task.command_id!r},"
-                        f" which is {row[-1]}: its tasks can no longer change"
+                        f" which is {command['state']}: its tasks can no longer change"
                     )
                 if update.state.rank <= task.state.rank:
                     raise JournalStateError(
@@ -651,12 +758,21 @@ class SqliteJournalStore:
                             f" {backend_id!r}, not {update.backend_id!r}"
                         )
                     backend_id = update.backend_id
+                row = {
+                    "id": task.id,
+                    "command_id": task.command_id,
+                    "position": task.position,
+                    "name": task.name,
+                    "backend": task.backend,
+                    "backend_id": backend_id,
+                    "state": update.state.value,
+                    "params": raw[TASKS.names.index("params")],
+                    "result": result_json,
+                    "error": update.error,
+                    "updated": now,
+                }
                 try:
-                    conn.execute(
-                        "UPDATE tasks SET state = ?, backend_id = ?, result = ?, error = ?,"
-                        " updated = ? WHERE id = ?",
-                        (update.state, backend_id, result_json, update.error, now, task.id),
-                    )
+                    _update(conn, ctx, TASKS, row, _TASK_CHANGES)
                 except sqlite3.IntegrityError:
                     raise _conflict(conn, task.backend, backend_id, task.name) from None
                 out.append(
@@ -676,8 +792,10 @@ class SqliteJournalStore:
     async def claim_end(
         self, command_id: str, *, max_attempts: int, last_error: str | None
     ) -> CommandRecord:
+        ctx = self._ctx
+
         def claim(conn: sqlite3.Connection) -> CommandRecord:
-            command = _load_command(conn, command_id)
+            command, row = _load_command(conn, ctx, command_id)
             if command.state.final:
                 return command
             now = time.time()
@@ -702,20 +820,26 @@ class SqliteJournalStore:
                     else "the process stopped while it ran"
                 )
                 error = f"end action did not complete in {max_attempts} attempts ({why})"
-                conn.execute(
-                    "UPDATE commands SET state = 'failed', outcome = ?, error = ?, updated = ?"
-                    " WHERE id = ?",
-                    (outcome, error, now, command_id),
-                )
-                conn.execute("UPDATE entities SET active = 0 WHERE command_id = ?", (command_id,))
+                failed = {
+                    **row,
+                    "state": CommandState.FAILED.value,
+                    "outcome": outcome.value,
+                    "error": error,
+                    "updated": now,
+                }
+                _update(conn, ctx, COMMANDS, failed, ("state", "outcome", "error", "updated"))
+                _release_entities(conn, ctx, command_id)
                 return attrs.evolve(
                     command, state=CommandState.FAILED, outcome=outcome, error=error, updated=now
                 )
-            conn.execute(
-                "UPDATE commands SET state = 'ending', outcome = ?, end_attempts = ?, updated = ?"
-                " WHERE id = ?",
-                (outcome, attempts, now, command_id),
-            )
+            ending = {
+                **row,
+                "state": CommandState.ENDING.value,
+                "outcome": outcome.value,
+                "end_attempts": attempts,
+                "updated": now,
+            }
+            _update(conn, ctx, COMMANDS, ending, ("state", "outcome", "end_attempts", "updated"))
             return attrs.evolve(
                 command,
                 state=CommandState.ENDING,
@@ -738,76 +862,90 @@ class SqliteJournalStore:
             raise ValueError(f"a command finishes as succeeded or failed, not {state.value!r}")
         command_id = claimed.id
         result_json = _dumps(result, f"result of the end action of command {command_id!r}")
+        ctx = self._ctx
 
         def finish(conn: sqlite3.Connection) -> CommandRecord:
-            row = conn.execute(
-                "SELECT state, outcome, end_attempts FROM commands WHERE id = ?", (command_id,)
-            ).fetchone()
-            if row is None:
-                raise JournalNotFoundError(f"no command {command_id!r} in the journal")
-            if row[0] != CommandState.ENDING:
-                why = "was already recorded" if row[0] != "running" else "was not claimed"
+            row = _command_row(conn, ctx, command_id)
+            if row["state"] != CommandState.ENDING:
+                why = "was already recorded" if row["state"] != "running" else "was not claimed"
                 raise JournalStateError(
-                    f"command {command_id!r} is {row[0]}, not ending: its end {why}"
+                    f"command {command_id!r} is {row['state']}, not ending: its end {why}"
                 )
-            if row[2] != claimed.end_attempts:
+            if row["end_attempts"] != claimed.end_attempts:
                 raise JournalStateError(
                     f"command {command_id!r}: attempt {claimed.end_attempts} of its end action"
-                    f" finished, but attempt {row[2]} holds the claim"
+                    f" finished, but attempt {row['end_attempts']} holds the claim"
                 )
-            if state is CommandState.SUCCEEDED and row[1] != CommandState.SUCCEEDED:
+            if state is CommandState.SUCCEEDED and row["outcome"] != CommandState.SUCCEEDED:
                 raise JournalStateError(
-                    f"command {command_id!r} cannot succeed: its outcome is {row[1]}"
+                    f"command {command_id!r} cannot succeed: its outcome is {row['outcome']}"
                 )
             now = time.time()
-            conn.execute(
-                "UPDATE commands SET state = ?, result = ?, error = ?, updated = ? WHERE id = ?",
-                (state, result_json, error, now, command_id),
-            )
-            conn.execute("UPDATE entities SET active = 0 WHERE command_id = ?", (command_id,))
+            done = {
+                **row,
+                "state": state.value,
+                "result": result_json,
+                "error": error,
+                "updated": now,
+            }
+            _update(conn, ctx, COMMANDS, done, ("state", "result", "error", "updated"))
+            _release_entities(conn, ctx, command_id)
             # Tasks and entities cannot change once a command is ENDING.
             return attrs.evolve(claimed, state=state, result=result, error=error, updated=now)
 
         return await self._write(finish)
 
     async def get_command(self, command_id: str) -> CommandRecord:
-        return await self._read(lambda conn: _load_command(conn, command_id))
+        ctx = self._ctx
+        return await self._read(lambda conn: _load_command(conn, ctx, command_id)[0])
 
     async def unfinished_commands(self) -> tuple[CommandRecord, ...]:
-        return await self._read(lambda conn: _load_commands(conn, _UNFINISHED, ()))
+        ctx = self._ctx
+
+        def query(conn: sqlite3.Connection) -> tuple[CommandRecord, ...]:
+            found = _load(conn, ctx, _UNFINISHED, (), lambda r: r["state"] in _UNFINISHED_STATES)
+            return tuple(command for command, _row in found)
+
+        return await self._read(query)
 
     async def active_commands(self, entity_type: str, entity_id: str) -> tuple[str, ...]:
+        ctx = self._ctx
+
         def query(conn: sqlite3.Connection) -> tuple[str, ...]:
-            rows = conn.execute(
-                "SELECT command_id FROM entities WHERE type = ? AND id = ? AND active = 1"
-                " ORDER BY command_id",
+            found: list[str] = []
+            for raw in conn.execute(
+                f"SELECT {ENTITIES.select('e')} FROM entities e"
+                " WHERE e.type = ? AND e.id = ? AND e.active = 1",
                 (entity_type, entity_id),
-            ).fetchall()
-            return tuple(row[0] for row in rows)
+            ):
+                r, _ref = _entity(ctx, raw)
+                key = f"{r['type']}/{r['id']}/{r['command_id']}"
+                if (r["type"], r["id"], r["active"]) != (entity_type, entity_id, 1):
+                    raise ctx.corrupt(ENTITIES, key, "served for a query it does not match")
+                if r["command_id"] in found:
+                    raise ctx.corrupt(ENTITIES, key, "served twice: an index is damaged")
+                found.append(r["command_id"])
+            return tuple(sorted(found))
 
         return await self._read(query)
 
     async def save_async_job(self, record: AsyncJobRecord) -> None:
         private = _dumps(record.private, f"private data of the async job on {record.domain!r}")
-        allowed = json.dumps(sorted(job.value for job in record.allowed))
-        row = (
-            record.domain,
-            record.job_id,
-            record.kind.value,
-            record.phase,
-            record.owner,
-            allowed,
-            private,
-            record.session,
-            record.saved,
-        )
+        row = {
+            "domain": record.domain,
+            "job_id": record.job_id,
+            "kind": record.kind.value,
+            "phase": record.phase,
+            "owner": record.owner,
+            "allowed": json.dumps(sorted(job.value for job in record.allowed)),
+            "private": private,
+            "session": record.session,
+            "saved": record.saved,
+        }
+        values = self._ctx.encode(ASYNC_JOBS, row)
 
         def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO async_jobs (domain, job_id, kind, phase, owner, allowed,"
-                " private, session, saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+            conn.execute(ASYNC_JOBS.insert_sql("INSERT OR REPLACE"), values)
 
         await self._write(save)
 
@@ -821,12 +959,15 @@ class SqliteJournalStore:
         await self._write(clear)
 
     async def async_jobs(self) -> tuple[AsyncJobRecord, ...]:
+        ctx = self._ctx
+
         def query(conn: sqlite3.Connection) -> tuple[AsyncJobRecord, ...]:
-            rows = conn.execute(
-                "SELECT domain, job_id, kind, phase, owner, allowed, private, session, saved"
-                " FROM async_jobs ORDER BY domain"
-            ).fetchall()
-            return tuple(_async_job_from_row(row) for row in rows)
+            rows = conn.execute(f"SELECT {ASYNC_JOBS.select('a')} FROM async_jobs a").fetchall()
+            jobs = [_async_job(ctx, raw) for raw in rows]
+            domains = [job.domain for job in jobs]
+            if len(set(domains)) != len(domains):
+                raise ctx.corrupt(ASYNC_JOBS, domains, "a domain is served twice")
+            return tuple(sorted(jobs, key=lambda job: job.domain))
 
         return await self._read(query)
 
@@ -853,64 +994,148 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _open_writer(path: str, synchronous: str) -> tuple[sqlite3.Connection, int]:
-    """Take the writer lock, check or create the schema (worker thread)."""
-    lock_fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+# -- opening ---------------------------------------------------------------------------
+
+
+def _lock(path: str, seal_path: str, create: bool, reseal: bool) -> WriterLock:
+    """Lock the journal file, creating it first if no file is at ``path``."""
+    for _attempt in range(3):
+        try:
+            return WriterLock.acquire(path)
+        except FileNotFoundError:
+            pass
+        if not create:
+            raise JournalNotFoundError(f"no journal file {path!r} (and create=False)")
+        try:
+            with directory_lock(path):
+                if not os.path.exists(path):  # else another process made it: lock that
+                    _may_create(path, seal_path, reseal)
+                    # create_file syncs the directory once both names are in it.
+                    create_file(path, partial(_new_seal, seal_path, name_durable=False))
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"journal {path!r} cannot be created: {exc}") from exc
+    raise JournalError(f"journal {path!r} keeps disappearing while it is opened")
+
+
+def _new_seal(seal_path: str, journal_id: str, *, name_durable: bool = True) -> None:
+    seal = Seal(journal_id, SCHEMA_VERSION, 0)
+    SealFile.write_new(seal_path, seal, sync=True, name_durable=name_durable).close()
+
+
+def _may_create(path: str, seal_path: str, reseal: bool) -> None:
+    """Refuse to create a journal where a seal says one was acknowledged."""
+    if reseal:
+        return
     try:
+        seal = read_seal(seal_path, path)
+    except JournalCorruptError:
+        raise JournalCorruptError(
+            f"journal file {path!r} is missing and its seal {seal_path!r} is unreadable: the"
+            " journal was deleted or moved; restore it, or open with reseal=True to start a"
+            " new, empty journal",
+            path=path,
+        ) from None
+    if seal is not None and seal.seq > 0:
+        raise JournalCorruptError(
+            f"journal file {path!r} is missing, but its seal {seal_path!r} says {seal.seq}"
+            " commits were acknowledged: the journal was deleted or moved; restore it, or open"
+            " with reseal=True to start a new, empty journal",
+            path=path,
+        )
+
+
+def _check_seal(seal: Seal | None, ctx: RowContext, seq: int, seal_path: str) -> None:
+    """Raise unless the journal holds every commit its seal says was acknowledged."""
+    path = ctx.path
+    advice = "restore the missing files, or open with reseal=True to accept the journal as it is"
+    if seal is None:
+        # A journal is sealed before it exists (and before it is migrated).
+        why = (
+            f"its seal {seal_path!r} is missing, so it cannot prove that it still holds every"
+            f" acknowledged commit ({seq} are in the file)"
+        )
+    elif seal.journal_id != ctx.journal_id:
+        why = (
+            f"its seal {seal_path!r} belongs to journal {seal.journal_id}, not to"
+            f" {ctx.journal_id}: the seal, the -wal or the file came from another journal"
+        )
+    elif seal.version != SCHEMA_VERSION:
+        why = f"its seal says schema version {seal.version}, the file {SCHEMA_VERSION}"
+    elif seq < seal.seq:
+        why = (
+            f"it holds {seq} commits, but {seal.seq} were acknowledged: its -wal was deleted,"
+            " truncated or damaged, or the file was restored from an older copy"
+        )
+    else:
+        return
+    raise JournalCorruptError(f"journal file {path!r} is damaged: {why}; {advice}", path=path)
+
+
+def _open_files(path: str, synchronous: str, create: bool, reseal: bool) -> _Opened:
+    """Lock, check, migrate if needed, and seal the journal (worker thread)."""
+    real = os.path.realpath(path)
+    seal_path = f"{real}-seal"
+    lock = _lock(real, seal_path, create, reseal)
+    writer: sqlite3.Connection | None = None
+    try:
+        if lock.size() == 0:
+            raise JournalCorruptError(
+                f"journal file {real!r} is empty (0 bytes): it holds no journal, and only a path"
+                " that does not exist becomes a new one; it was left unchanged",
+                path=real,
+            )
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise JournalInUseError(
-                f"journal {path!r} is already open for writing (lock file {path}-lock)"
-            ) from None
-        conn = _connect(path)
-        try:
-            _check_schema(conn, path)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise JournalError(f"journal {path!r} cannot use WAL mode (got {mode!r})")
-            conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        except BaseException:
-            conn.close()
-            raise
-    except BaseException:
-        os.close(lock_fd)
+            seal = read_seal(seal_path, real)
+        except JournalCorruptError:
+            if not reseal:
+                raise
+            seal = None
+        found = inspect(
+            real,
+            real,
+            sealed=seal is not None or os.path.exists(seal_path),
+            sealed_version=None if seal is None else seal.version,
+        )
+        writer = _connect(real)
+        mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise JournalError(f"journal {real!r} cannot use WAL mode (got {mode!r})")
+        writer.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        if found.ctx is None:
+            ctx, seq = _migrate(writer, real, seal_path), 0
+        else:
+            ctx, seq = found.ctx, found.seq
+            if not reseal:
+                _check_seal(seal, ctx, seq, seal_path)
+        sealed = Seal(ctx.journal_id, SCHEMA_VERSION, seq)
+        sync = synchronous == "full"
+        if sealed == seal and not reseal:
+            seal_file = SealFile.reopen(seal_path, sealed, sync=sync)
+        else:
+            seal_file = SealFile.write_new(seal_path, sealed, sync=sync)
+    except BaseException as exc:
+        if writer is not None:
+            writer.close()
+        lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise _translate(exc, real) from exc
         raise
-    return conn, lock_fd
+    return _Opened(real, writer, lock, seal_file, ctx, seq)
 
 
-def _check_schema(conn: sqlite3.Connection, path: str) -> None:
+def _migrate(conn: sqlite3.Connection, path: str, seal_path: str) -> RowContext:
+    """Version 1 to the current schema, checking every record it rewrites,
+    sealed before it commits."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            objects = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-            if app_id == 0 and version == 0 and objects == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                app_id, version = APPLICATION_ID, SCHEMA_VERSION
-            conn.execute("COMMIT")
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-    except sqlite3.DatabaseError as exc:
-        if "malformed" in str(exc):
-            raise JournalCorruptError(f"journal file {path!r} is damaged: {exc}") from exc
-        raise JournalSchemaError(
-            f"{path!r} is not a jobctl journal: SQLite cannot read it ({exc})"
-        ) from exc
-    if app_id != APPLICATION_ID:
-        raise JournalSchemaError(
-            f"{path!r} is not a jobctl journal (application_id {app_id:#x}, expected"
-            f" {APPLICATION_ID:#x}); it was left unchanged"
-        )
-    if version > SCHEMA_VERSION:
-        raise JournalSchemaError(
-            f"journal {path!r} has schema version {version}, newer than this jobctl's"
-            f" {SCHEMA_VERSION}; upgrade jobctl (the file was left unchanged)"
-        )
-    if version < 1:
-        raise JournalSchemaError(
-            f"journal {path!r} has unknown schema version {version}; it was left unchanged"
-        )
+        ctx = migrate(conn, path)
+        _load(conn, ctx, "1", (), lambda r: True)
+        rows = conn.execute(f"SELECT {ASYNC_JOBS.select('a')} FROM async_jobs a").fetchall()
+        for raw in rows:
+            _async_job(ctx, raw)
+        _new_seal(seal_path, ctx.journal_id)
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    return ctx

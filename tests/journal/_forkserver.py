@@ -35,7 +35,7 @@ import anyio
 
 from simulators.qemu import main as simulator_main
 
-from . import _killpoint, _migration, _remove_vm
+from . import _corpus, _killpoint, _migration, _remove_vm
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLED: Mapping[str, Any] = {"signal": 9, "code": None}
@@ -48,6 +48,8 @@ PHASES: Mapping[str, Phase] = {
     "migrate": _migration.run_migration,
     "recover-migration": _migration.run_recovery,
     "probe": _migration.probe,
+    "corpus": _corpus.corpus,
+    "intrude": _corpus.intrude,
 }
 
 

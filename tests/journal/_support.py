@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from jobctl.journal import BackendState, BackendStatus
+from jobctl.journal._rows import ASYNC_JOBS, COMMANDS, ENTITIES, TASKS, RowContext
 
 
 class MemoryBackend:
@@ -46,5 +47,31 @@ def raw(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def resum(path: Path, sql: str, params: Sequence[Any] = ()) -> None:
+    """Run ``sql`` with CHECK constraints off, then give every row a valid
+    checksum again: a row that breaks the schema's rules, as a buggy writer
+    that bypassed the store would leave it (only the store's own rules can
+    catch it)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute("BEGIN")
+        conn.execute(sql, params)
+        (journal_id,) = conn.execute("SELECT journal_id FROM meta").fetchone()
+        ctx = RowContext(str(path), journal_id)
+        for table in (COMMANDS, TASKS, ENTITIES, ASYNC_JOBS):
+            where = " AND ".join(f"{name} = ?" for name in table.key)
+            rows = conn.execute(f"SELECT {', '.join(table.names)} FROM {table.name}").fetchall()
+            for values in rows:
+                row = dict(zip(table.names, values, strict=True))
+                crc = ctx.encode(table, row)[-1]
+                conn.execute(
+                    f"UPDATE {table.name} SET crc = ? WHERE {where}", (crc, *ctx.key_of(table, row))
+                )
+        conn.execute("COMMIT")
     finally:
         conn.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
+import os
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -12,6 +13,7 @@ from jobctl import JobError
 from jobctl.journal import (
     SCHEMA_VERSION,
     CommandState,
+    EntityRef,
     JournalClosedError,
     JournalCorruptError,
     JournalError,
@@ -24,8 +26,9 @@ from jobctl.journal import (
     TaskUpdate,
     open_journal,
 )
+from jobctl.journal._files import Seal, SealFile, read_seal
 
-from ._support import raw
+from ._support import raw, resum
 
 pytestmark = pytest.mark.anyio
 
@@ -52,12 +55,25 @@ async def test_newer_schema_is_refused_and_left_unchanged(tmp_path: Path) -> Non
     path = tmp_path / "j.db"
     async with open_journal(path) as journal:
         await journal.begin_command("k", [spec("a")], command_id="c1")
+    # What a newer jobctl leaves: a new table, a new version, sealed as such.
+    (journal_id,) = raw(path, "SELECT journal_id FROM meta")[0]
+    raw(path, "CREATE TABLE future (x INTEGER)")
     raw(path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    seal_path = f"{path}-seal"
+    seal = read_seal(seal_path, str(path))
+    assert seal is not None
+    newer_seal = Seal(journal_id, SCHEMA_VERSION + 1, seal.seq)
+    SealFile.write_new(seal_path, newer_seal, sync=False).close()
     before = path.read_bytes()
-    with pytest.raises(JournalSchemaError, match=r"schema version 2, newer than .* 1"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer than .* {SCHEMA_VERSION}"
+    with pytest.raises(JournalSchemaError, match=newer):
         await SqliteJournalStore.open(path)
     assert path.read_bytes() == before
     assert raw(path, "SELECT id FROM commands") == [("c1",)]
+    # The same version number on this version's tables is a damaged header.
+    raw(path, "DROP TABLE future")
+    with pytest.raises(JournalCorruptError, match=r"header says application_id .*, version 3"):
+        await SqliteJournalStore.open(path)
 
 
 async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
@@ -71,7 +87,8 @@ async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
 async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"these are not the pages you are looking for" * 100)
-    with pytest.raises(JournalSchemaError, match="SQLite cannot read it") as info:
+    # Not a journal any more, or never one: refused as damaged, never reset.
+    with pytest.raises(JournalCorruptError, match="SQLite cannot read it") as info:
         await SqliteJournalStore.open(path)
     assert isinstance(info.value, JobError)
     assert path.read_bytes().startswith(b"these are not")
@@ -83,42 +100,122 @@ async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
         (
             "tasks",
             "UPDATE tasks SET state = 'exploded' WHERE id = 'c1.1'",
-            r"table 'tasks' \(key 'c1.1'\).*'exploded' is not a valid TaskState",
+            r"row 'c1.1' of table 'tasks'.*'exploded' is not a valid TaskState",
         ),
         (
             "tasks",
             "UPDATE tasks SET params = '{broken' WHERE id = 'c1.0'",
-            r"table 'tasks' \(key 'c1.0'\)",
+            r"row 'c1.0' of table 'tasks'",
         ),
         (
             "commands",
             "UPDATE commands SET data = '[1, 2]' WHERE id = 'c1'",
-            r"table 'commands' \(key 'c1'\).*not an object",
+            r"row 'c1' of table 'commands'.*not an object",
         ),
         (
             "commands",
             "UPDATE commands SET state = 'ending' WHERE id = 'c1'",
-            r"table 'commands' \(key 'c1'\).*must have an outcome",
+            r"row 'c1' of table 'commands'.*must have an outcome",
         ),
     ],
 )
 async def test_a_corrupt_row_is_named_never_reset(
     tmp_path: Path, table: str, sql: str, message: str
 ) -> None:
+    # A row that breaks the schema's rules under a valid checksum.
     path = tmp_path / "j.db"
     async with open_journal(path) as journal:
         await journal.begin_command("k", [spec("a"), spec("b")], command_id="c1")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA ignore_check_constraints = ON")
-    conn.execute(sql)
-    conn.close()
+    resum(path, sql)
     async with open_journal(path) as journal:
         with pytest.raises(JournalCorruptError, match=message) as info:
             await journal.command("c1")
         assert info.value.table == table
+        assert info.value.path == str(path)
+        assert str(path) in str(info.value)
         with pytest.raises(JournalCorruptError):
             await journal.unfinished_commands()
     assert raw(path, "SELECT count(*) FROM tasks") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "sql"),
+    [
+        ("tasks", "c1.1", "UPDATE tasks SET backend_id = 'job-7' WHERE id = 'c1.1'"),
+        ("tasks", "c1.0", "UPDATE tasks SET params = '{\"disk\":\"d9\"}' WHERE id = 'c1.0'"),
+        ("commands", "c1", "UPDATE commands SET kind = 'remove_vn' WHERE id = 'c1'"),
+        ("commands", "c1", "UPDATE commands SET created = 1.5 WHERE id = 'c1'"),
+        ("entities", "vm/vm1/c1", "UPDATE entities SET shared = 1 WHERE id = 'vm1'"),
+    ],
+)
+async def test_an_altered_record_fails_its_checksum(
+    tmp_path: Path, table: str, key: str, sql: str
+) -> None:
+    # Well-formed values, valid b-trees: only the checksum can tell.
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        await journal.begin_command(
+            "remove_vm",
+            [spec("a"), spec("b")],
+            entities=[EntityRef("vm", "vm1")],
+            command_id="c1",
+        )
+    raw(path, sql)
+    async with open_journal(path) as journal:
+        for read in (partial(journal.command, "c1"), journal.unfinished_commands):
+            with pytest.raises(JournalCorruptError, match="checksum mismatch") as info:
+                await read()
+            assert (info.value.table, info.value.row) == (table, key)
+            assert str(path) in str(info.value)
+        if table != "entities":  # a write reads the task and its command first
+            with pytest.raises(JournalCorruptError, match="checksum mismatch"):
+                await journal.update_task(key if table == "tasks" else "c1.1", TaskState.RUNNING)
+        else:
+            with pytest.raises(JournalCorruptError, match="checksum mismatch"):
+                await journal.entity_busy("vm", "vm1")
+
+
+async def test_a_row_missing_from_a_command_is_reported(tmp_path: Path) -> None:
+    # Each command counts its tasks and entities: a row that is gone (or
+    # that a damaged index hides) is reported, not silently left out.
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        refs = [EntityRef("vm", "vm1"), EntityRef("disk", "d1")]
+        await journal.begin_command("k", [spec("a"), spec("b"), spec("c")], entities=refs)
+        (command,) = await journal.unfinished_commands()
+    raw(path, "DELETE FROM tasks WHERE name = 'b'")
+    async with open_journal(path) as journal:
+        with pytest.raises(JournalCorruptError, match=r"3 tasks, but positions \[0, 2\]"):
+            await journal.command(command.id)
+    raw(path, "DELETE FROM tasks")
+    raw(path, "DELETE FROM entities WHERE type = 'disk'")
+    async with open_journal(path) as journal:
+        with pytest.raises(JournalCorruptError, match="3 tasks, but positions"):
+            await journal.unfinished_commands()
+    raw(path, "UPDATE commands SET task_count = 0")
+    resum(path, "SELECT 1")
+    async with open_journal(path) as journal:
+        with pytest.raises(JournalCorruptError, match="2 entities, but 1 were found"):
+            await journal.command(command.id)
+
+
+async def test_a_seal_that_cannot_be_written_stops_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    store = await SqliteJournalStore.open(path)
+    await store.add_command("c1", "k", {}, [], [])
+    # The seal's descriptor turns read-only: the next seal write fails.
+    read_only = os.open(f"{path}-seal", os.O_RDONLY)
+    os.dup2(read_only, store._seal._fd)  # type: ignore[attr-defined]
+    os.close(read_only)
+    # Committed before the seal failed: its result stands...
+    assert (await store.add_command("c2", "k", {}, [], [])).id == "c2"
+    # ...and the writer stops, since a lost -wal could no longer be seen.
+    with pytest.raises(JournalError, match=r"seal .* cannot be written"):
+        await store.add_command("c3", "k", {}, [], [])
+    await store.aclose()
+    # The seal lags the file (never the reverse): the journal opens whole.
+    async with open_journal(path) as journal:
+        assert [c.id for c in await journal.unfinished_commands()] == ["c1", "c2"]
 
 
 async def test_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -130,9 +227,9 @@ async def test_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[2 * 4096 : 6 * 4096] = b"\x5a" * (4 * 4096)
     path.write_bytes(bytes(data))
-    with pytest.raises(JournalCorruptError, match="is damaged: database disk image is malformed"):
-        async with open_journal(path) as journal:
-            await journal.unfinished_commands()
+    with pytest.raises(JournalCorruptError, match="is damaged: SQLite's integrity_check") as info:
+        await SqliteJournalStore.open(path)
+    assert info.value.path == str(path)
     assert path.read_bytes() == data
 
 
@@ -140,12 +237,12 @@ async def test_a_corrupt_async_job_row_is_named(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     async with open_journal(path):
         pass
-    raw(
+    resum(
         path,
-        "INSERT INTO async_jobs VALUES ('vm1', 1, 'teleport', 'p', NULL, '[]', '{}', 's', 0.0)",
+        "INSERT INTO async_jobs VALUES ('vm1', 1, 'teleport', 'p', NULL, '[]', '{}', 's', 0.0, 0)",
     )
     async with open_journal(path) as journal:
-        with pytest.raises(JournalCorruptError, match=r"'async_jobs' \(key 'vm1'\).*teleport"):
+        with pytest.raises(JournalCorruptError, match=r"row 'vm1' of table 'async_jobs'.*teleport"):
             await journal.async_jobs()
 
 
@@ -157,6 +254,12 @@ async def test_one_writer_per_file(tmp_path: Path) -> None:
     # Closed: the next writer may open it.
     async with await SqliteJournalStore.open(path):
         pass
+
+
+async def test_a_journal_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-directory" / "j.db"
+    with pytest.raises(JournalError, match=r"no-such-directory/j\.db' cannot be created"):
+        await SqliteJournalStore.open(missing)
 
 
 async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
