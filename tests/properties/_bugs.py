@@ -110,6 +110,10 @@ class Bug:
     new: str
     #: The invariant whose check must catch it.
     invariant: int
+    #: Why the rule-based machine of the stateful suite cannot reach it (its
+    #: rules have no failing abort hook, no request at the instant of a
+    #: grant, no nowait query beside a parked waiter...); None: it must.
+    not_stateful: str | None = None
 
     def plant(self, mp: pytest.MonkeyPatch) -> None:
         plant_edit(mp, _MODULES[self.module], self.old, self.new)
@@ -196,6 +200,7 @@ BUGS: Final[Mapping[str, Bug]] = {
             "        if ajob._scope_entered:  # BUG: a granted job that has not resumed escapes\n"
             "            ajob._scope.cancel()\n        if ajob._scope_entered:",
             8,
+            "it never requests DESTROY at the instant of an async job's grant",
         ),
         Bug(
             "admission_decided_twice",
@@ -203,6 +208,7 @@ BUGS: Final[Mapping[str, Bug]] = {
             "                ahead = self._head()\n",
             "                ahead = self._head() or self._waiters.first(_ALL_LANES)  # BUG\n",
             12,
+            "it never asks a nowait QUERY in a section with a waiter parked",
         ),
         Bug(
             "abort_failure_aborts",
@@ -211,6 +217,7 @@ BUGS: Final[Mapping[str, Bug]] = {
             "            target._abort_reason = reason  # BUG: marked before the hook succeeds\n"
             "            hook = target._abort_hook\n",
             8,
+            "its aborts have no failing abort hook",
         ),
         Bug(
             "monitor_lifo",
@@ -229,8 +236,8 @@ BUGS: Final[Mapping[str, Bug]] = {
         Bug(
             "queue_full_off_by_one",
             "domain",
-            "self._counted_waiters >= self.max_queued",
-            "self._counted_waiters > self.max_queued  # BUG",
+            "self._counted_waiters >= self.max_queued:",
+            "self._counted_waiters > self.max_queued:  # BUG: one waiter too many",
             11,
         ),
         Bug(
@@ -246,6 +253,7 @@ BUGS: Final[Mapping[str, Bug]] = {
             "        # The waiter may have held up those behind it.\n        self._dispatch()",
             "        # BUG: those behind it are not woken",
             12,
+            "its cancelled waiters never hold up a waiter that could run",
         ),
     )
 }

@@ -138,7 +138,9 @@ class DomainMachine(RuleBasedStateMachine):
         self.checker = InvariantChecker(max_wait=10.0)
         self.recorder.hub.subscribe(self.checker.feed)
         self.monitor = ScriptedMonitor(latency=(0.0, 0.5))
-        self.dom = Domain("vm", monitor=self.monitor, trace=self.recorder.hub, wait_timeout=10.0)
+        self.dom = Domain(
+            "vm", monitor=self.monitor, trace=self.recorder.hub, wait_timeout=10.0, max_queued=2
+        )
         self.scopes: dict[str, trio.CancelScope] = {}
         self.flow: Flow | None = None
         self.names = itertools.count()

@@ -95,7 +95,12 @@ def test_the_suite_finds_the_planted_bug(name: str, monkeypatch: pytest.MonkeyPa
     assert bug.invariant in info.value.invariants
 
 
-@pytest.mark.parametrize("name", sorted(BUGS))
+#: The bugs the rule-based machine can reach (``Bug.not_stateful`` says why
+#: the others are out of its reach; the scenario suite finds every one).
+STATEFUL_BUGS = sorted(name for name, bug in BUGS.items() if bug.not_stateful is None)
+
+
+@pytest.mark.parametrize("name", STATEFUL_BUGS)
 def test_the_stateful_suite_finds_the_planted_bug(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,18 +30,16 @@ from jobctl.testing import (
 )
 
 from ._bugs import BUGS
-from ._suite import PROPERTIES, Example, normalized
+from ._suite import PROPERTIES, normalized
 
 
-@given(example=PROPERTIES["scenarios"])
-def test_every_scenario_keeps_the_invariants(example: Example) -> None:
-    run_scenario(*example)
-
-
-@given(example=PROPERTIES["regular jobs alone"])
-def test_regular_jobs_alone_keep_the_invariants(example: Example) -> None:
-    """Busy domains without async jobs: compatibility and FIFO under load."""
-    run_scenario(*example)
+@pytest.mark.parametrize("name", sorted(PROPERTIES))
+@given(data=st.data())
+def test_every_property_of_the_suite_holds(name: str, data: st.DataObject) -> None:
+    """Each whole-scenario property (``_suite.py``) on trio: drawn scenarios
+    (several domains; busy domains without async jobs; queue pressure;
+    DESTROY races; aborts under faults) keep every invariant."""
+    run_scenario(*data.draw(PROPERTIES[name], label="example"))
 
 
 MIGRATION = AsyncJobPlan(
