@@ -807,7 +807,8 @@ class Domain:
                         {"reason": reason, "error": f"{type(exc).__name__}: {exc}"},
                     )
                     raise
-            if target._state != _JobState.ACTIVE:  # pragma: no cover - its barrier holds it
+            if target._state != _JobState.ACTIVE:
+                # Pre-empted (or cancelled) while the hook ran: nothing to abort.
                 raise JobStateError(f"{target!r} ended before it could be aborted")
             target._abort_reason = reason
             self._abort_count += 1
@@ -974,8 +975,8 @@ class Domain:
             parts.append(f"{job.kind.name} job (owner {job.owner!r}, {now - job.started:.1f} s)")
         if self._barrier is not None:
             parts.append(f"a barrier of {len(self._barrier.jobs)} job(s)")
-        if not parts:
-            parts.append(f"{len(self._waiters)} earlier waiter(s)")
+        # Never empty: a request refused or timed out with nothing running
+        # would have been granted.
         return "held by " + ", ".join(parts)
 
     async def _begin(

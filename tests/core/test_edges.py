@@ -1,0 +1,335 @@
+"""Edges that mutation testing found unpinned: the wait queue on its own,
+counters that add up over several events, abort corner cases, messages and
+reprs. On trio (virtual time, exact values) and asyncio."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import sniffio
+
+import jobctl
+from jobctl import AsyncJob, Job, TraceKind
+from jobctl._queue import WaitQueue
+
+from ._support import MemoryMonitor, Recorder
+from .test_decisions import checked, destroy_quietly, elsewhere
+
+pytestmark = pytest.mark.anyio
+
+
+def virtual() -> bool:
+    return sniffio.current_async_library() == "trio"
+
+
+# -- the wait queue ---------------------------------------------------------------
+
+
+def test_the_wait_queue_keeps_arrival_order_across_lanes() -> None:
+    queue: WaitQueue[str, str] = WaitQueue()
+    assert not queue and len(queue) == 0
+    assert queue.count("a") == 0
+    assert queue.first(["a", "b"]) is None
+    assert queue.first_in("a") is None
+    queue.push("a", "a1")
+    queue.push("b", "b1")
+    queue.push("a", "a2")
+    queue.push("c", "c1")
+    assert queue and len(queue) == 4
+    assert (queue.count("a"), queue.count("b"), queue.count("z")) == (2, 1, 0)
+    assert list(queue) == ["a1", "b1", "a2", "c1"]
+    assert queue.first(["a", "b"]) == "a1"
+    assert queue.first(["c", "b"]) == "b1"
+    assert queue.first(["c"]) == "c1"
+    assert queue.first_in("a") == "a1"
+    with pytest.raises(ValueError, match="queued already"):
+        queue.push("a", "a1")
+    assert queue.remove("a", "a1")
+    assert not queue.remove("a", "a1")
+    assert not queue.remove("z", "a2")
+    assert queue.first(["a", "b"]) == "b1"
+    assert queue.first_in("a") == "a2"
+    assert list(queue) == ["b1", "a2", "c1"]
+    assert len(queue) == 3
+
+
+async def test_destroy_waiters_queue_behind_earlier_destroys_only() -> None:
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", trace=recorder.hub)
+    async with anyio.create_task_group() as tg:
+        async with dom.job(Job.MODIFY, owner="holder"):
+            for name in ("q1", "q2"):
+                tg.start_soon(elsewhere, dom.job(Job.QUERY, owner=name))
+                await anyio.wait_all_tasks_blocked()
+            for name in ("d1", "d2"):
+                tg.start_soon(elsewhere, dom.job(Job.DESTROY, owner=name))
+                await anyio.wait_all_tasks_blocked()
+            assert [w.owner for w in dom.info().waiters] == ["q1", "q2", "d1", "d2"]
+    positions = {e.owner: e.detail["position"] for e in recorder.of(TraceKind.JOB_WAIT)}
+    assert positions == {"q1": 0, "q2": 1, "d1": 0, "d2": 1}
+    begins = [e.owner for e in recorder.of(TraceKind.JOB_BEGIN)]
+    assert begins == ["holder", "d1", "d2", "q1", "q2"]
+    checked(recorder, dom)
+
+
+# -- counters over several events ------------------------------------------------
+
+
+async def test_counters_add_up() -> None:
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+
+    async def hook(mon: jobctl.MonitorSession) -> None:
+        await mon.execute("migrate_cancel")
+
+    async def run(*, destroy: bool) -> None:
+        opened = anyio.Event()
+        leave = anyio.Event()
+
+        async def migrate() -> None:
+            nonlocal opened, leave
+            with pytest.raises(jobctl.JobAbortedError):
+                async with dom.async_job(AsyncJob.MIGRATION_OUT, owner="m") as ajob:
+                    ajob.set_abort_hook(hook)
+                    for _ in range(2):  # two barriers
+                        async with ajob.interruptible():
+                            opened.set()
+                            await leave.wait()
+                        opened, leave = anyio.Event(), anyio.Event()
+                    async with ajob.interruptible():
+                        opened.set()
+                        await anyio.sleep_forever()
+
+        async def query(release: anyio.Event) -> None:
+            async with dom.job(Job.QUERY, owner="q"):
+                await release.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(migrate)
+            for _ in range(2):
+                await opened.wait()
+                release = anyio.Event()
+                tg.start_soon(query, release)
+                await anyio.wait_all_tasks_blocked()
+                leave.set()  # the gate closes; the barrier waits for the query
+                await anyio.wait_all_tasks_blocked()
+                await anyio.sleep(1.0 if virtual() else 0.01)
+                release.set()
+                await anyio.wait_all_tasks_blocked()
+            await opened.wait()
+            if destroy:
+                async with dom.job(Job.DESTROY, owner="destroy"):
+                    await anyio.wait_all_tasks_blocked()  # the migration unwinds meanwhile
+            else:
+                await dom.abort()
+
+    await run(destroy=False)
+    await run(destroy=True)
+    await run(destroy=False)
+    await run(destroy=True)
+    stats = dom.statistics()
+    # Two one-second barriers a run, and each DESTROY is at the barrier of
+    # the section it began in (it still runs when the pre-empted job leaves
+    # the section; the barrier is abandoned as the job ends).
+    assert (stats.aborts, stats.destroys, stats.barrier_waits) == (2, 2, 10)
+    if virtual():
+        assert stats.barrier_wait_time == pytest.approx(8.0)
+    else:
+        assert stats.barrier_wait_time > 0
+    aborts = recorder.of(TraceKind.ABORT_REQUEST)
+    assert [e.detail["reason"] for e in aborts] == ["aborted", "aborted"]  # the default
+    assert [e.owner for e in recorder.of(TraceKind.JOB_BEGIN) if e.job == "ABORT"] == [
+        "abort:aborted",
+        "abort:aborted",
+    ]
+    checked(recorder, dom)
+
+
+async def test_a_timed_out_wait_reports_how_long_it_waited() -> None:
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", trace=recorder.hub)
+    job = dom.job(Job.MODIFY, owner="late", timeout=1.5)
+    async with dom.job(Job.QUERY, owner="holder"):
+        error = await elsewhere(job)
+    assert isinstance(error, jobctl.JobTimeoutError)
+    (failed,) = recorder.of(TraceKind.JOB_WAIT_FAILED)
+    if virtual():
+        assert failed.detail["waited"] == 1.5
+    else:
+        assert 1.5 <= failed.detail["waited"] < 2.5
+    assert repr(job).endswith("(ended)>")
+    assert not job.active
+    checked(recorder, dom)
+
+
+# -- aborts -------------------------------------------------------------------------
+
+
+async def test_an_abort_waits_no_longer_than_its_timeout() -> None:
+    dom = jobctl.Domain("vm", wait_timeout=None)
+    started = anyio.Event()
+
+    async def save() -> None:
+        async with dom.async_job(AsyncJob.SAVE, owner="save"):
+            started.set()
+            await anyio.sleep(10.0)  # never interruptible
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(save)
+        await started.wait()
+        before = anyio.current_time()
+        with pytest.raises(jobctl.JobTimeoutError, match="cannot begin ABORT job"):
+            await dom.abort("too late", timeout=1.0)
+        if virtual():
+            assert anyio.current_time() - before == 1.0
+        tg.cancel_scope.cancel()
+
+
+async def test_an_abort_outliving_its_target_aborts_nothing_else() -> None:
+    """The abort waits while its target runs outside sections; the target
+    ends and another async job opens a section: the abort must not hit it."""
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub, wait_timeout=None)
+    first_started, first_done, second_open = anyio.Event(), anyio.Event(), anyio.Event()
+    second_aborted = False
+
+    async def first() -> None:
+        async with dom.async_job(AsyncJob.SAVE, owner="first"):
+            first_started.set()
+            await first_done.wait()
+
+    async def second() -> None:
+        nonlocal second_aborted
+        try:
+            async with dom.async_job(AsyncJob.BACKUP, owner="second") as ajob:
+                async with ajob.interruptible():
+                    second_open.set()
+                    await anyio.sleep(1.0)
+        except jobctl.JobAbortedError:
+            second_aborted = True
+
+    async def abort() -> None:
+        with pytest.raises(jobctl.JobStateError, match="ended before it could be aborted"):
+            await dom.abort("for the first")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await first_started.wait()
+        tg.start_soon(abort)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(second)  # queued behind the first, ahead of nothing
+        await anyio.wait_all_tasks_blocked()
+        first_done.set()
+    assert not second_aborted
+    assert dom.statistics().aborts == 0
+    checked(recorder, dom)
+
+
+async def test_an_abort_whose_target_is_destroyed_during_the_hook_aborts_nothing() -> None:
+    recorder = Recorder()
+    monitor = MemoryMonitor()
+    dom = jobctl.Domain("vm", monitor=monitor, trace=recorder.hub)
+    in_section, in_hook = anyio.Event(), anyio.Event()
+
+    async def hook(mon: jobctl.MonitorSession) -> None:
+        in_hook.set()
+        await mon.execute("migrate_cancel")  # held at the monitor's gate
+
+    async def migrate() -> None:
+        with pytest.raises(jobctl.JobAbortedError) as info:
+            async with dom.async_job(AsyncJob.MIGRATION_OUT, owner="m") as ajob:
+                ajob.set_abort_hook(hook)
+                async with ajob.interruptible():
+                    in_section.set()
+                    await anyio.sleep_forever()
+        assert info.value.reason == "destroyed"
+
+    async def abort() -> None:
+        with pytest.raises(jobctl.JobStateError, match="ended before it could be aborted"):
+            await dom.abort("user")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(migrate)
+        await in_section.wait()
+        monitor.gate = anyio.Event()
+        tg.start_soon(abort)
+        await in_hook.wait()
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(destroy_quietly, dom)  # waits for the ABORT job to end
+        await anyio.wait_all_tasks_blocked()
+        # DESTROY pre-empted the migration, which ended (its barrier abandoned).
+        assert dom.info().async_job is None
+        monitor.gate.set()
+    assert dom.statistics().aborts == 0
+    assert "abort.delivered" not in recorder.kinds()
+    checked(recorder, dom)
+
+
+async def test_an_abort_is_raised_once_even_if_the_flow_goes_on() -> None:
+    dom = jobctl.Domain("vm")
+    ready = anyio.Event()
+    raised = 0
+
+    async def migrate() -> None:
+        nonlocal raised
+        async with dom.async_job(AsyncJob.MIGRATION_OUT, owner="m") as ajob:
+            try:
+                async with ajob.interruptible():
+                    ready.set()
+                    await anyio.sleep_forever()
+            except jobctl.JobAbortedError as exc:
+                assert exc.reason == "aborted"
+                raised += 1
+            async with ajob.interruptible():  # the flow cleans up in a section
+                await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(migrate)
+        await ready.wait()
+        await dom.abort("user")
+    assert raised == 1
+    completed = dom.info().completed_async_job
+    assert completed is not None and completed.outcome == "ok"
+
+
+# -- messages and reprs -----------------------------------------------------------
+
+
+async def test_misuse_is_refused_with_a_message() -> None:
+    dom = jobctl.Domain("vm")
+    async with dom.async_job(AsyncJob.SAVE, owner="save") as ajob:
+        for bad in ("", None, 3):
+            with pytest.raises(ValueError, match="a phase is a non-empty string"):
+                await ajob.set_phase(bad)  # type: ignore[arg-type]
+        section = ajob.interruptible()
+        async with section:
+            pass
+        with pytest.raises(jobctl.JobStateError, match="cannot be entered twice"):
+            async with section:
+                pass
+    with pytest.raises(jobctl.JobStateError, match=r"<ActiveAsyncJob SAVE #\d+ .* is not active"):
+        ajob.set_progress({})
+    assert repr(ajob).endswith("phase 'begin' (ended)>")
+    job = dom.job(Job.QUERY, owner="q")
+    assert repr(job) == f"<ActiveJob QUERY #{job.id} on 'vm' (new)>"
+    async with job:
+        assert repr(job) == f"<ActiveJob QUERY #{job.id} on 'vm' (active)>"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
+async def test_holder_times_count_from_each_jobs_start() -> None:
+    dom = jobctl.Domain("vm", wait_timeout=None)
+    started = anyio.Event()
+
+    async def save() -> None:
+        async with dom.async_job(AsyncJob.SAVE, owner="save"):
+            started.set()
+            await anyio.sleep(10.0)
+
+    async with anyio.create_task_group() as tg:
+        await anyio.sleep(5.0)
+        tg.start_soon(save)
+        await started.wait()
+        await anyio.sleep(2.0)
+        error = await elsewhere(dom.job(Job.QUERY, nowait=True))
+        assert "(owner 'save', 2.0 s, phase 'begin', not interruptible)" in str(error)
