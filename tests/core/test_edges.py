@@ -333,3 +333,22 @@ async def test_holder_times_count_from_each_jobs_start() -> None:
         await anyio.sleep(2.0)
         error = await elsewhere(dom.job(Job.QUERY, nowait=True))
         assert "(owner 'save', 2.0 s, phase 'begin', not interruptible)" in str(error)
+
+
+async def test_a_cancelled_command_is_traced_as_cancelled() -> None:
+    recorder = Recorder()
+    monitor = MemoryMonitor()
+    monitor.gate = anyio.Event()  # the command never answers
+    dom = jobctl.Domain("vm", monitor=monitor, trace=recorder.hub)
+    with anyio.move_on_after(1.0):
+        async with dom.job(Job.QUERY, owner="q") as job, job.monitor() as mon:
+            await mon.execute("query-status")
+    (answered,) = recorder.of(TraceKind.COMMAND_ANSWERED)
+    assert answered.detail["outcome"] == "cancelled"
+    assert answered.detail["command"] == "query-status"
+    (end,) = recorder.of(TraceKind.JOB_END)
+    assert end.detail["outcome"] == "cancelled"
+    monitor.gate.set()
+    async with dom.job(Job.QUERY) as job, job.monitor() as mon:
+        await mon.execute("query-status")  # the session is usable again
+    checked(recorder, dom)
