@@ -225,6 +225,8 @@ BUGS: Final[Mapping[str, Bug]] = {
             "            waiting = next(iter(queue))",
             "            waiting = next(reversed(queue))  # BUG: last come, first served",
             9,
+            "two sessions waiting for the monitor at once, which LIFO needs, come up in"
+            " some of its runs only (seen missed in one CI run of 60 examples)",
         ),
         Bug(
             "timeout_doubled",
