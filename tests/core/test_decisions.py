@@ -266,27 +266,29 @@ async def test_an_async_jobs_own_timeout_bounds_its_wait() -> None:
 # -- bug 4: statistics ----------------------------------------------------------
 
 
+async def sits_in_a_section(
+    dom: jobctl.Domain, kind: AsyncJob, owner: str, ready: anyio.Event
+) -> None:
+    """An async job that waits in a section until it is aborted or destroyed."""
+    with pytest.raises(jobctl.JobAbortedError):
+        async with dom.async_job(kind, owner=owner) as ajob:
+            async with ajob.interruptible():
+                ready.set()
+                await anyio.sleep_forever()
+
+
 async def test_statistics_count_destroys_and_aborts() -> None:
     recorder = Recorder()
     dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
-    ready = anyio.Event()
-
-    async def migrate() -> None:
-        with pytest.raises(jobctl.JobAbortedError):
-            async with dom.async_job(AsyncJob.MIGRATION_OUT, owner="m") as ajob:
-                async with ajob.interruptible():
-                    ready.set()
-                    await anyio.sleep_forever()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(migrate)
-        await ready.wait()
-        await dom.abort("user")
-    ready = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(migrate)
-        await ready.wait()
-        await destroy_quietly(dom)
+    for end in ("abort", "destroy"):
+        ready = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sits_in_a_section, dom, AsyncJob.MIGRATION_OUT, "m", ready)
+            await ready.wait()
+            if end == "abort":
+                await dom.abort("user")
+            else:
+                await destroy_quietly(dom)
     stats = dom.statistics()
     assert (stats.aborts, stats.destroys) == (1, 1)
     checked(recorder, dom)
@@ -590,16 +592,8 @@ async def test_the_async_job_is_cleared_when_cancelled_or_destroyed() -> None:
             await ajob.set_phase("write")
             await anyio.sleep_forever()
     ready = anyio.Event()
-
-    async def backup() -> None:
-        with pytest.raises(jobctl.JobAbortedError):
-            async with dom.async_job(AsyncJob.BACKUP, owner="destroyed") as ajob:
-                async with ajob.interruptible():
-                    ready.set()
-                    await anyio.sleep_forever()
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(backup)
+        tg.start_soon(sits_in_a_section, dom, AsyncJob.BACKUP, "destroyed", ready)
         await ready.wait()
         await destroy_quietly(dom)
     assert persister.cleared == ["cancelled", "destroyed"]
