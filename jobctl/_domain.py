@@ -1216,21 +1216,19 @@ class Domain:
         releasing side, so the order of holders is the order of arrival."""
         await anyio.lowlevel.checkpoint_if_cancelled()
         job = session._job
-        if self._monitor_session is None and not self._monitor_queue:
+        holder = self._monitor_session
+        # (Sessions queue only behind a holder: a release hands on at once.)
+        if holder is None:
             self._hand_monitor(session, False)
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return
         if session._nowait:
             session._state = _SessionState.CLOSED
-            holder = self._monitor_session
-            self._emit(
-                TraceKind.MONITOR_REFUSED,
-                job,
-                {"holder": None if holder is None else holder._job.id},
-            )
-            who = "earlier waiters" if holder is None else repr(holder._job)
+            self._emit(TraceKind.MONITOR_REFUSED, job, {"holder": holder._job.id})
             await anyio.lowlevel.cancel_shielded_checkpoint()
-            raise JobBusyError(f"the monitor of domain {self.name!r} is held by {who} (nowait)")
+            raise JobBusyError(
+                f"the monitor of domain {self.name!r} is held by {holder._job!r} (nowait)"
+            )
         event = anyio.Event()
         self._monitor_queue[session] = event
         self._emit(TraceKind.MONITOR_WAIT, job, {"position": len(self._monitor_queue) - 1})

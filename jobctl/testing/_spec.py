@@ -302,7 +302,8 @@ def allowed_changed(state: DomainState, allowed: Iterable[str]) -> tuple[DomainS
 
 
 def monitor_arrive(state: DomainState, job: int, *, nowait: bool) -> tuple[DomainState, str]:
-    """A session asks for the monitor: ``enter``, ``wait`` or ``refused``."""
+    """A session asks for the monitor: ``enter``, ``wait`` or ``refused``.
+    (Sessions wait only behind a holder: a release hands on at once.)"""
     if state.monitor_holder is None and not state.monitor_queue:
         return attrs.evolve(state, monitor_holder=job), "enter"
     if nowait:

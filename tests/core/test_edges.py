@@ -4,7 +4,11 @@ reprs. On trio (virtual time, exact values) and asyncio."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import anyio
+import anyio.abc
 import pytest
 import sniffio
 
@@ -352,3 +356,197 @@ async def test_a_cancelled_command_is_traced_as_cancelled() -> None:
     async with dom.job(Job.QUERY) as job, job.monitor() as mon:
         await mon.execute("query-status")  # the session is usable again
     checked(recorder, dom)
+
+
+# -- the monitor's less travelled paths --------------------------------------------
+
+
+async def test_a_session_whose_job_ended_while_it_waited_is_dropped() -> None:
+    """A task of the job waits for the monitor; the job's own block ends
+    meanwhile: when the monitor is free, that session is dropped (traced),
+    its task gets JobStateError, and the next waiter gets the monitor. A
+    dropped session that was cancelled at the same time just ends cancelled."""
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    errors: list[str] = []
+    cancelled = anyio.CancelScope()
+
+    async def use(job: jobctl.ActiveJob, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                async with job.monitor():
+                    pass
+        except jobctl.JobStateError as exc:
+            errors.append(str(exc))
+
+    async def ends_with_a_waiting_task(
+        outer: anyio.abc.TaskGroup, name: str, scope: anyio.CancelScope, done: anyio.Event
+    ) -> None:
+        async with dom.job(Job.QUERY, owner=name) as job:
+            outer.start_soon(use, job, scope)
+            await anyio.wait_all_tasks_blocked()
+        done.set()
+
+    async def later() -> None:
+        async with dom.job(Job.QUERY, owner="later") as job, job.monitor() as mon:
+            await mon.execute("query-status")
+
+    async with anyio.create_task_group() as tg:
+        async with dom.job(Job.QUERY, owner="holder") as holder:
+            session = holder.monitor()
+            await session.__aenter__()
+            for name, scope in (("ended", anyio.CancelScope()), ("cancelled", cancelled)):
+                done = anyio.Event()
+                tg.start_soon(ends_with_a_waiting_task, tg, name, scope, done)
+                await done.wait()
+            tg.start_soon(later)
+            await anyio.wait_all_tasks_blocked()
+            cancelled.cancel()  # and, before its task runs, the release drops it
+            await session.__aexit__(None, None, None)
+    assert len(errors) == 1
+    assert errors[0].endswith("ended while waiting for the monitor")
+    failed = recorder.of(TraceKind.MONITOR_WAIT_FAILED)
+    dropped = [e.owner for e in failed if e.detail["result"] == "job_ended"]
+    assert dropped == ["ended", "cancelled"]
+    enters = [e.owner for e in recorder.of(TraceKind.MONITOR_ENTER)]
+    assert enters == ["holder", "later"]
+    checked(recorder, dom)
+
+
+async def test_an_async_job_ending_while_holding_the_monitor_releases_it() -> None:
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    async with dom.async_job(AsyncJob.SAVE, owner="sloppy") as ajob:
+        session = ajob.monitor()
+        await session.__aenter__()
+        assert dom.info().monitor_holder == ajob.id
+    kinds = recorder.kinds()
+    assert kinds.index("monitor.exit") < kinds.index("async.end")
+    assert dom.info().monitor_holder is None
+    async with dom.job(Job.MODIFY) as job, job.monitor(nowait=True) as mon:
+        assert await mon.execute("query-status", {"a": 1}) == {
+            "command": "query-status",
+            "arguments": {"a": 1},
+        }
+    checked(recorder, dom)
+
+
+async def test_monitor_misuse_messages() -> None:
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    async with dom.job(Job.QUERY, owner="q") as job:
+        session = job.monitor()
+        async with session:
+            pass
+        with pytest.raises(jobctl.JobStateError, match="a monitor session cannot be entered twice"):
+            async with session:
+                pass
+        async with job.monitor():
+            # A second job of this task cannot exist (jobs do not nest), so the
+            # "this task already holds the monitor" refusal needs a session of
+            # this job entered again while held:
+            with pytest.raises(jobctl.JobStateError, match="already holds the monitor"):
+                async with job.monitor():
+                    pass
+
+
+# -- outcomes ------------------------------------------------------------------------
+
+
+class Persister:
+    def __init__(self, *, fail_first_save: bool = False) -> None:
+        self.fail_first_save = fail_first_save
+        self.saved: list[tuple[str, str]] = []
+        self.cleared: list[tuple[str, str | None, str | None]] = []
+
+    async def save_async_job(
+        self, domain: str, info: jobctl.AsyncJobInfo, private: Mapping[str, Any]
+    ) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.fail_first_save and not self.saved:
+            self.saved.append((domain, "failed"))
+            raise OSError("disk full")
+        self.saved.append((domain, info.phase))
+
+    async def clear_async_job(self, domain: str, info: jobctl.AsyncJobInfo) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.cleared.append((domain, info.outcome, info.error))
+
+
+async def test_outcomes_and_their_errors() -> None:
+    recorder = Recorder()
+    persister = Persister()
+    dom = jobctl.Domain("vm7", monitor=MemoryMonitor(), trace=recorder.hub, persister=persister)
+    with pytest.raises(ValueError, match="flow failed"):
+        async with dom.async_job(AsyncJob.SAVE, owner="failing") as ajob:
+            assert ajob.preempted is False
+            raise ValueError("flow failed")
+    failed = dom.info().completed_async_job
+    assert failed is not None
+    assert (failed.outcome, failed.error, failed.interruptible) == (
+        "error",
+        "ValueError: flow failed",
+        False,
+    )
+    assert not ajob.in_section
+
+    ready = anyio.Event()
+
+    async def aborted_then_failing() -> None:
+        with pytest.raises(RuntimeError):
+            async with dom.async_job(AsyncJob.MIGRATION_OUT, owner="after-abort") as ajob:
+                try:
+                    async with ajob.interruptible():
+                        ready.set()
+                        await anyio.sleep_forever()
+                except jobctl.JobAbortedError:
+                    pass
+                raise RuntimeError("clean-up failed")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(aborted_then_failing)
+        await ready.wait()
+        await dom.abort("user")
+    after = dom.info().completed_async_job
+    assert after is not None
+    assert (after.outcome, after.error) == ("error", "RuntimeError: clean-up failed")
+    assert [domain for domain, *_ in persister.cleared] == ["vm7", "vm7"]
+    assert [outcome for _, outcome, _ in persister.cleared] == ["error", "error"]
+    ends = [e.detail["outcome"] for e in recorder.of(TraceKind.ASYNC_END)]
+    assert ends == ["error", "error"]
+    checked(recorder, dom)
+
+
+async def test_a_persister_failing_at_begin_fails_the_job() -> None:
+    recorder = Recorder()
+    persister = Persister(fail_first_save=True)
+    dom = jobctl.Domain("vm", trace=recorder.hub, persister=persister)
+    with pytest.raises(OSError, match="disk full"):
+        async with dom.async_job(AsyncJob.SAVE, owner="save"):
+            pytest.fail("the body ran")
+    (end,) = recorder.of(TraceKind.ASYNC_END)
+    assert (end.detail["outcome"], end.detail["error"]) == ("error", "OSError: disk full")
+    assert persister.cleared == [("vm", "error", "OSError: disk full")]
+    assert dom.info().idle
+    checked(recorder, dom)
+
+
+async def test_a_destroyed_job_says_why() -> None:
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    ready = anyio.Event()
+    messages: list[str] = []
+
+    async def save() -> None:
+        try:
+            async with dom.async_job(AsyncJob.SAVE, owner="save") as ajob:
+                async with ajob.interruptible():
+                    ready.set()
+                    await anyio.sleep_forever()
+        except jobctl.JobAbortedError as exc:
+            messages.append(str(exc))
+            assert ajob.preempted
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(save)
+        await ready.wait()
+        await destroy_quietly(dom)
+    assert messages == ["async job SAVE on domain 'vm' was pre-empted by DESTROY"]
