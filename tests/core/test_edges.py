@@ -219,11 +219,11 @@ async def test_an_abort_outliving_its_target_aborts_nothing_else() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(first)
         await first_started.wait()
-        tg.start_soon(abort)
+        tg.start_soon(second)  # queued behind the first
         await anyio.wait_all_tasks_blocked()
-        tg.start_soon(second)  # queued behind the first, ahead of nothing
+        tg.start_soon(abort)  # aimed at the first; queued behind the second
         await anyio.wait_all_tasks_blocked()
-        first_done.set()
+        first_done.set()  # the second begins, and its section lets the ABORT in
     assert not second_aborted
     assert dom.statistics().aborts == 0
     checked(recorder, dom)
@@ -308,7 +308,9 @@ async def test_misuse_is_refused_with_a_message() -> None:
         section = ajob.interruptible()
         async with section:
             pass
-        with pytest.raises(jobctl.JobStateError, match="cannot be entered twice"):
+        with pytest.raises(
+            jobctl.JobStateError, match=r"^an interruptible section object cannot be entered twice$"
+        ):
             async with section:
                 pass
     with pytest.raises(jobctl.JobStateError, match=r"<ActiveAsyncJob SAVE #\d+ .* is not active"):
@@ -437,7 +439,9 @@ async def test_monitor_misuse_messages() -> None:
         session = job.monitor()
         async with session:
             pass
-        with pytest.raises(jobctl.JobStateError, match="a monitor session cannot be entered twice"):
+        with pytest.raises(
+            jobctl.JobStateError, match=r"^a monitor session cannot be entered twice$"
+        ):
             async with session:
                 pass
         async with job.monitor():
@@ -550,3 +554,58 @@ async def test_a_destroyed_job_says_why() -> None:
         await ready.wait()
         await destroy_quietly(dom)
     assert messages == ["async job SAVE on domain 'vm' was pre-empted by DESTROY"]
+
+
+async def test_a_task_holding_the_monitor_cannot_enter_it_for_another_job() -> None:
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    other_ready, release = anyio.Event(), anyio.Event()
+    jobs: list[jobctl.ActiveJob] = []
+
+    async def other() -> None:
+        async with dom.job(Job.QUERY, owner="other") as job:
+            jobs.append(job)
+            other_ready.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other)
+        await other_ready.wait()
+        async with dom.job(Job.QUERY, owner="mine") as mine, mine.monitor():
+            with pytest.raises(
+                jobctl.JobStateError,
+                match=r"^this task already holds the monitor of 'vm' through <ActiveJob QUERY",
+            ):
+                async with jobs[0].monitor():
+                    pass
+        release.set()
+
+
+async def test_a_refused_or_cancelled_session_is_closed() -> None:
+    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    async with anyio.create_task_group() as tg:
+        async with dom.job(Job.QUERY, owner="holder") as job, job.monitor():
+            sessions: list[jobctl.MonitorSession] = []
+
+            async def refused() -> None:
+                async with dom.job(Job.QUERY, owner="refused") as job:
+                    session = job.monitor(nowait=True)
+                    sessions.append(session)
+                    with pytest.raises(jobctl.JobBusyError, match="held by <ActiveJob QUERY"):
+                        await session.__aenter__()
+                    with pytest.raises(jobctl.JobStateError, match=r"outside its block \(closed\)"):
+                        await session.execute("query-status")
+
+            async def cancelled(scope: anyio.CancelScope) -> None:
+                async with dom.job(Job.QUERY, owner="cancelled") as job:
+                    session = job.monitor()
+                    with scope:
+                        await session.__aenter__()
+                    with pytest.raises(jobctl.JobStateError, match=r"outside its block \(closed\)"):
+                        await session.execute("query-status")
+
+            tg.start_soon(refused)
+            scope = anyio.CancelScope()
+            tg.start_soon(cancelled, scope)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()
