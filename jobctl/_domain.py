@@ -149,6 +149,14 @@ class _Waiter:
         return _exempt(self.job)
 
 
+def _check_abortable(target: ActiveAsyncJob) -> None:
+    if target._state is not _JobState.ACTIVE:
+        raise JobStateError(
+            f"async job {target.kind.name} on domain {target._domain.name!r} ended "
+            "before it could be aborted"
+        )
+
+
 def _exempt(job: ActiveJob | ActiveAsyncJob) -> bool:
     """Async-job begins and DESTROY do not count against ``max_queued``."""
     return isinstance(job, ActiveAsyncJob) or job.kind is Job.DESTROY
@@ -790,11 +798,8 @@ class Domain:
             raise JobStateError(f"no async job to abort on domain {self.name!r}")
         self._emit(TraceKind.ABORT_REQUEST, target, {"reason": reason})
         async with self.job(Job.ABORT, owner=f"abort:{reason}", timeout=timeout) as job:
-            if self._async is not target or not job.in_section:
-                raise JobStateError(
-                    f"async job {target.kind.name} on domain {self.name!r} ended "
-                    "before it could be aborted"
-                )
+            # While the target runs, the ABORT job begins only in its section.
+            _check_abortable(target)
             hook = target._abort_hook
             if hook is not None and self._monitor is not None:
                 try:
@@ -807,9 +812,7 @@ class Domain:
                         {"reason": reason, "error": f"{type(exc).__name__}: {exc}"},
                     )
                     raise
-            if target._state != _JobState.ACTIVE:
-                # Pre-empted (or cancelled) while the hook ran: nothing to abort.
-                raise JobStateError(f"{target!r} ended before it could be aborted")
+            _check_abortable(target)  # pre-empted or cancelled during the hook?
             target._abort_reason = reason
             self._abort_count += 1
             section = target._section
