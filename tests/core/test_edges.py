@@ -609,3 +609,16 @@ async def test_a_refused_or_cancelled_session_is_closed() -> None:
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
             await anyio.wait_all_tasks_blocked()
+
+
+async def test_a_cancelled_async_job_says_so_and_starts_with_no_progress() -> None:
+    dom = jobctl.Domain("vm")
+    with anyio.move_on_after(1.0):
+        async with dom.async_job(AsyncJob.SAVE, owner="save"):
+            info = dom.info().async_job
+            assert info is not None and info.progress == {}
+            await anyio.sleep_forever()
+    completed = dom.info().completed_async_job
+    assert completed is not None
+    assert completed.outcome == "cancelled"
+    assert completed.error is not None and completed.error.startswith("Cancelled")
