@@ -366,20 +366,24 @@ async def test_a_cancelled_command_is_traced_as_cancelled() -> None:
 async def test_a_session_whose_job_ended_while_it_waited_is_dropped() -> None:
     """A task of the job waits for the monitor; the job's own block ends
     meanwhile: when the monitor is free, that session is dropped (traced),
-    its task gets JobStateError, and the next waiter gets the monitor. A
-    dropped session that was cancelled at the same time just ends cancelled."""
+    its task gets JobStateError (the session stays closed), and the next
+    waiter gets the monitor. A dropped session that was cancelled at the same time just ends cancelled."""
     recorder = Recorder()
     dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
     errors: list[str] = []
     cancelled = anyio.CancelScope()
 
     async def use(job: jobctl.ActiveJob, scope: anyio.CancelScope) -> None:
+        session = job.monitor()
         try:
             with scope:
-                async with job.monitor():
+                async with session:
                     pass
         except jobctl.JobStateError as exc:
             errors.append(str(exc))
+            # The dropped session is closed: using it again is a clear misuse.
+            with pytest.raises(jobctl.JobStateError, match=r"outside its block \(closed\)$"):
+                await session.execute("query-status")
 
     async def ends_with_a_waiting_task(
         outer: anyio.abc.TaskGroup, name: str, scope: anyio.CancelScope, done: anyio.Event
