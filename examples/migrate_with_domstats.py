@@ -31,10 +31,13 @@ from jobctl.qemu import (
     domstats,
     migrate,
     open_qemu_host,
-    open_simulated_host,
     start,
 )
-from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker
+from jobctl.testing import (
+    REAL_TIME_INSTANT,
+    InvariantChecker,
+    open_simulated_host,
+)
 from simulators.qemu import ConcurrencyDetector, SimulatedHost
 
 

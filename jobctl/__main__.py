@@ -1,5 +1,5 @@
 import sys
 
-from jobctl._cli import main
+from jobctl.cli import main
 
 sys.exit(main())

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from jobctl._cli import build_parser, main
-from jobctl.qemu._demo_cli import INTERRUPT_BOUND, MAX_BANDWIDTH, MAX_DOMAINS
+from jobctl.cli import build_parser, main
+from jobctl.cli._demo import INTERRUPT_BOUND, MAX_BANDWIDTH, MAX_DOMAINS
 
 #: Options that take text, not numbers.
 TEXT_OPTIONS = {"--listen", "--token"}

@@ -6,7 +6,14 @@ from typing import final
 
 import attrs
 
-from .._errors import JobBusyError, JobError, JobQueueFullError, JobStateError, JobTimeoutError
+from jobctl._core._errors import (
+    JobBusyError,
+    JobError,
+    JobQueueFullError,
+    JobStateError,
+    JobTimeoutError,
+)
+
 from ._entity import LockMode, Need
 
 __all__ = [

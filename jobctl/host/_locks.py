@@ -35,7 +35,8 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .._errors import JobStateError
+from jobctl._core._errors import JobStateError
+
 from ._entity import Entity, LockMode, Need, normalize_needs
 from ._errors import EntityLockBusyError, EntityLockTimeoutError, LockConflict
 

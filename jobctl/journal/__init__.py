@@ -33,7 +33,6 @@ from ._journal import EndAction, EndContext, Journal, JournalStatistics, open_jo
 from ._locks import HostEntityLocker
 from ._persister import JournalPersister
 from ._phases import PhaseAction, by_phase
-from ._qemu import QemuBlockJobs
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
@@ -73,7 +72,6 @@ __all__ = [
     "JournalStatistics",
     "JournalStore",
     "PhaseAction",
-    "QemuBlockJobs",
     "RecoveryError",
     "RecoveryReport",
     "SqliteJournalStore",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, final
 
-from jobctl._info import AsyncJobInfo
+from jobctl._core._info import AsyncJobInfo
 
 from ._records import AsyncJobRecord
 from ._store import JournalStore

@@ -14,7 +14,7 @@ from typing import Any, Final, final
 
 import attrs
 
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._kinds import AsyncJob, Job
 
 __all__ = [
     "AsyncJobRecord",

@@ -11,8 +11,8 @@ import anyio
 import anyio.abc
 import attrs
 
+from jobctl._core._kinds import AsyncJob
 from jobctl._groups import unwrap_single
-from jobctl._kinds import AsyncJob
 
 from ._backend import BackendState, BackendStatus, TaskBackend
 from ._errors import JournalCorruptError, JournalNotFoundError, JournalStateError, RecoveryError

@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._kinds import AsyncJob, Job
 
 from ._errors import (
     JournalClosedError,

@@ -1,7 +1,7 @@
 """Ready-made QEMU job flows over QMP, built on jobctl's job core.
 
 A :class:`Host` runs machines, real QEMU (:func:`open_qemu_host`) or
-simulated (:func:`open_simulated_host`); a :class:`VM` is one host's view of
+simulated (:func:`jobctl.testing.open_simulated_host`); a :class:`VM` is one host's view of
 a virtual machine (its :class:`jobctl.Domain` and, while it runs there, its
 :class:`Machine`). The flows are async jobs with named phases that wait for
 QEMU's events inside interruptible sections, so queries and aborts get
@@ -23,11 +23,12 @@ The flows: :func:`start`, :func:`migrate`, :func:`backup`, :func:`save`,
 :class:`QemuRecovery` settles their async jobs after a crash, with
 :func:`jobctl.journal.recover`.
 ``jobctl demo`` runs migrations with domstats in a tight loop
-(:mod:`jobctl.qemu._demo`); ``examples/migrate_with_domstats.py`` is the
+(:mod:`jobctl.demo`); ``examples/migrate_with_domstats.py`` is the
 same, written out.
 """
 
 from jobctl.qemu._backup import BackupResult, BackupTarget, backup, qcow2_target
+from jobctl.qemu._block_jobs import QemuBlockJobs
 from jobctl.qemu._domstats import BlockStats, DomainStats, domstats
 from jobctl.qemu._errors import (
     BackupError,
@@ -63,7 +64,6 @@ from jobctl.qemu._recovery import (
 )
 from jobctl.qemu._restore import RestoreResult, restore
 from jobctl.qemu._save import SaveResult, save
-from jobctl.qemu._sim_host import FaultPolicy, SimulatedQemuHost, open_simulated_host
 from jobctl.qemu._vm import VM
 
 __all__ = [
@@ -81,7 +81,6 @@ __all__ = [
     "BlockStats",
     "DiskImage",
     "DomainStats",
-    "FaultPolicy",
     "FlowError",
     "Host",
     "Machine",
@@ -93,6 +92,7 @@ __all__ = [
     "MigrationProgress",
     "MigrationResult",
     "NotRunningError",
+    "QemuBlockJobs",
     "QemuHost",
     "QemuProcess",
     "QemuRecovery",
@@ -104,14 +104,12 @@ __all__ = [
     "RestoreResult",
     "SaveError",
     "SaveResult",
-    "SimulatedQemuHost",
     "attach_unix",
     "backup",
     "destroy",
     "domstats",
     "migrate",
     "open_qemu_host",
-    "open_simulated_host",
     "process_record",
     "qcow2_target",
     "restore",

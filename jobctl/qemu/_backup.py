@@ -28,9 +28,9 @@ from typing import Any, Final, final
 import anyio
 import attrs
 
-from jobctl._domain import ActiveAsyncJob, MonitorSession
-from jobctl._errors import JobAbortedError, MonitorError
-from jobctl._kinds import AsyncJob
+from jobctl._core._domain import ActiveAsyncJob, MonitorSession
+from jobctl._core._errors import JobAbortedError, MonitorError
+from jobctl._core._kinds import AsyncJob
 from jobctl.qemu._errors import BackupError
 from jobctl.qemu._machine import DiskImage
 from jobctl.qemu._recovery import PROCESS, QMP, process_record

@@ -23,8 +23,8 @@ from typing import Any, final
 
 import anyio
 
-from jobctl._domain import ActiveAsyncJob, ActiveJob, MonitorSession
-from jobctl._errors import JobTimeoutError
+from jobctl._core._domain import ActiveAsyncJob, ActiveJob, MonitorSession
+from jobctl._core._errors import JobTimeoutError
 
 __all__ = ["BoundedSession", "Deadline"]
 

@@ -15,9 +15,9 @@ from typing import Any, final
 import anyio
 import attrs
 
-from jobctl._domain import Domain
-from jobctl._errors import JobBusyError
-from jobctl._kinds import Job
+from jobctl._core._domain import Domain
+from jobctl._core._errors import JobBusyError
+from jobctl._core._kinds import Job
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._progress import MigrationProgress
 

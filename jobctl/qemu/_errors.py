@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import final
 
-from jobctl._errors import JobError
+from jobctl._core._errors import JobError
 
 __all__ = [
     "BackupError",

@@ -6,7 +6,7 @@ import math
 
 import anyio
 
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._kinds import AsyncJob, Job
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError
 from jobctl.qemu._machine import Machine, MachineSpec

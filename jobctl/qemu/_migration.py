@@ -37,9 +37,9 @@ from typing import Any, Final, final
 import anyio
 import attrs
 
-from jobctl._domain import ActiveAsyncJob, MonitorSession
-from jobctl._errors import JobTimeoutError, MonitorClosedError, MonitorError
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._domain import ActiveAsyncJob, MonitorSession
+from jobctl._core._errors import JobTimeoutError, MonitorClosedError, MonitorError
+from jobctl._core._kinds import AsyncJob, Job
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, MigrationError
 from jobctl.qemu._machine import Machine

@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from jobctl._errors import MonitorError
+from jobctl._core._errors import MonitorError
 from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec

@@ -83,9 +83,13 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._errors import MonitorClosedError, MonitorError
-from jobctl._kinds import AsyncJob
-from jobctl.journal import AsyncJobHandler, AsyncJobRecord, by_phase
+from jobctl._core._errors import MonitorClosedError, MonitorError
+from jobctl._core._kinds import AsyncJob
+from jobctl.journal import (
+    AsyncJobHandler,
+    AsyncJobRecord,
+    by_phase,
+)
 from jobctl.qemu._errors import FlowError
 from jobctl.qemu._progress import ACTIVE_STATUSES
 from jobctl.qmp import QMPClient, QMPConnectTimeoutError, QMPProtocolError, open_qmp_unix

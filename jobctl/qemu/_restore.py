@@ -24,10 +24,10 @@ from typing import Final, final
 import anyio
 import attrs
 
-from jobctl._domain import ActiveAsyncJob
-from jobctl._errors import JobTimeoutError, MonitorError
+from jobctl._core._domain import ActiveAsyncJob
+from jobctl._core._errors import JobTimeoutError, MonitorError
+from jobctl._core._kinds import AsyncJob
 from jobctl._groups import unwrap_single
-from jobctl._kinds import AsyncJob
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, RestoreError
 from jobctl.qemu._machine import Machine, MachineSpec

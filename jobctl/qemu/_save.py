@@ -29,9 +29,9 @@ from typing import Final, final
 import anyio
 import attrs
 
-from jobctl._domain import ActiveAsyncJob, MonitorSession
-from jobctl._errors import MonitorClosedError, MonitorError
-from jobctl._kinds import AsyncJob
+from jobctl._core._domain import ActiveAsyncJob, MonitorSession
+from jobctl._core._errors import MonitorClosedError, MonitorError
+from jobctl._core._kinds import AsyncJob
 from jobctl.qemu._errors import SaveError
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._migration import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import final
 
-from jobctl._domain import Domain
+from jobctl._core._domain import Domain
 from jobctl.qemu._errors import FlowError, NotRunningError
 from jobctl.qemu._machine import Host, Machine
 

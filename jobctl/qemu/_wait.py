@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import anyio
 
-from jobctl._domain import ActiveAsyncJob, MonitorSession
-from jobctl._errors import JobAbortedError
+from jobctl._core._domain import ActiveAsyncJob, MonitorSession
+from jobctl._core._errors import JobAbortedError
 from jobctl.qmp import EventSubscription, QMPEvent
 
 __all__ = ["wait_in_sections"]

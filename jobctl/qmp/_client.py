@@ -49,7 +49,7 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import AnyByteStream
 
-from jobctl._errors import MonitorClosedError
+from jobctl._core._errors import MonitorClosedError
 from jobctl._groups import unwrap_single
 from jobctl.qmp._errors import (
     QMPCommandError,

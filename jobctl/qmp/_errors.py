@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, final
 
-from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._core._errors import MonitorClosedError, MonitorError
 from jobctl.qmp._show import clip
 
 __all__ = [

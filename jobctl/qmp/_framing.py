@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import AnyByteReceiveStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from jobctl._errors import MonitorClosedError
+from jobctl._core._errors import MonitorClosedError
 from jobctl.qmp._errors import QMPProtocolError
 from jobctl.qmp._show import clip
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import final
 
-from .._errors import JobError
+from jobctl._core._errors import JobError
 
 __all__ = ["ChunkSizeError", "RestoreConfigError", "RestoreError"]
 

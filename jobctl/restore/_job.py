@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._domain import Domain
-from .._kinds import AsyncJob, Job
+from jobctl._core._domain import Domain
+from jobctl._core._kinds import AsyncJob, Job
+
 from ._chunks import ChunkSource
 from ._pipeline import RestorePipeline
 from ._report import RestoreReport, RestoreStatistics

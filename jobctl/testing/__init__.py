@@ -149,6 +149,7 @@ from jobctl.testing._runner import (
     virtual_backend,
 )
 from jobctl.testing._schedule import Schedule, ScheduleCursor
+from jobctl.testing._sim_host import FaultPolicy, SimulatedQemuHost, open_simulated_host
 from jobctl.testing._simulated import (
     SimulatedVM,
     drawn_monitor_faults,
@@ -207,6 +208,7 @@ __all__ = [
     "DomainPlan",
     "Fail",
     "FaultKind",
+    "FaultPolicy",
     "FlowError",
     "InvariantChecker",
     "InvariantViolation",
@@ -221,6 +223,7 @@ __all__ = [
     "ScriptedMonitor",
     "ScriptedMonitorStatistics",
     "ScriptedReplyError",
+    "SimulatedQemuHost",
     "SimulatedVM",
     "Step",
     "SteppedRun",
@@ -238,6 +241,7 @@ __all__ = [
     "format_event",
     "format_events",
     "monitor_faults",
+    "open_simulated_host",
     "open_simulated_vm",
     "play_plan",
     "regular_job_plans",

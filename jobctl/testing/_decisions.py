@@ -17,8 +17,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Final, final
 
-from jobctl._info import DomainStatistics
-from jobctl._trace import TraceEvent, TraceKind
+from jobctl._core._info import DomainStatistics
+from jobctl._core._trace import TraceEvent, TraceKind
 from jobctl.testing import _spec as spec
 
 __all__ = ["INSTANT", "REAL_TIME_INSTANT", "DecisionChecker"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from jobctl._trace import TraceEvent
+from jobctl._core._trace import TraceEvent
 
 __all__ = ["format_event", "format_events"]
 

@@ -56,8 +56,8 @@ from typing import Final, final
 
 import attrs
 
-from jobctl._info import DomainStatistics
-from jobctl._trace import TraceEvent, TraceKind
+from jobctl._core._info import DomainStatistics
+from jobctl._core._trace import TraceEvent, TraceKind
 from jobctl.testing._decisions import INSTANT, DecisionChecker
 from jobctl.testing._format import format_events
 

@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._errors import MonitorClosedError, MonitorError
+from jobctl._core._errors import MonitorClosedError, MonitorError
 
 __all__ = [
     "FaultKind",

@@ -14,7 +14,7 @@ from typing import Any, final
 
 import attrs
 
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._kinds import AsyncJob, Job
 from jobctl.testing._monitor import MonitorFault
 
 __all__ = [

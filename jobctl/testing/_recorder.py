@@ -11,7 +11,7 @@ import sniffio
 import trio
 import trio.testing
 
-from jobctl._trace import TraceEvent, TraceHub, TraceKind, TraceSubscription
+from jobctl._core._trace import TraceEvent, TraceHub, TraceKind, TraceSubscription
 from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
 from jobctl.testing._format import format_events
 from jobctl.testing._invariants import InvariantChecker

@@ -13,8 +13,8 @@ import attrs
 import trio
 import trio.testing
 
-from jobctl._domain import ActiveAsyncJob, Domain, MonitorSession
-from jobctl._errors import (
+from jobctl._core._domain import ActiveAsyncJob, Domain, MonitorSession
+from jobctl._core._errors import (
     JobAbortedError,
     JobBusyError,
     JobQueueFullError,
@@ -23,8 +23,8 @@ from jobctl._errors import (
     MonitorClosedError,
     MonitorError,
 )
-from jobctl._kinds import AsyncJob, Job
-from jobctl._trace import TraceEvent
+from jobctl._core._kinds import AsyncJob, Job
+from jobctl._core._trace import TraceEvent
 from jobctl.testing._invariants import InvariantChecker, InvariantViolation, Violation
 from jobctl.testing._monitor import ScriptedMonitor
 from jobctl.testing._plans import (

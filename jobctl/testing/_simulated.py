@@ -11,8 +11,8 @@ from typing import Final, final
 
 import attrs
 
-from jobctl._domain import Domain
-from jobctl._trace import TraceHub
+from jobctl._core._domain import Domain
+from jobctl._core._trace import TraceHub
 from jobctl.qmp import QMPClient, open_qmp_stream
 from jobctl.testing._monitor import FaultKind, MonitorFault
 from jobctl.testing._plans import DomainPlan

@@ -14,7 +14,7 @@ from typing import Final
 import attrs
 from hypothesis import strategies as st
 
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._kinds import AsyncJob, Job
 from jobctl.testing._monitor import FaultKind, MonitorFault
 from jobctl.testing._plans import (
     AbortPlan,

@@ -14,7 +14,7 @@ import sniffio
 
 import jobctl
 from jobctl import AsyncJob, Job, TraceKind
-from jobctl._queue import WaitQueue
+from jobctl._core._queue import WaitQueue
 
 from ._support import MemoryMonitor, Recorder
 from .test_decisions import checked, destroy_quietly, elsewhere
@@ -367,7 +367,8 @@ async def test_a_session_whose_job_ended_while_it_waited_is_dropped() -> None:
     """A task of the job waits for the monitor; the job's own block ends
     meanwhile: when the monitor is free, that session is dropped (traced),
     its task gets JobStateError (the session stays closed), and the next
-    waiter gets the monitor. A dropped session that was cancelled at the same time just ends cancelled."""
+    waiter gets the monitor. A dropped session that was cancelled at the
+    same time just ends cancelled."""
     recorder = Recorder()
     dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
     errors: list[str] = []

@@ -1,6 +1,6 @@
 # ruff: noqa: E501 (the pinned traces are one event a line)
 """The trace's shape, pinned: every event kind with its detail fields, as
-``docs/CORE_API.md`` and ``jobctl/_trace.py`` document them, on trio and
+``docs/CORE_API.md`` and ``jobctl/_core/_trace.py`` document them, on trio and
 asyncio. Consumers (the feed, the checker, the metrics) read these fields by
 name; a change here is a schema change (``TRACE_SCHEMA_VERSION``).
 

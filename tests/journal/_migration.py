@@ -19,7 +19,11 @@ import anyio
 import anyio.abc
 
 from jobctl import AsyncJob, Domain, MonitorClosedError
-from jobctl.journal import AsyncJobRecord, open_journal, recover
+from jobctl.journal import (
+    AsyncJobRecord,
+    open_journal,
+    recover,
+)
 from jobctl.qmp import EventSubscription, QMPClient, open_qmp_unix
 
 from ._killpoint import KillPointMonitor

@@ -7,7 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobctl.journal import BackendState, BackendStatus
+from jobctl.journal import (
+    BackendState,
+    BackendStatus,
+)
 from jobctl.journal._rows import ASYNC_JOBS, COMMANDS, ENTITIES, TASKS, RowContext
 
 

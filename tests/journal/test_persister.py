@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from jobctl import AsyncJob, Domain, Job
-from jobctl.journal import open_journal
+from jobctl.journal import (
+    open_journal,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -15,12 +15,14 @@ from jobctl import Domain, Job
 from jobctl.journal import (
     CommandState,
     EndContext,
-    QemuBlockJobs,
     TaskSpec,
     TaskState,
     follow_command,
     open_journal,
     recover,
+)
+from jobctl.qemu import (
+    QemuBlockJobs,
 )
 from jobctl.qmp import QMPClient, open_qmp_stream
 from simulators.qemu import BackupModel, Disk, SimulatedQemu

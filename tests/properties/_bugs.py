@@ -21,10 +21,10 @@ from typing import Final
 import attrs
 import pytest
 
-import jobctl._domain
-import jobctl._trace
+import jobctl._core._domain
+import jobctl._core._trace
 
-_MODULES: Final = {"domain": jobctl._domain, "trace": jobctl._trace}
+_MODULES: Final = {"domain": jobctl._core._domain, "trace": jobctl._core._trace}
 
 
 def _shape(code: types.CodeType) -> object:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-import jobctl._domain
+import jobctl._core._domain
 from jobctl import Domain, Job, TraceKind
 from jobctl.testing import InvariantViolation, ScriptedMonitor, TraceRecorder
 
@@ -64,7 +64,7 @@ async def test_the_checker_catches_an_untraced_hand_off(monkeypatch: pytest.Monk
     for a job that never entered: invariant 1 must flag exactly that."""
     plant_edit(
         monkeypatch,
-        jobctl._domain,
+        jobctl._core._domain,
         '        self._emit(TraceKind.MONITOR_ENTER, session._job, {"waited": waited})',
         "        pass  # BUG: the hand-off is not traced",
     )

@@ -10,13 +10,15 @@ import attrs
 from jobctl import Domain
 from jobctl.qemu import (
     VM,
-    FaultPolicy,
     MachineSpec,
-    SimulatedQemuHost,
-    open_simulated_host,
     start,
 )
-from jobctl.testing import TraceRecorder
+from jobctl.testing import (
+    FaultPolicy,
+    SimulatedQemuHost,
+    TraceRecorder,
+    open_simulated_host,
+)
 from simulators.qemu import ConcurrencyDetector, MigrationModel, SimulatedHost
 
 #: Migrations of 64 MiB at 1 GiB/s: about a tenth of a second.

@@ -8,7 +8,15 @@ import anyio
 import pytest
 
 from jobctl import Job, JobAbortedError, TraceKind
-from jobctl.qemu import VM, BackupError, BackupTarget, NotRunningError, backup, destroy, domstats
+from jobctl.qemu import (
+    VM,
+    BackupError,
+    BackupTarget,
+    NotRunningError,
+    backup,
+    destroy,
+    domstats,
+)
 from simulators.qemu import BackupModel, ErrorReply, FaultPlan, FaultRule
 
 from ._support import cluster

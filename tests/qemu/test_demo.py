@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from jobctl._cli import main
-from jobctl.qemu._demo import DemoConfig, DemoReport, run_demo
+from jobctl.cli import main
+from jobctl.demo import DemoConfig, DemoReport, run_demo
 from jobctl.qemu._latency import LatencySummary
 from simulators.qemu import ErrorReply, FaultPlan, FaultRule
 

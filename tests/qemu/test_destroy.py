@@ -30,7 +30,6 @@ from jobctl import (
 from jobctl.qemu import (
     VM,
     BackupTarget,
-    FaultPolicy,
     MigrationError,
     MigrationOptions,
     RestoreError,
@@ -38,11 +37,17 @@ from jobctl.qemu import (
     destroy,
     domstats,
     migrate,
-    open_simulated_host,
     restore,
     save,
 )
-from jobctl.testing import INSTANT, REAL_TIME_INSTANT, InvariantChecker, TraceRecorder
+from jobctl.testing import (
+    INSTANT,
+    REAL_TIME_INSTANT,
+    FaultPolicy,
+    InvariantChecker,
+    TraceRecorder,
+    open_simulated_host,
+)
 from simulators.qemu import (
     BackupModel,
     ConcurrencyDetector,

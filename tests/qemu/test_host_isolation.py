@@ -26,10 +26,12 @@ from jobctl.qemu import (
     backup,
     domstats,
     open_qemu_host,
-    open_simulated_host,
     start,
 )
 from jobctl.qmp import QMPProtocolError
+from jobctl.testing import (
+    open_simulated_host,
+)
 from simulators.qemu import BackupModel, FaultPlan, FaultRule, Garbage
 from tests._requires import require_qemu
 

@@ -29,7 +29,12 @@ import attrs
 import pytest
 
 from jobctl import AsyncJob, AsyncJobInfo, Domain, Job
-from jobctl.journal import AsyncJobRecord, RecoveryError, open_journal, recover
+from jobctl.journal import (
+    AsyncJobRecord,
+    RecoveryError,
+    open_journal,
+    recover,
+)
 from jobctl.qemu import (
     DESTINATION_QMP,
     QMP,

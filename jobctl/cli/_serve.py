@@ -16,9 +16,8 @@ from typing import Any
 
 import trio
 
-from jobctl._argtypes import bounded_float, bounded_int, port
-
-from ._feed import (
+from jobctl.cli._argtypes import bounded_float, bounded_int, port
+from jobctl.feed._feed import (
     DEFAULT_BUFFER,
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CLIENTS,
@@ -26,8 +25,8 @@ from ._feed import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
 )
-from ._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
-from ._workload import simulated_workload
+from jobctl.feed._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
+from jobctl.feed._workload import simulated_workload
 
 __all__ = [
     "MAX_BUFFER",

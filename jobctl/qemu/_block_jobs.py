@@ -7,11 +7,10 @@ from typing import Any, final
 
 import anyio.lowlevel
 
-from jobctl._domain import Domain
-from jobctl._errors import MonitorClosedError, MonitorError
-from jobctl._kinds import Job
-
-from ._backend import BackendState, BackendStatus
+from jobctl._core._domain import Domain
+from jobctl._core._errors import MonitorClosedError, MonitorError
+from jobctl._core._kinds import Job
+from jobctl.journal._backend import BackendState, BackendStatus
 
 __all__ = ["QemuBlockJobs"]
 

@@ -19,8 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobctl.feed import _serve_cli
-    from jobctl.qemu import _demo_cli
+    from jobctl.cli import _demo as _demo_cli
+    from jobctl.cli import _serve as _serve_cli
 
     parser = _Parser(prog="jobctl", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -41,7 +41,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._errors import (
+from jobctl._core._errors import (
     JobAbortedError,
     JobBusyError,
     JobError,
@@ -49,18 +49,18 @@ from jobctl._errors import (
     JobStateError,
     JobTimeoutError,
 )
-from jobctl._info import (
+from jobctl._core._info import (
     AsyncJobInfo,
     DomainInfo,
     DomainStatistics,
     RegularJobInfo,
     WaiterInfo,
 )
-from jobctl._kinds import DEFAULT_ALLOWED, AsyncJob, Job
-from jobctl._monitor import Monitor
-from jobctl._queue import WaitQueue
-from jobctl._tasks import current_task_key
-from jobctl._trace import TraceHub, TraceKind, default_trace_hub
+from jobctl._core._kinds import DEFAULT_ALLOWED, AsyncJob, Job
+from jobctl._core._monitor import Monitor
+from jobctl._core._queue import WaitQueue
+from jobctl._core._tasks import current_task_key
+from jobctl._core._trace import TraceHub, TraceKind, default_trace_hub
 
 __all__ = [
     "AbortHook",

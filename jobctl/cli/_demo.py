@@ -22,11 +22,11 @@ from typing import Any, TextIO, final
 
 import trio
 
-from jobctl._argtypes import bounded_int, port
-from jobctl._errors import JobError
+from jobctl._core._errors import JobError
+from jobctl._core._trace import TraceHub
 from jobctl._groups import unwrap_single
-from jobctl._trace import TraceHub
-from jobctl.qemu._demo import (
+from jobctl.cli._argtypes import bounded_int, port
+from jobctl.demo import (
     JOBS,
     NOUNS,
     DemoConfig,
@@ -70,7 +70,7 @@ INTERRUPT_BOUND = 5.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options (and the live feed's, for ``--serve``)."""
-    from jobctl.feed._serve_cli import add_feed_arguments
+    from jobctl.cli._serve import add_feed_arguments
 
     parser.add_argument(
         "--migrations",
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         config = _config(args)
         feed = None
         if args.serve:
-            from jobctl.feed._serve_cli import feed_options
+            from jobctl.cli._serve import feed_options
 
             feed = feed_options(args)
     except ValueError as exc:  # includes the feed's FeedConfigError

@@ -8,7 +8,7 @@ from typing import Any, final
 
 import attrs
 
-from jobctl._kinds import AsyncJob, Job
+from jobctl._core._kinds import AsyncJob, Job
 
 __all__ = ["AsyncJobInfo", "DomainInfo", "DomainStatistics", "RegularJobInfo", "WaiterInfo"]
 

@@ -24,9 +24,9 @@ from typing import Any, Final, final
 import anyio
 import attrs
 
-from jobctl._domain import Domain
-from jobctl._errors import JobError
-from jobctl._trace import TraceEvent, TraceHub, TraceKind
+from jobctl._core._domain import Domain
+from jobctl._core._errors import JobError
+from jobctl._core._trace import TraceEvent, TraceHub, TraceKind
 from jobctl.qemu._backup import BackupTarget, backup
 from jobctl.qemu._domstats import domstats
 from jobctl.qemu._latency import LatencyHistogram, LatencySummary
@@ -436,7 +436,7 @@ async def open_demo_hosts(
         finally:
             shutil.rmtree(storage, ignore_errors=True)
         return
-    from jobctl.qemu._sim_host import open_simulated_host
+    from jobctl.testing._sim_host import open_simulated_host
     from simulators.qemu import SimulatedHost
 
     sim = SimulatedHost(network=True)

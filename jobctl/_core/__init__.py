@@ -1,0 +1,76 @@
+"""The job core: domains, regular and async jobs, sections, the monitor lock.
+
+It knows nothing of QMP's commands: a :class:`Monitor` is any serial
+channel with ``execute(command, arguments)``. Public names are re-exported
+from :mod:`jobctl`; nothing here imports another part of jobctl.
+"""
+
+from jobctl._core._domain import (
+    AbortHook,
+    ActiveAsyncJob,
+    ActiveJob,
+    AsyncJobPersister,
+    Domain,
+    MonitorSession,
+)
+from jobctl._core._errors import (
+    JobAbortedError,
+    JobBusyError,
+    JobError,
+    JobQueueFullError,
+    JobStateError,
+    JobTimeoutError,
+    MonitorClosedError,
+    MonitorError,
+)
+from jobctl._core._info import (
+    AsyncJobInfo,
+    DomainInfo,
+    DomainStatistics,
+    RegularJobInfo,
+    WaiterInfo,
+)
+from jobctl._core._kinds import DEFAULT_ALLOWED, AsyncJob, Job
+from jobctl._core._monitor import Monitor
+from jobctl._core._trace import (
+    TRACE_SCHEMA_VERSION,
+    TraceEvent,
+    TraceHub,
+    TraceKind,
+    TraceListener,
+    TraceSubscription,
+    default_trace_hub,
+)
+
+__all__ = [
+    "DEFAULT_ALLOWED",
+    "TRACE_SCHEMA_VERSION",
+    "AbortHook",
+    "ActiveAsyncJob",
+    "ActiveJob",
+    "AsyncJob",
+    "AsyncJobInfo",
+    "AsyncJobPersister",
+    "Domain",
+    "DomainInfo",
+    "DomainStatistics",
+    "Job",
+    "JobAbortedError",
+    "JobBusyError",
+    "JobError",
+    "JobQueueFullError",
+    "JobStateError",
+    "JobTimeoutError",
+    "Monitor",
+    "MonitorClosedError",
+    "MonitorError",
+    "MonitorSession",
+    "RegularJobInfo",
+    "TraceEvent",
+    "TraceHub",
+    "TraceKind",
+    "TraceListener",
+    "TraceSubscription",
+    "WaiterInfo",
+    "default_trace_hub",
+]
