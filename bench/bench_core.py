@@ -2,7 +2,9 @@
 runs one no-op command, against a bare ``anyio.Lock`` acquire/release around
 the same no-op, in one run, on trio and asyncio. Then the job's cost per
 domain count (10 to 10,000 domains, jobs spread round-robin), which should
-stay flat because domains share no state.
+stay flat because domains share no state. The no-op is a command to a
+``jobctl.testing.ScriptedMonitor`` that answers at once (one checkpoint, as
+any real await would).
 
 Run: ``python bench/bench_core.py`` (``--quick`` for a short run).
 """
@@ -11,22 +13,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 
 import jobctl
 from jobctl import Job
-
-
-class NoopMonitor:
-    """Answers at once (one checkpoint, as any real await would)."""
-
-    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        await anyio.lowlevel.checkpoint()
-        return None
+from jobctl.testing import ScriptedMonitor
 
 
 async def _time_loop(n: int, body: Callable[[int], Awaitable[None]]) -> float:
@@ -38,7 +32,7 @@ async def _time_loop(n: int, body: Callable[[int], Awaitable[None]]) -> float:
 
 async def bare_lock(n: int) -> float:
     lock = anyio.Lock()
-    mon = NoopMonitor()
+    mon = ScriptedMonitor()
 
     async def body(i: int) -> None:
         async with lock:
@@ -48,7 +42,7 @@ async def bare_lock(n: int) -> float:
 
 
 async def job_layer(n: int, domains: int = 1, traced: bool = False) -> float:
-    mon = NoopMonitor()
+    mon = ScriptedMonitor()
     hub = jobctl.TraceHub()
     if traced:
         hub.subscribe(lambda event: None)

@@ -27,7 +27,7 @@ import tempfile
 
 import anyio
 
-from jobctl import Domain, JobError
+from jobctl import Domain
 from jobctl.qemu import (
     VM,
     Machine,
@@ -40,7 +40,7 @@ from jobctl.qemu import (
     start,
 )
 from jobctl.qemu._latency import LatencySummary
-from jobctl.qmp import open_qmp_unix
+from jobctl.qmp import QMPError, open_qmp_unix
 
 MiB = 1 << 20
 RAW_COMMANDS = ("query-status", "query-blockstats", "query-migrate")
@@ -63,7 +63,7 @@ async def raw_loop(machine: Machine, samples: list[float], done: anyio.Event) ->
                 for command in RAW_COMMANDS:
                     await qmp.execute(command)
                 samples.append(anyio.current_time() - began)
-    except JobError:  # the source QEMU quit at the end of the migration
+    except QMPError:  # the source QEMU quit at the end of the migration
         pass
 
 

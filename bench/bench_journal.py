@@ -30,11 +30,11 @@ from typing import Any, Literal
 
 import anyio
 
+from jobctl import Entity
 from jobctl.journal import (
     BackendState,
     BackendStatus,
     EndContext,
-    EntityRef,
     Journal,
     SqliteJournalStore,
     TaskSpec,
@@ -130,8 +130,8 @@ async def populate(path: Path, commands: int) -> tuple[set[str], set[str]]:
 
         async def one(c: int) -> None:
             specs = [TaskSpec(f"disk{i}", "storage", backend_id=f"j{c}-{i}") for i in range(4)]
-            entities = [EntityRef("vm", f"vm{c % 100}")]
-            entities += [EntityRef("disk", f"vm{c}-disk{i}") for i in range(4)]
+            entities = [Entity("vm", f"vm{c % 100}").exclusive()]
+            entities += [Entity("disk", f"vm{c}-disk{i}").exclusive() for i in range(4)]
             command = await journal.begin_command(
                 "remove_vm", specs, entities=entities, command_id=f"c{c}"
             )
@@ -229,7 +229,7 @@ def baseline_entity_query(path: Path, n: int) -> float:
 
 async def journal_entity_queries(path: Path, n: int, readers: int) -> float:
     async with open_journal(path) as journal:
-        await journal.begin_command("stats", [], entities=[EntityRef("vm", "vm7", shared=True)])
+        await journal.begin_command("stats", [], entities=[Entity("vm", "vm7").shared()])
         assert await journal.entity_busy("vm", "vm7")
         assert not await journal.entity_busy("vm", "vm8")
         start = time.perf_counter()

@@ -30,7 +30,7 @@ import time
 
 import anyio
 
-from jobctl.restore import MemoryTarget, RestoreReport, SimulatedChunkStore, restore
+from jobctl.restore import MemoryTarget, RestoreReport, SimulatedChunkStore, restore_image
 
 CONCURRENCIES = (1, 2, 4, 8, 16, 32)
 
@@ -41,7 +41,9 @@ def run_row(
     source = SimulatedChunkStore(image, chunk, latency=latency)
     target = MemoryTarget(len(image), write_cost=cost)
     started = time.perf_counter()
-    report = anyio.run(lambda: restore(source, target, concurrency=concurrency), backend=backend)
+    report = anyio.run(
+        lambda: restore_image(source, target, concurrency=concurrency), backend=backend
+    )
     elapsed = time.perf_counter() - started
     if bytes(target.data) != image:
         raise SystemExit(f"concurrency {concurrency}: the restored data differs from the image")

@@ -17,12 +17,12 @@ restore        ``vm`` exclusive, ``chain`` shared    a restore has its VM alone
 =============  ===================================  ===========================
 
 At most 6 backups run at once (``kind_limits``), so deletes and restores
-still find workers. Each VM is a :class:`jobctl.Domain` with a tiny
-in-memory monitor; a backup is a BACKUP async job on its domain and a
-restore a RESTORE async job, and both are begun with ``timeout=0``: if the
-entity locks ever let two jobs of one VM overlap, the domain refuses at once
-and the command fails, so a clean run also shows the locks kept the domains
-free of contention.
+still find workers. Each VM is a :class:`jobctl.Domain` with an in-memory
+monitor (:class:`jobctl.testing.ScriptedMonitor`); a backup is a BACKUP
+async job on its domain and a restore a RESTORE async job, and both are
+begun with ``timeout=0``: if the entity locks ever let two jobs of one VM
+overlap, the domain refuses at once and the command fails, so a clean run
+also shows the locks kept the domains free of contention.
 
 Time: the work is modelled with ``anyio.sleep`` (a backup copies for 2-20
 minutes) on trio's ``MockClock``, which jumps ahead whenever every task
@@ -49,7 +49,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
-import anyio.lowlevel
 import attrs
 from trio.testing import MockClock
 
@@ -58,12 +57,13 @@ from jobctl.host import (
     Command,
     CommandContext,
     CommandExecutor,
-    CommandState,
     Entity,
+    ExecutionState,
     ExecutorSummary,
     LockMode,
     Need,
 )
+from jobctl.testing import ScriptedMonitor
 
 TAKE: Final = "take-backup"
 DELETE: Final = "delete-backup"
@@ -79,18 +79,6 @@ Progress = Callable[[Mapping[str, Any]], None]
 
 
 # -- the simulated host ---------------------------------------------------------
-
-
-class SimMonitor:
-    """An in-memory VM monitor: answers every command with ``{}`` and logs it."""
-
-    def __init__(self) -> None:
-        self.log: list[str] = []
-
-    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        await anyio.lowlevel.checkpoint()
-        self.log.append(command)
-        return {}
 
 
 @attrs.frozen
@@ -111,7 +99,7 @@ class SimVM:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.domain = Domain(name, monitor=SimMonitor(), wait_timeout=0)
+        self.domain = Domain(name, monitor=ScriptedMonitor(), wait_timeout=0)
         self.data = f"{name}:installed"
         self.chain: list[Backup] = []
         self.taken = 0
@@ -355,7 +343,7 @@ async def run_parallel(
     outcomes = []
     for handle in handles:
         report = handle.report()
-        assert report.state in (CommandState.SUCCEEDED, CommandState.FAILED), report
+        assert report.state in (ExecutionState.SUCCEEDED, ExecutionState.FAILED), report
         outcomes.append(_outcome_of(report.error, None if report.error else await handle.result()))
     return RunResult(
         host.state(),
@@ -448,7 +436,7 @@ def kind_table(summary: ExecutorSummary) -> list[str]:
         reports = [report for report in summary.reports if report.kind == kind]
         queued = [report.queued_for or 0.0 for report in reports]
         ran = [report.ran_for for report in reports if report.ran_for is not None]
-        failed = sum(report.state is CommandState.FAILED for report in reports)
+        failed = sum(report.state is ExecutionState.FAILED for report in reports)
         mean_ran = sum(ran) / len(ran) if ran else 0.0
         lines.append(
             f"  {kind:<9} {len(reports):>8} {failed:>6} "

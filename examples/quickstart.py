@@ -1,27 +1,18 @@
 """The README's tour: a migration that lets domstats queries in, and only in
-its interruptible sections. Runs on trio with an in-memory monitor.
+its interruptible sections. Runs on trio with an in-memory monitor
+(:class:`jobctl.testing.ScriptedMonitor`) in place of the VM's QMP monitor.
 
 Run: ``python examples/quickstart.py``
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import anyio
 import trio
 
 import jobctl
 from jobctl import AsyncJob, Job
-
-
-class EchoMonitor:
-    """A stand-in for the VM's QMP monitor: answers every command after 10 ms."""
-
-    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        await anyio.sleep(0.01)
-        return {"command": command}
+from jobctl.testing import ScriptedMonitor
 
 
 async def domstats(dom: jobctl.Domain, log: list[str]) -> None:
@@ -32,7 +23,8 @@ async def domstats(dom: jobctl.Domain, log: list[str]) -> None:
 
 
 async def main() -> list[str]:
-    dom = jobctl.Domain("vm1", monitor=EchoMonitor(), wait_timeout=5)
+    # A stand-in for the VM's QMP monitor: answers every command after 10 ms.
+    dom = jobctl.Domain("vm1", monitor=ScriptedMonitor(latency=0.01), wait_timeout=5)
     log: list[str] = []
     async with anyio.create_task_group() as tg:
         async with dom.async_job(AsyncJob.MIGRATION_OUT, owner="migrate") as ajob:

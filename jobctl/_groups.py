@@ -16,7 +16,7 @@ async def unwrap_single() -> AsyncIterator[None]:
     Where the background tasks never raise (jobctl.qmp's reader and writer,
     jobctl.qemu's hosts), a group with one exception holds the error of the
     ``async with`` body, which is what the caller should see (a
-    ``MigrationError`` or ``MonitorClosedError``, not a group of one).
+    ``MigrationError`` or ``QMPClosedError``, not a group of one).
     """
     try:
         yield

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from jobctl.cli import build_parser, main
-from jobctl.cli._demo import INTERRUPT_BOUND, MAX_BANDWIDTH, MAX_DOMAINS
 
 #: Options that take text, not numbers.
 TEXT_OPTIONS = {"--listen", "--token"}
@@ -31,6 +30,21 @@ def subcommand(name: str) -> argparse.ArgumentParser:
     chosen = sub.choices[name]
     assert isinstance(chosen, argparse.ArgumentParser)
     return chosen
+
+
+def stated_maximum(command: str, option: str) -> int:
+    """The largest value ``jobctl COMMAND --help`` states for ``option``."""
+    (action,) = (a for a in subcommand(command)._actions if option in a.option_strings)
+    found = re.search(r"\.\.(\d+)", action.help or "")
+    assert found is not None, action.help
+    return int(found.group(1))
+
+
+MAX_DOMAINS = stated_maximum("demo", "--domains")
+MAX_BANDWIDTH = stated_maximum("demo", "--bandwidth")
+#: ``jobctl demo``'s promise: seconds from Ctrl-C to its exit, every VM
+#: stopped (on the simulator, at the most ``--domains``).
+INTERRUPT_BOUND = 5.0
 
 
 def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -13,6 +13,7 @@ from jobctl._core._domain import (
     Domain,
     MonitorSession,
 )
+from jobctl._core._entity import Entity, LockMode, Need
 from jobctl._core._errors import (
     JobAbortedError,
     JobBusyError,
@@ -20,8 +21,17 @@ from jobctl._core._errors import (
     JobQueueFullError,
     JobStateError,
     JobTimeoutError,
-    MonitorClosedError,
-    MonitorError,
+)
+from jobctl._core._fold import (
+    TracedAsyncJob,
+    TracedBarrier,
+    TracedDomain,
+    TracedJob,
+    TracedMonitor,
+    TracedSection,
+    TracedWaiter,
+    fold_event,
+    fold_trace,
 )
 from jobctl._core._info import (
     AsyncJobInfo,
@@ -54,6 +64,7 @@ __all__ = [
     "Domain",
     "DomainInfo",
     "DomainStatistics",
+    "Entity",
     "Job",
     "JobAbortedError",
     "JobBusyError",
@@ -61,16 +72,25 @@ __all__ = [
     "JobQueueFullError",
     "JobStateError",
     "JobTimeoutError",
+    "LockMode",
     "Monitor",
-    "MonitorClosedError",
-    "MonitorError",
     "MonitorSession",
+    "Need",
     "RegularJobInfo",
     "TraceEvent",
     "TraceHub",
     "TraceKind",
     "TraceListener",
     "TraceSubscription",
+    "TracedAsyncJob",
+    "TracedBarrier",
+    "TracedDomain",
+    "TracedJob",
+    "TracedMonitor",
+    "TracedSection",
+    "TracedWaiter",
     "WaiterInfo",
     "default_trace_hub",
+    "fold_event",
+    "fold_trace",
 ]

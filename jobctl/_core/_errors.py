@@ -1,8 +1,10 @@
 """The exceptions of jobctl's job core.
 
-Every error a caller of the job core can meet is a :class:`JobError`, so a
-manager can catch the whole family in one place and still tell the cases
-apart by type.
+Every error the job core raises is a :class:`JobError`, one level below it
+and named by the situation a caller handles, so a manager can catch the
+whole family in one place and still tell the cases apart by type. What a
+monitor raises (an error reply, a channel that is gone) is the monitor's
+own error: the core passes it on unchanged.
 """
 
 from __future__ import annotations
@@ -14,26 +16,27 @@ __all__ = [
     "JobQueueFullError",
     "JobStateError",
     "JobTimeoutError",
-    "MonitorClosedError",
-    "MonitorError",
 ]
 
 
 class JobError(Exception):
-    """Base class of every error raised by jobctl's job layer."""
+    """Base class of every error raised by jobctl's job core."""
 
 
-class JobTimeoutError(JobError):
-    """A job could not begin within its wait timeout.
+class JobTimeoutError(JobError, TimeoutError):
+    """A job (or a monitor entry) waited for its timeout and could not begin.
 
     The message names the domain, the job that could not begin and who holds
-    the domain (kind, owner, how long, phase, interruptible or not).
+    the domain (kind, owner, how long, phase, interruptible or not). A
+    ``timeout=0`` that finds the domain taken is this too: it waited for
+    nothing, and timed out.
     """
 
 
-class JobBusyError(JobTimeoutError):
+class JobBusyError(JobError):
     """A ``nowait`` request (a job's begin, or a monitor entry) could not go
-    on at once: a :class:`JobTimeoutError` with a zero timeout."""
+    on at once, and was refused without waiting. Not a :class:`TimeoutError`:
+    nothing was waited for. The message names who holds the domain."""
 
 
 class JobQueueFullError(JobError):
@@ -56,12 +59,3 @@ class JobAbortedError(JobError):
     def __init__(self, message: str, *, reason: str = "aborted") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class MonitorError(JobError):
-    """Base class of errors that come from a monitor (the VM's control channel)."""
-
-
-class MonitorClosedError(MonitorError):
-    """The monitor is gone: end of stream, a reset, a broken reply or a dead
-    process. Every waiter on the monitor fails with this at once."""

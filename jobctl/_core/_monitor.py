@@ -20,10 +20,10 @@ class Monitor(Protocol):
     Contract for implementations:
 
     * ``execute`` sends ``command`` with ``arguments`` and returns the reply's
-      value; an error reply raises a subclass of
-      :class:`~jobctl.MonitorError`; a channel that is gone (end of stream,
-      reset, dead process, broken reply) raises
-      :class:`~jobctl.MonitorClosedError`.
+      value. An error reply, or a channel that is gone (end of stream, reset,
+      dead process, broken reply), raises the channel's own exception for it:
+      the job core passes that on to the caller unchanged, and never raises
+      one of its own for it.
     * Cancellation: if ``execute`` is cancelled after the command was written,
       the command is still in flight. The implementation must not write
       another command on this channel until that reply has arrived or the

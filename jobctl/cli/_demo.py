@@ -35,7 +35,9 @@ from jobctl.demo import (
     open_demo_hosts,
     run_demo,
 )
+from jobctl.qemu._errors import FlowError
 from jobctl.qemu._migration import UNLIMITED_BANDWIDTH
+from jobctl.qmp import QMPError
 
 __all__ = [
     "INTERRUPT_BOUND",
@@ -280,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     try:
         trio.run(_main, demo, args.qemu, args.json, feed)
-    except (JobError, OSError) as exc:
+    except (JobError, FlowError, QMPError, OSError) as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""``jobctl serve``: the live job feed and its timeline page, over a simulated workload.
+"""``jobctl serve``: the live job feed and its timeline page, over a simulated
+workload (:func:`jobctl.demo.simulated_workload`: the QEMU flows on simulated hosts).
 
 ``jobctl demo --serve`` reuses :func:`add_feed_arguments` and
 :func:`feed_options` so that both commands take the same options.
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 
 from jobctl.cli._argtypes import bounded_float, bounded_int, port
+from jobctl.demo._workload import simulated_workload
 from jobctl.feed._feed import (
     DEFAULT_BUFFER,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -26,7 +28,6 @@ from jobctl.feed._feed import (
     DEFAULT_PING_TIMEOUT,
 )
 from jobctl.feed._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
-from jobctl.feed._workload import simulated_workload
 
 __all__ = [
     "MAX_BUFFER",
@@ -47,7 +48,8 @@ MAX_BUFFER = 65536
 MAX_CONNECTIONS = 4096
 #: Timeouts and intervals, in seconds: from 0.1 s to an hour.
 _SECONDS = bounded_float(0.1, 3600.0, "seconds")
-#: ``jobctl serve --domains``: the simulated workload runs 3 tasks per domain.
+#: ``jobctl serve --domains``: the simulated workload runs a simulated QEMU
+#: and 2 tasks per domain (and a second QEMU while it migrates).
 MAX_SERVE_DOMAINS = 256
 #: ``jobctl serve --duration``: 30 days (no option: until interrupted).
 MAX_DURATION = 30 * 24 * 3600.0
@@ -163,7 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--domains",
         type=bounded_int(1, MAX_SERVE_DOMAINS),
         default=3,
-        help=f"simulated domains (1..{MAX_SERVE_DOMAINS}, default: 3)",
+        help="simulated VMs, each a domain on both simulated hosts "
+        f"(1..{MAX_SERVE_DOMAINS}, default: 3)",
     )
     group.add_argument(
         "--seed",

@@ -5,6 +5,9 @@ domstats in a tight loop beside them, on the simulator or on real QEMU
 (:func:`open_demo_hosts`), and checks every trace event against the
 isolation invariants (:class:`jobctl.testing.InvariantChecker`). It sits
 above the flows, the test toolkit and the feed; nothing below imports it.
+
+:func:`simulated_workload` runs migrations, backups, domstats and aborts on
+simulated hosts until cancelled: what ``jobctl serve`` shows in its feed.
 """
 
 from jobctl.demo._demo import (
@@ -17,6 +20,7 @@ from jobctl.demo._demo import (
     open_demo_hosts,
     run_demo,
 )
+from jobctl.demo._workload import simulated_workload
 
 __all__ = [
     "JOBS",
@@ -27,4 +31,5 @@ __all__ = [
     "DemoReport",
     "open_demo_hosts",
     "run_demo",
+    "simulated_workload",
 ]

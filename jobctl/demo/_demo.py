@@ -29,6 +29,7 @@ from jobctl._core._errors import JobError
 from jobctl._core._trace import TraceEvent, TraceHub, TraceKind
 from jobctl.qemu._backup import BackupTarget, backup
 from jobctl.qemu._domstats import domstats
+from jobctl.qemu._errors import FlowError
 from jobctl.qemu._latency import LatencyHistogram, LatencySummary
 from jobctl.qemu._lifecycle import destroy, start
 from jobctl.qemu._machine import Host, MachineSpec
@@ -36,6 +37,7 @@ from jobctl.qemu._migration import MigrationOptions, migrate
 from jobctl.qemu._restore import restore
 from jobctl.qemu._save import save
 from jobctl.qemu._vm import VM
+from jobctl.qmp import QMPError
 from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker
 
 __all__ = [
@@ -307,7 +309,7 @@ async def _work(
                     await restore(vm, spec, path, owner="demo")
                     pair.placed()
                 counters.completed += 1
-            except JobError as exc:
+            except (JobError, FlowError, QMPError) as exc:
                 counters.failed += 1
                 samples.fail(f"{pair.name} {config.job} #{number}: {type(exc).__name__}: {exc}")
                 if pair.current.machine is None:
@@ -326,7 +328,7 @@ async def _domstats_loop(pair: _Pair, counters: DemoCounters, samples: _Samples)
         began = anyio.current_time()
         try:
             stats = await domstats(vm.domain, owner="domstats")
-        except JobError as exc:
+        except (JobError, FlowError, QMPError) as exc:
             samples.errors += 1
             samples.fail(f"{pair.name} domstats: {type(exc).__name__}: {exc}")
             await pair.wait_placed(vm)

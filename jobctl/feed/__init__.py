@@ -35,7 +35,6 @@ from ._page import PageServer
 from ._protocol import FEED_SCHEMA_VERSION, FeedProtocolError, Subscription
 from ._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
 from ._state import FeedState
-from ._workload import simulated_workload
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -57,5 +56,4 @@ __all__ = [
     "Subscription",
     "check_listen",
     "serve_feed",
-    "simulated_workload",
 ]

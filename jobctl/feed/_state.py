@@ -2,13 +2,16 @@
 
 A client that connects late gets this as its ``snapshot``, then the live
 events; together they tell it everything the timeline draws from that moment.
+Each domain's state is the core's fold of the trace (:func:`jobctl.fold_event`,
+the same the invariant checker judges); this module only keeps one per domain
+and writes them as JSON.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final, final
 
-from jobctl import TraceEvent, TraceKind
+from jobctl import TracedDomain, TraceEvent, fold_event
 
 from ._protocol import FEED_SCHEMA_VERSION, Subscription
 
@@ -22,122 +25,65 @@ def _who(e: TraceEvent) -> dict[str, Any]:
     return {"id": e.job_id, "job": e.job, "owner": e.owner}
 
 
-@final
-class _DomainState:
-    """One domain's current state; records are small dicts, replaced (not
-    mutated) once handed out in a snapshot."""
-
-    __slots__ = (
-        "async_job",
-        "barrier",
-        "command",
-        "interruptible",
-        "last_async",
-        "last_barrier",
-        "monitor",
-        "name",
-        "regular",
-        "waiters",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.async_job: dict[str, Any] | None = None
-        self.interruptible: dict[str, Any] | None = None
-        self.barrier: dict[str, Any] | None = None
-        self.last_barrier: dict[str, Any] | None = None
-        self.last_async: dict[str, Any] | None = None
-        self.regular: dict[int | None, dict[str, Any]] = {}
-        self.waiters: dict[int | None, dict[str, Any]] = {}
-        self.monitor: dict[str, Any] | None = None
-        self.command: dict[str, Any] | None = None
-
-    @property
-    def idle(self) -> bool:
-        return not (self.async_job or self.regular or self.waiters or self.monitor)
-
-    def to_json(self) -> dict[str, Any]:
-        async_job = self.async_job
-        return {
-            "name": self.name,
-            "async_job": None if async_job is None else dict(async_job),
-            "interruptible": self.interruptible,
-            "barrier": self.barrier,
-            "last_barrier": self.last_barrier,
-            "last_async": self.last_async,
-            "regular_jobs": list(self.regular.values()),
-            "waiters": list(self.waiters.values()),
-            "monitor": self.monitor,
-            "command": self.command,
+def _domain_json(state: TracedDomain) -> dict[str, Any]:
+    """One domain of a snapshot (fresh dicts: a snapshot never changes after)."""
+    ajob = state.async_job
+    async_job = interruptible = barrier = None
+    if ajob is not None:
+        async_job = {
+            **_who(ajob.begin),
+            "since": ajob.started,
+            "phase": ajob.phase,
+            "phase_since": ajob.phase_since,
+            "allowed": sorted(ajob.allowed),
+            "progress": ajob.progress,
+            "abort_requested": ajob.abort_requested,
+            "destroy_requested": ajob.destroy_requested,
         }
-
-    def fold(self, e: TraceEvent) -> None:
-        kind, t, detail = e.kind, e.time, e.detail
-        if kind is TraceKind.JOB_WAIT:
-            self.waiters[e.job_id] = {**_who(e), "since": t, "async": bool(detail.get("async"))}
-        elif kind is TraceKind.JOB_WAIT_FAILED:
-            self.waiters.pop(e.job_id, None)
-        elif kind is TraceKind.JOB_BEGIN:
-            self.waiters.pop(e.job_id, None)
-            in_section = bool(detail.get("in_section"))
-            self.regular[e.job_id] = {**_who(e), "since": t, "in_section": in_section}
-        elif kind is TraceKind.JOB_END:
-            self.regular.pop(e.job_id, None)
-        elif kind is TraceKind.ASYNC_BEGIN:
-            self.waiters.pop(e.job_id, None)
-            self.async_job = {
-                **_who(e),
-                "since": t,
-                "phase": None,
-                "phase_since": t,
-                "allowed": detail.get("allowed"),
-                "progress": None,
-                "abort_requested": None,
-                "destroy_requested": False,
-            }
-            self.interruptible = None
-        elif kind is TraceKind.ASYNC_END:
-            outcome = {"outcome": detail.get("outcome"), "error": detail.get("error")}
-            self.last_async = {**_who(e), "t": t, **outcome}
-            self.async_job = self.interruptible = self.barrier = None
-        elif kind is TraceKind.ASYNC_PHASE:
-            self._update_async(phase=detail.get("phase"), phase_since=t)
-        elif kind is TraceKind.ASYNC_ALLOWED:
-            self._update_async(allowed=detail.get("allowed"))
-        elif kind is TraceKind.ASYNC_PROGRESS:
-            self._update_async(progress=detail.get("progress"))
-        elif kind is TraceKind.ABORT_REQUEST:
-            self._update_async(abort_requested=detail.get("reason"))
-        elif kind is TraceKind.DESTROY_REQUEST:
-            self._update_async(destroy_requested=True)
-        elif kind is TraceKind.GATE_OPEN:
-            self.interruptible = {"since": t}
-        elif kind is TraceKind.GATE_CLOSE:
-            self.interruptible = None
-        elif kind is TraceKind.BARRIER_START:
-            self.barrier = {"since": t, "pending": list(detail.get("pending", ()))}
-        elif kind is TraceKind.BARRIER_END:
-            self.barrier = None
-            self.last_barrier = {"t": t, "waited": detail.get("waited")}
-        elif kind is TraceKind.MONITOR_ENTER:
-            self.monitor = {**_who(e), "since": t}
-            self.command = None
-        elif kind is TraceKind.MONITOR_EXIT:
-            if self.monitor is not None and self.monitor["id"] == e.job_id:
-                self.monitor = self.command = None
-        elif kind is TraceKind.COMMAND_SENT:
-            self.command = {"command": detail.get("command"), "id": e.job_id, "since": t}
-        elif kind is TraceKind.COMMAND_ANSWERED:
-            self.command = None
-
-    def _update_async(self, **changes: Any) -> None:
-        if self.async_job is not None:
-            self.async_job = {**self.async_job, **changes}
+        if ajob.section is not None:
+            interruptible = {"since": ajob.section.since}
+        if ajob.barrier is not None:
+            barrier = {"since": ajob.barrier.since, "pending": list(ajob.barrier.reported)}
+    last = state.completed_async_job
+    last_async = None
+    if last is not None and last.end is not None:
+        last_async = {
+            **_who(last.begin),
+            "t": last.end.time,
+            "outcome": last.outcome,
+            "error": last.error,
+        }
+    last_barrier = state.last_barrier
+    monitor = state.monitor
+    entered, command = monitor.entered, monitor.command
+    return {
+        "name": state.name,
+        "async_job": async_job,
+        "interruptible": interruptible,
+        "barrier": barrier,
+        "last_barrier": None
+        if last_barrier is None
+        else {"t": last_barrier.time, "waited": last_barrier.detail.get("waited")},
+        "last_async": last_async,
+        "regular_jobs": [
+            {**_who(j.begin), "since": j.started, "in_section": j.in_section}
+            for j in state.regular_jobs
+        ],
+        "waiters": [{**_who(w.wait), "since": w.since, "async": w.is_async} for w in state.waiters],
+        "monitor": None if entered is None else {**_who(entered), "since": entered.time},
+        "command": None
+        if command is None
+        else {
+            "command": command.detail.get("command"),
+            "id": command.job_id,
+            "since": command.time,
+        },
+    }
 
 
 @final
 class FeedState:
-    """Per-domain job state, kept current by :meth:`fold`.
+    """Per-domain job state (:class:`jobctl.TracedDomain`), kept current by :meth:`fold`.
 
     :meth:`fold` is cheap and never raises on well-formed events; it keeps at
     most ``max_domains`` domains once idle ones can be forgotten (busy ones are
@@ -151,7 +97,7 @@ class FeedState:
             raise ValueError(f"max_domains must be at least 1, not {max_domains!r}")
         self._max_domains = max_domains
         # Ordered by last activity, oldest first.
-        self._domains: dict[str, _DomainState] = {}
+        self._domains: dict[str, TracedDomain] = {}
         self.seq = 0
 
     def __len__(self) -> int:
@@ -164,9 +110,8 @@ class FeedState:
         state = domains.pop(event.domain, None)
         new = state is None
         if state is None:
-            state = _DomainState(event.domain)
-        domains[event.domain] = state
-        state.fold(event)
+            state = TracedDomain(event.domain)
+        domains[event.domain] = fold_event(state, event)
         if new and len(domains) > self._max_domains:
             self._forget_idle()
 
@@ -184,7 +129,7 @@ class FeedState:
             "t": now,
             "subscription": subscription.to_json(),
             "domains": [
-                state.to_json()
+                _domain_json(state)
                 for name, state in sorted(self._domains.items())
                 if subscription.wants_domain(name)
             ],

@@ -7,12 +7,17 @@ shared or exclusive; :class:`EntityLocks` grants them all-or-nothing, FIFO
 among conflicts, and :class:`CommandExecutor` runs the commands on a bounded
 pool of workers with kind caps, priorities, ordered groups and a bounded
 queue.
+
+:class:`Entity`, :class:`Need` and :class:`LockMode` are the core's entity
+model (``jobctl.Entity`` is ``jobctl.host.Entity``), the one the journal
+records too; they are re-exported here for lock users.
 """
 
 from __future__ import annotations
 
+from jobctl._core._entity import Entity, LockMode, Need
+
 from ._command import Command, CommandContext
-from ._entity import Entity, LockMode, Need, normalize_needs
 from ._errors import (
     CommandCancelledError,
     CommandNotRunError,
@@ -23,8 +28,8 @@ from ._errors import (
     LockConflict,
 )
 from ._executor import CommandExecutor, CommandHandle
-from ._locks import EntityLocks, EntityLocksStatistics, LockGrant
-from ._report import CommandReport, CommandState, ExecutorStatistics, ExecutorSummary
+from ._locks import EntityLocks, EntityLocksStatistics, LockGrant, normalize_needs
+from ._report import CommandReport, ExecutionState, ExecutorStatistics, ExecutorSummary
 
 __all__ = [
     "Command",
@@ -35,12 +40,12 @@ __all__ = [
     "CommandNotRunError",
     "CommandQueueFullError",
     "CommandReport",
-    "CommandState",
     "Entity",
     "EntityLockBusyError",
     "EntityLockTimeoutError",
     "EntityLocks",
     "EntityLocksStatistics",
+    "ExecutionState",
     "ExecutorClosedError",
     "ExecutorStatistics",
     "ExecutorSummary",

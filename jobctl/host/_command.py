@@ -7,8 +7,9 @@ from typing import Any, Generic, TypeVar, final
 
 import attrs
 
-from ._entity import Need, normalize_needs
-from ._locks import LockGrant, check_timeout
+from jobctl._core._entity import Need
+
+from ._locks import LockGrant, check_timeout, normalize_needs
 
 __all__ = ["Command", "CommandContext"]
 

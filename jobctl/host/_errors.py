@@ -1,4 +1,11 @@
-"""The exceptions of ``jobctl.host``: all of them are :class:`jobctl.JobError`."""
+"""The exceptions of ``jobctl.host``.
+
+Each one is named by the situation a caller handles and derives from the
+builtin exception that situation is (a lock wait that ran out is a
+:class:`TimeoutError`, a submit to an executor that is not running a
+:class:`RuntimeError`, as :mod:`concurrent.futures` has it), never from the
+job core's errors.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,7 @@ from typing import final
 
 import attrs
 
-from jobctl._core._errors import (
-    JobBusyError,
-    JobError,
-    JobQueueFullError,
-    JobStateError,
-    JobTimeoutError,
-)
-
-from ._entity import LockMode, Need
+from jobctl._core._entity import LockMode, Need
 
 __all__ = [
     "CommandCancelledError",
@@ -56,7 +55,8 @@ class LockConflict:
         )
 
 
-class EntityLockTimeoutError(JobTimeoutError):
+@final
+class EntityLockTimeoutError(TimeoutError):
     """Entity locks could not be taken within the timeout.
 
     The message names every entity that blocked the request and its holder
@@ -70,19 +70,35 @@ class EntityLockTimeoutError(JobTimeoutError):
         self.conflicts = conflicts
 
 
-class EntityLockBusyError(EntityLockTimeoutError, JobBusyError):
-    """A ``nowait`` (zero-timeout) lock request could not be granted at once."""
+@final
+class EntityLockBusyError(Exception):
+    """A ``nowait`` (zero-timeout) lock request could not be granted at once,
+    and was refused without waiting (not a :class:`TimeoutError`).
+
+    As for :class:`EntityLockTimeoutError`, the message names every entity
+    that blocked the request and its holder (or the earlier waiter);
+    ``conflicts`` holds them as :class:`LockConflict` values and ``owner``
+    is the request's owner.
+    """
+
+    def __init__(self, message: str, *, owner: str, conflicts: tuple[LockConflict, ...]) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.conflicts = conflicts
 
 
-class CommandQueueFullError(JobQueueFullError):
+@final
+class CommandQueueFullError(Exception):
     """The executor's queue is at ``max_queued``: the command was refused."""
 
 
-class ExecutorClosedError(JobStateError):
+@final
+class ExecutorClosedError(RuntimeError):
     """The executor is not running: not yet entered, stopping or stopped."""
 
 
-class CommandNotRunError(JobError):
+@final
+class CommandNotRunError(Exception):
     """The command never started: it was cancelled or the executor stopped
     while it was queued. ``reason`` says which."""
 
@@ -91,6 +107,7 @@ class CommandNotRunError(JobError):
         self.reason = reason
 
 
-class CommandCancelledError(JobError):
+@final
+class CommandCancelledError(Exception):
     """The command started and was cancelled: by its handle, or because the
     executor stopped and the grace period ran out."""

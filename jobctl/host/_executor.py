@@ -18,6 +18,10 @@ most as much as the members ahead of it (it cannot pass them anyway), so
 the queue order agrees with every group's order and nothing waits on
 something queued behind it: no deadlock.
 
+So the lock queue is a priority order, not a FIFO; the executor's own
+waiting commands are one: a :class:`WaitQueue` (the core's) in lanes by
+group, each lane in submission order, its first item the group's next head.
+
 A command's failure is its own: it is recorded in its handle and the
 summary, and the other commands go on.
 """
@@ -35,6 +39,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from jobctl._core._queue import WaitQueue
+
 from ._command import Command, CommandContext
 from ._errors import (
     CommandCancelledError,
@@ -45,7 +51,7 @@ from ._errors import (
     ExecutorClosedError,
 )
 from ._locks import EntityLocks, LockGrant, _Request, check_timeout
-from ._report import CommandReport, CommandState, ExecutorStatistics, ExecutorSummary
+from ._report import CommandReport, ExecutionState, ExecutorStatistics, ExecutorSummary
 
 __all__ = ["CommandExecutor", "CommandHandle"]
 
@@ -104,7 +110,7 @@ class _Item:
         self.priority = command.priority
         #: Whether it is its group's current command (always, without a group).
         self.head = self.group is None
-        self.state = CommandState.QUEUED
+        self.state = ExecutionState.QUEUED
         self.submitted_at = now
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -150,7 +156,7 @@ class CommandHandle(Generic[T]):
         return cast(Command[T], self._item.command)
 
     @property
-    def state(self) -> CommandState:
+    def state(self) -> ExecutionState:
         return self._item.state
 
     @property
@@ -173,7 +179,7 @@ class CommandHandle(Generic[T]):
         """Wait until the command is over; return its value or raise its error.
 
         FAILED raises the command's own exception (or
-        :class:`EntityLockTimeoutError`), CANCELLED raises
+        :class:`EntityLockTimeoutError` or :class:`EntityLockBusyError`), CANCELLED raises
         :class:`CommandCancelledError`, NOT_RUN :class:`CommandNotRunError`.
         """
         await self._item.done.wait()
@@ -230,7 +236,7 @@ class CommandExecutor:
 
     __slots__ = (
         "_counts",
-        "_groups",
+        "_heads",
         "_history",
         "_idle",
         "_ids",
@@ -274,16 +280,18 @@ class CommandExecutor:
         self._phase = _Phase.NEW
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ids = itertools.count(1)
-        # Items submitted and not started, in submission order.
-        self._waiting: dict[int, _Item] = {}
+        # Items submitted and not started, in submission order, in lanes by
+        # group (None: no group).
+        self._waiting: WaitQueue[Hashable | None, _Item] = WaitQueue()
         # Items on a worker.
         self._running: dict[int, _Item] = {}
         self._running_by_kind: collections.Counter[str] = collections.Counter()
-        # Group key -> items waiting behind the group's current command.
-        self._groups: dict[Hashable, collections.deque[_Item]] = {}
+        # Group key -> the group's current command (queued or running); the
+        # rest of the group waits behind it in the group's lane.
+        self._heads: dict[Hashable, _Item] = {}
         self._idle: anyio.Event | None = None
         self._reports: collections.deque[CommandReport] = collections.deque(maxlen=history)
-        self._counts: collections.Counter[CommandState] = collections.Counter()
+        self._counts: collections.Counter[ExecutionState] = collections.Counter()
         self._submitted = 0
         self._rejected = 0
 
@@ -402,13 +410,16 @@ class CommandExecutor:
             )
         item = _Item(command, next(self._ids), anyio.current_time())
         self._submitted += 1
-        self._waiting[item.id] = item
         if item.group is not None:
-            members = self._groups.setdefault(item.group, collections.deque())
-            if members:
-                item.priority = min(item.priority, members[-1].priority)
-            members.append(item)
-            item.head = len(members) == 1
+            last = self._waiting.last_in(item.group)
+            if last is None:
+                last = self._heads.get(item.group)
+            if last is None:
+                item.head = True
+                self._heads[item.group] = item
+            else:
+                item.priority = min(item.priority, last.priority)
+        self._waiting.push(item.group, item)
         self._enqueue(item)
         if item.head and not self._check_head(item):
             self._next_in_group(item)
@@ -424,10 +435,10 @@ class CommandExecutor:
             queued=len(self._waiting),
             running_by_kind=MappingProxyType(dict(self._running_by_kind)),
             submitted=self._submitted,
-            succeeded=self._counts[CommandState.SUCCEEDED],
-            failed=self._counts[CommandState.FAILED],
-            cancelled=self._counts[CommandState.CANCELLED],
-            not_run=self._counts[CommandState.NOT_RUN],
+            succeeded=self._counts[ExecutionState.SUCCEEDED],
+            failed=self._counts[ExecutionState.FAILED],
+            cancelled=self._counts[ExecutionState.CANCELLED],
+            not_run=self._counts[ExecutionState.NOT_RUN],
             rejected=self._rejected,
         )
 
@@ -436,10 +447,10 @@ class CommandExecutor:
         return ExecutorSummary(
             name=self._name,
             submitted=self._submitted,
-            succeeded=self._counts[CommandState.SUCCEEDED],
-            failed=self._counts[CommandState.FAILED],
-            cancelled=self._counts[CommandState.CANCELLED],
-            not_run=self._counts[CommandState.NOT_RUN],
+            succeeded=self._counts[ExecutionState.SUCCEEDED],
+            failed=self._counts[ExecutionState.FAILED],
+            cancelled=self._counts[ExecutionState.CANCELLED],
+            not_run=self._counts[ExecutionState.NOT_RUN],
             rejected=self._rejected,
             reports=tuple(self._reports),
         )
@@ -487,7 +498,7 @@ class CommandExecutor:
                 owner=item.label,
                 conflicts=conflicts,
             )
-            self._settle(item, CommandState.FAILED, error)
+            self._settle(item, ExecutionState.FAILED, error)
             return False
         assert self._task_group is not None
         item.timer = anyio.CancelScope()
@@ -506,52 +517,52 @@ class CommandExecutor:
                     owner=item.label,
                     conflicts=conflicts,
                 )
-                self._settle(item, CommandState.FAILED, error)
+                self._settle(item, ExecutionState.FAILED, error)
                 self._next_in_group(item)
 
     def _next_in_group(self, ended: _Item, grant: LockGrant | None = None) -> None:
-        """``ended``, its group's head, is over: make the next member the head,
-        then release ``grant`` (or rescan), so the new head competes for the
-        freed entities and worker from its place in the queue."""
-        members = None if ended.group is None else self._groups.get(ended.group)
-        if members:
-            assert members[0] is ended
-            members.popleft()
-            if members:
-                members[0].head = True
+        """``ended``, its group's head, is over (and out of the waiting
+        lanes): make the next member the head, then release ``grant`` (or
+        rescan), so the new head competes for the freed entities and worker
+        from its place in the queue."""
+        group = ended.group
+        head = None if group is None else self._new_head(group)
         if grant is not None:
             self._locks.release(grant)
         else:
             self._locks._rescan()
-        if members is None:
-            return
-        while members and not self._check_head(members[0]):
-            members.popleft()
-            if members:
-                members[0].head = True
+        while head is not None and not self._check_head(head):
+            head = self._new_head(group)
+            if head is not None:
                 self._locks._rescan()
-        if not members:
-            del self._groups[ended.group]
+
+    def _new_head(self, group: Hashable) -> _Item | None:
+        """The head of ``group`` is over: the first of its waiting members,
+        if any, is its head now."""
+        head = self._waiting.first_in(group)
+        if head is None:
+            del self._heads[group]
+        else:
+            head.head = True
+            self._heads[group] = head
+        return head
 
     def _cancel(self, item: _Item) -> None:
-        if item.state is CommandState.RUNNING:
+        if item.state is ExecutionState.RUNNING:
             item.scope.cancel()
-        elif item.state is CommandState.QUEUED:
+        elif item.state is ExecutionState.QUEUED:
             error = CommandNotRunError(
                 f"{item.label} was cancelled before it started", reason="cancelled"
             )
-            self._settle(item, CommandState.NOT_RUN, error)
+            self._settle(item, ExecutionState.NOT_RUN, error)
             if item.head:
                 self._next_in_group(item)
-            else:
-                assert item.group is not None
-                self._groups[item.group].remove(item)
 
     def _shut_down(self, why: str) -> None:
         """Refuse new commands and drop every queued one (NOT_RUN)."""
         if self._phase is _Phase.RUNNING:
             self._phase = _Phase.STOPPING
-        dropped = list(self._waiting.values())
+        dropped = list(self._waiting)
         if not dropped:
             return
         # Our requests can no longer be granted (the pool is closed now), so
@@ -559,23 +570,21 @@ class CommandExecutor:
         self._locks._withdraw(*(item.request for item in dropped if item.request is not None))
         for item in dropped:
             error = CommandNotRunError(f"{item.label} never ran: {why}", reason="stopped")
-            self._settle(item, CommandState.NOT_RUN, error)
+            self._settle(item, ExecutionState.NOT_RUN, error)
         # What is left of each group is its running head, if any.
-        for group, members in list(self._groups.items()):
-            while members and members[-1].state is CommandState.NOT_RUN:
-                members.pop()
-            if not members:
-                del self._groups[group]
+        for group, head in list(self._heads.items()):
+            if head.state is not ExecutionState.RUNNING:
+                del self._heads[group]
 
     # -- internals: running ----------------------------------------------------
 
     def _start(self, item: _Item, grant: LockGrant) -> None:
         """Called by the locks when ``item`` got its entities and a worker."""
         assert self._task_group is not None
-        del self._waiting[item.id]
+        self._waiting.remove(item.group, item)
         if item.timer is not None:
             item.timer.cancel()
-        item.state = CommandState.RUNNING
+        item.state = ExecutionState.RUNNING
         item.grant = grant
         item.started_at = anyio.current_time()
         item.context = CommandContext(item.command, item.id, item.label, grant)
@@ -585,25 +594,25 @@ class CommandExecutor:
 
     async def _run(self, item: _Item) -> None:
         assert item.context is not None
-        state = CommandState.CANCELLED
+        state = ExecutionState.CANCELLED
         error: BaseException | None = None
         try:
             with item.scope:
                 item.value = await item.command.run(item.context)
-                state = CommandState.SUCCEEDED
+                state = ExecutionState.SUCCEEDED
         except Exception as exc:
-            state, error = CommandState.FAILED, exc
+            state, error = ExecutionState.FAILED, exc
         except BaseException:
             # Cancelled from outside the command's own scope: the executor
             # is going down, so start nothing more.
             self._shut_down("the executor was cancelled")
             raise
         finally:
-            if state is CommandState.CANCELLED and error is None:
+            if state is ExecutionState.CANCELLED and error is None:
                 error = CommandCancelledError(f"{item.label} was cancelled while running")
             self._finish(item, state, error)
 
-    def _finish(self, item: _Item, state: CommandState, error: BaseException | None) -> None:
+    def _finish(self, item: _Item, state: ExecutionState, error: BaseException | None) -> None:
         assert item.grant is not None
         del self._running[item.id]
         kind = item.command.kind
@@ -615,17 +624,17 @@ class CommandExecutor:
         self._next_in_group(item, item.grant)
         self._wake_joiners()
 
-    def _settle(self, item: _Item, state: CommandState, error: BaseException) -> None:
+    def _settle(self, item: _Item, state: ExecutionState, error: BaseException) -> None:
         """End a command that never started."""
         assert item.request is not None
         self._locks._withdraw(item.request)
-        del self._waiting[item.id]
+        self._waiting.remove(item.group, item)
         if item.timer is not None:
             item.timer.cancel()
         self._record(item, state, error)
         self._wake_joiners()
 
-    def _record(self, item: _Item, state: CommandState, error: BaseException | None) -> None:
+    def _record(self, item: _Item, state: ExecutionState, error: BaseException | None) -> None:
         item.state = state
         item.error = error
         item.finished_at = anyio.current_time()

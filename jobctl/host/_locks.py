@@ -13,19 +13,24 @@ Guarantees (``EntityLocks`` docstring has the rules they follow from):
   (Code that takes a second grant while holding a first steps outside this
   argument; take everything in one request.)
 * **FIFO among conflicts, no starvation.** Requests queue in order of
-  (priority descending, arrival). A request is granted only if it conflicts
-  with no holder *and with no request queued ahead of it*, so a later
-  request can pass an earlier one only when they need nothing in common (or
-  it has a higher priority). A stream of SHARED requests therefore cannot
-  starve an EXCLUSIVE waiter: once that waiter queues, later SHARED requests
-  for its entity queue behind it. Among equal priorities every waiter is
-  granted once the finitely many holders and conflicting requests ahead of
-  it have released.
+  (priority descending, arrival): a priority order, first come first served
+  within a priority (the core's ``WaitQueue``, ranked by negated priority).
+  A request is granted only if it conflicts with no holder *and with no
+  request queued ahead of it*, so a later request can pass an earlier one
+  only when they need nothing in common (or it has a higher priority). A
+  stream of SHARED requests therefore cannot starve an EXCLUSIVE waiter:
+  once that waiter queues, later SHARED requests for its entity queue
+  behind it. Among equal priorities every waiter is granted once the
+  finitely many holders and conflicting requests ahead of it have released.
+* **Cost.** Filing a request in the queue, or taking it out, is O(1) per
+  entity it needs (plus O(priorities waiting there) when a new priority
+  appears); deciding whether it may go reads only the requests queued
+  ahead of it on its own entities. A scan after a release leaves the
+  requests of a pool with no free worker unread.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -35,17 +40,40 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._core._errors import JobStateError
+from jobctl._core._entity import Entity, LockMode, Need
+from jobctl._core._queue import WaitQueue
 
-from ._entity import Entity, LockMode, Need, normalize_needs
 from ._errors import EntityLockBusyError, EntityLockTimeoutError, LockConflict
 
-__all__ = ["EntityLocks", "EntityLocksStatistics", "LockGrant"]
+__all__ = ["EntityLocks", "EntityLocksStatistics", "LockGrant", "normalize_needs"]
 
 _grant_ids = itertools.count(1)
 
 #: How many queued-ahead conflicts an error message lists (holders: all).
 _SHOWN_AHEAD = 3
+
+
+def normalize_needs(needs: Iterable[Need]) -> tuple[Need, ...]:
+    """``needs`` as a tuple sorted by entity, one :class:`Need` per entity:
+    what a lock request (and so a command) holds.
+
+    An entity named twice is needed in the stronger of its modes (EXCLUSIVE
+    wins). Anything that is not a :class:`Need` raises :class:`TypeError`
+    naming it, and so does a bare :class:`Entity` (say ``.shared()`` or
+    ``.exclusive()``).
+    """
+    if isinstance(needs, (str, bytes, Need, Entity)):
+        raise TypeError(f"needs must be an iterable of Need, got {needs!r}")
+    modes: dict[Entity, LockMode] = {}
+    for need in needs:
+        if not isinstance(need, Need):
+            hint = (
+                " (use entity.shared() or entity.exclusive())" if isinstance(need, Entity) else ""
+            )
+            raise TypeError(f"needs must hold Need values, got {need!r}{hint}")
+        if modes.get(need.entity) is not LockMode.EXCLUSIVE:
+            modes[need.entity] = need.mode
+    return tuple(Need(entity, modes[entity]) for entity in sorted(modes))
 
 
 @final
@@ -96,7 +124,10 @@ class _Held:
 
 class _Pool(Protocol):
     """Capacity shared by many requests (an executor's workers): while it is
-    closed none of its requests can be granted, so a scan can stop early."""
+    closed none of its requests can be granted, so a scan skips them. Its
+    requests wait in a lane of their own, so it must be hashable."""
+
+    def __hash__(self) -> int: ...
 
     def _pool_open(self) -> bool: ...
 
@@ -106,13 +137,13 @@ class _Request:
     """A lock request. Executor requests also name their ``pool`` and a
     ``ready`` test (may it use a grant now?); ``on_grant`` hears of the grant."""
 
-    __slots__ = ("grant", "key", "needs", "on_grant", "owner", "pool", "queued", "ready", "since")
+    __slots__ = ("grant", "needs", "on_grant", "owner", "pool", "queued", "rank", "ready", "since")
 
     def __init__(
         self,
         needs: tuple[Need, ...],
         owner: str,
-        key: tuple[int, int],
+        rank: int,
         since: float,
         pool: _Pool | None,
         ready: Callable[[], bool] | None,
@@ -120,7 +151,8 @@ class _Request:
     ) -> None:
         self.needs = needs
         self.owner = owner
-        self.key = key
+        #: Its place in the queue's priority order: the negated priority.
+        self.rank = rank
         self.since = since
         self.pool = pool
         self.ready = ready
@@ -129,9 +161,15 @@ class _Request:
         self.queued = False
 
     def can_use_grant(self) -> bool:
-        return (self.pool is None or self.pool._pool_open()) and (
-            self.ready is None or self.ready()
-        )
+        return _pool_open(self.pool) and (self.ready is None or self.ready())
+
+
+def _rank(request: _Request) -> int:
+    return request.rank
+
+
+def _pool_open(pool: _Pool | None) -> bool:
+    return pool is None or pool._pool_open()
 
 
 def _check_owner(owner: object) -> str:
@@ -170,18 +208,16 @@ class EntityLocks:
     Grants belong to no task: any task may release one.
     """
 
-    __slots__ = ("_arrivals", "_grants", "_held", "_pools", "_queue", "_queued_on", "_unpooled")
+    __slots__ = ("_grants", "_held", "_queue", "_queued_on")
 
     def __init__(self) -> None:
         self._held: dict[Entity, _Held] = {}
         self._grants: dict[int, LockGrant] = {}
-        # Waiting requests in grant order; and, per entity, those that need it.
-        self._queue: list[_Request] = []
-        self._queued_on: dict[Entity, list[_Request]] = {}
-        # How many waiting requests have no pool, and how many each pool has.
-        self._unpooled = 0
-        self._pools: dict[_Pool, int] = {}
-        self._arrivals = itertools.count()
+        # Waiting requests in grant order (priority, then arrival), in lanes
+        # by pool (None: requests of no pool); and the same requests filed
+        # under each entity they need.
+        self._queue: WaitQueue[_Pool | None, _Request] = WaitQueue(rank=_rank)
+        self._queued_on: WaitQueue[Entity, _Request] = WaitQueue(rank=_rank)
 
     # -- public API ---------------------------------------------------------
 
@@ -241,9 +277,7 @@ class EntityLocks:
     def release(self, grant: LockGrant) -> None:
         """Give back every entity of ``grant`` and grant whoever can go now."""
         if self._grants.pop(grant.id, None) is not grant:
-            raise JobStateError(
-                f"{grant} is not held (released twice, or from another EntityLocks)"
-            )
+            raise RuntimeError(f"{grant} is not held (released twice, or from another EntityLocks)")
         for need in grant.needs:
             held = self._held[need.entity]
             del held.grants[grant.id]
@@ -298,9 +332,9 @@ class EntityLocks:
     ) -> _Request:
         """A new request, not yet queued."""
         normalized = normalize_needs(needs)
-        key = (-_check_priority(priority), next(self._arrivals))
+        rank = -_check_priority(priority)
         return _Request(
-            normalized, _check_owner(owner), key, anyio.current_time(), pool, ready, on_grant
+            normalized, _check_owner(owner), rank, anyio.current_time(), pool, ready, on_grant
         )
 
     def _enqueue(self, request: _Request) -> None:
@@ -312,13 +346,9 @@ class EntityLocks:
         if not self._blocked(request) and request.can_use_grant():
             self._grant(request)
             return
-        self._queue.insert(bisect.bisect(self._queue, request.key, key=_key), request)
+        self._queue.push(request.pool, request)
         for need in request.needs:
-            bisect.insort(self._queued_on.setdefault(need.entity, []), request, key=_key)
-        if request.pool is None:
-            self._unpooled += 1
-        else:
-            self._pools[request.pool] = self._pools.get(request.pool, 0) + 1
+            self._queued_on.push(need.entity, request)
         request.queued = True
 
     def _withdraw(self, *requests: _Request) -> None:
@@ -329,10 +359,7 @@ class EntityLocks:
             return
         for request in leaving:
             self._unindex(request)
-        if len(leaving) == 1:
-            self._queue.remove(leaving[0])
-        else:
-            self._queue = [request for request in self._queue if request.queued]
+            self._queue.remove(request.pool, request)
         self._scan()
 
     def _rescan(self) -> None:
@@ -350,9 +377,7 @@ class EntityLocks:
                     for grant in held.grants.values()
                 )
         for need in request.needs:
-            for queued in self._queued_on.get(need.entity, ()):
-                if queued.key >= request.key:
-                    break
+            for queued in self._queued_on.ahead_of(need.entity, request):
                 mode = queued_mode(queued, need.entity)
                 if mode.conflicts_with(need.mode):
                     conflicts.append(LockConflict(need, queued.owner, mode, False, queued.since))
@@ -389,28 +414,17 @@ class EntityLocks:
             held = self._held.get(need.entity)
             if held is not None and held.mode.conflicts_with(need.mode):
                 return True
-            for queued in self._queued_on.get(need.entity, ()):
-                if queued.key >= request.key:
-                    break
+            for queued in self._queued_on.ahead_of(need.entity, request):
                 if queued_mode(queued, need.entity).conflicts_with(need.mode):
                     return True
         return False
 
     def _unindex(self, request: _Request) -> None:
+        """Take ``request`` off the entities' lanes (the caller takes it out
+        of ``_queue``)."""
         request.queued = False
         for need in request.needs:
-            queued = self._queued_on[need.entity]
-            queued.remove(request)
-            if not queued:
-                del self._queued_on[need.entity]
-        if request.pool is None:
-            self._unpooled -= 1
-        else:
-            count = self._pools[request.pool] - 1
-            if count:
-                self._pools[request.pool] = count
-            else:
-                del self._pools[request.pool]
+            self._queued_on.remove(need.entity, request)
 
     def _grant(self, request: _Request) -> LockGrant:
         grant = LockGrant(next(_grant_ids), request.owner, request.needs, anyio.current_time())
@@ -428,27 +442,20 @@ class EntityLocks:
     def _scan(self) -> None:
         """Grant, in queue order, every request that may go now.
 
-        Stops early once every request left belongs to a closed pool (the
-        common case when an executor's last free worker was just taken), so
-        a release costs what it grants, not the length of the queue.
+        A closed pool's lane is left as soon as its turn finds it closed
+        (the common case when an executor's last free worker was just
+        taken), so a release costs what it grants, not the length of the
+        queue.
         """
-        unpooled = self._unpooled
-        left = dict(self._pools)
-        granted: list[int] = []
-        for position, request in enumerate(self._queue):
-            if not unpooled and not any(n and pool._pool_open() for pool, n in left.items()):
-                break
-            if request.pool is None:
-                unpooled -= 1
-            else:
-                left[request.pool] -= 1
+        granted: list[_Request] = []
+        for request in self._queue.in_order(_pool_open):
             if self._blocked(request) or not request.can_use_grant():
                 continue
             self._unindex(request)
-            granted.append(position)
+            granted.append(request)
             self._grant(request)
-        for position in reversed(granted):
-            del self._queue[position]
+        for request in granted:
+            self._queue.remove(request.pool, request)
 
     def _message(self, request: _Request, when: str, conflicts: tuple[LockConflict, ...]) -> str:
         now = anyio.current_time()
@@ -460,10 +467,6 @@ class EntityLocks:
             lines.append(f"and {len(ahead) - _SHOWN_AHEAD} more requests queued ahead")
         why = "; ".join(lines) or "nothing blocks it"
         return f"{request.owner!r} could not lock {needs} {when}: {why}"
-
-
-def _key(request: _Request) -> tuple[int, int]:
-    return request.key
 
 
 def queued_mode(request: _Request, entity: Entity) -> LockMode:

@@ -8,12 +8,13 @@ from typing import final
 
 import attrs
 
-__all__ = ["CommandReport", "CommandState", "ExecutorStatistics", "ExecutorSummary"]
+__all__ = ["CommandReport", "ExecutionState", "ExecutorStatistics", "ExecutorSummary"]
 
 
 @enum.unique
-class CommandState(enum.Enum):
-    """Where a command is in its life."""
+class ExecutionState(enum.Enum):
+    """Where a command is in its execution by a :class:`CommandExecutor`:
+    queued, running, or how it ended."""
 
     #: Submitted, not started: behind its group, waiting for entities or a worker.
     QUEUED = "queued"
@@ -31,7 +32,7 @@ class CommandState(enum.Enum):
     @property
     def finished(self) -> bool:
         """Whether the command is over (it will not change state again)."""
-        return self not in (CommandState.QUEUED, CommandState.RUNNING)
+        return self not in (ExecutionState.QUEUED, ExecutionState.RUNNING)
 
 
 @final
@@ -42,7 +43,7 @@ class CommandReport:
     id: int
     name: str
     kind: str
-    state: CommandState
+    state: ExecutionState
     submitted_at: float
     started_at: float | None
     finished_at: float | None
@@ -121,7 +122,7 @@ class ExecutorSummary:
         """Whether every accepted command succeeded."""
         return self.submitted == self.succeeded
 
-    def in_state(self, state: CommandState) -> tuple[CommandReport, ...]:
+    def in_state(self, state: ExecutionState) -> tuple[CommandReport, ...]:
         """The kept reports of commands that ended in ``state``."""
         return tuple(report for report in self.reports if report.state is state)
 
@@ -135,7 +136,7 @@ class ExecutorSummary:
         finished = self.succeeded + self.failed + self.cancelled + self.not_run
         if len(self.reports) < finished:
             lines.append(f"  (reports kept for the last {len(self.reports)} of {finished})")
-        for state in (CommandState.FAILED, CommandState.CANCELLED, CommandState.NOT_RUN):
+        for state in (ExecutionState.FAILED, ExecutionState.CANCELLED, ExecutionState.NOT_RUN):
             lines.extend(f"  {report.describe()}" for report in self.in_state(state))
         return "\n".join(lines)
 

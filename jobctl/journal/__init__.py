@@ -15,6 +15,11 @@ does not exist becomes a new journal; a damaged file, a record altered in
 place, a lost or foreign ``-wal`` (fewer commits than were acknowledged, per
 the journal's seal file) raise :class:`JournalCorruptError` naming the file,
 at open or at the read that meets the damage, and the file is left as it was.
+
+A command's entities are the core's :class:`jobctl.Need` values
+(``Entity("vm", "vm1").exclusive()``), the ones :mod:`jobctl.host` locks:
+recovery takes them again through any :class:`EntityLocker`, such as a
+``jobctl.host.EntityLocks``.
 """
 
 from ._backend import BackendState, BackendStatus, TaskBackend
@@ -28,16 +33,15 @@ from ._errors import (
     JournalStateError,
     RecoveryError,
 )
+from ._files import Seal, read_seal
 from ._follow import follow_command, follow_tasks
 from ._journal import EndAction, EndContext, Journal, JournalStatistics, open_journal
-from ._locks import HostEntityLocker
 from ._persister import JournalPersister
 from ._phases import PhaseAction, by_phase
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
     CommandState,
-    EntityRef,
     TaskRecord,
     TaskSpec,
     TaskState,
@@ -58,8 +62,6 @@ __all__ = [
     "EndAction",
     "EndContext",
     "EntityLocker",
-    "EntityRef",
-    "HostEntityLocker",
     "Journal",
     "JournalClosedError",
     "JournalCorruptError",
@@ -74,6 +76,7 @@ __all__ = [
     "PhaseAction",
     "RecoveryError",
     "RecoveryReport",
+    "Seal",
     "SqliteJournalStore",
     "SqliteStoreStatistics",
     "TaskBackend",
@@ -85,5 +88,6 @@ __all__ = [
     "follow_command",
     "follow_tasks",
     "open_journal",
+    "read_seal",
     "recover",
 ]

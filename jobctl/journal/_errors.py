@@ -1,15 +1,13 @@
 """The exceptions of the task journal.
 
-Every one is a :class:`JournalError`, itself a :class:`jobctl.JobError`, so a
-manager can catch the journal's failures apart from the job core's and still
-catch the whole family in one place.
+Every one is a :class:`JournalError`, one level below it, so a manager can
+catch the journal's failures in one place, apart from the job core's, and
+still tell them apart by type.
 """
 
 from __future__ import annotations
 
 from typing import final
-
-from jobctl._core._errors import JobError
 
 __all__ = [
     "JournalClosedError",
@@ -23,7 +21,7 @@ __all__ = [
 ]
 
 
-class JournalError(JobError):
+class JournalError(Exception):
     """Base class of every error the task journal raises."""
 
 

@@ -13,12 +13,13 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from jobctl._core._entity import Entity, Need
+
 from ._persister import JournalPersister
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
     CommandState,
-    EntityRef,
     TaskRecord,
     TaskSpec,
     TaskState,
@@ -82,7 +83,7 @@ class Journal:
     A command with child tasks goes like this::
 
         cmd = await journal.begin_command("remove_vm", [TaskSpec(...), ...],
-                                          entities=[EntityRef("vm", "vm1")])
+                                          entities=[Entity("vm", "vm1").exclusive()])
         for task in cmd.tasks:          # all recorded before any starts
             ... start it, then:
             await journal.update_task(task.id, TaskState.RUNNING, backend_id=job_id)
@@ -178,17 +179,19 @@ class Journal:
         kind: str,
         tasks: Iterable[TaskSpec],
         *,
-        entities: Iterable[EntityRef] = (),
+        entities: Iterable[Need] = (),
         data: Mapping[str, Any] | None = None,
         command_id: str | None = None,
     ) -> CommandRecord:
         """Record a command with every task it expects, in one transaction,
         before any of them starts.
 
-        ``entities`` are what the command works on; one entity may appear
-        once. ``data`` is any JSON object the flow wants back after a crash.
-        Task names must be unique within the command; backend ids given in
-        advance must not be in use by an unfinished task.
+        ``entities`` are what the command works on, as :class:`jobctl.Need`
+        values (``vm.exclusive()``, ``domain.shared()``: the modes recovery
+        locks them in again); one entity may appear once. ``data`` is any
+        JSON object the flow wants back after a crash. Task names must be
+        unique within the command; backend ids given in advance must not be
+        in use by an unfinished task.
         """
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"a command kind is a non-empty string, not {kind!r}")
@@ -206,10 +209,18 @@ class Journal:
             [f"{s.backend}:{s.backend_id}" for s in specs if s.backend_id is not None],
             command_id,
         )
-        refs = tuple(entities)
-        _check_unique("entity", [f"{e.type}/{e.id}" for e in refs], command_id)
+        needs = tuple(entities)
+        for need in needs:
+            if not isinstance(need, Need):
+                hint = (
+                    " (use entity.shared() or entity.exclusive())"
+                    if isinstance(need, Entity)
+                    else ""
+                )
+                raise TypeError(f"entities must be Need values, not {need!r}{hint}")
+        _check_unique("entity", [f"{n.entity.type}/{n.entity.id}" for n in needs], command_id)
         record = await self._store.add_command(
-            command_id, kind, {} if data is None else data, specs, refs
+            command_id, kind, {} if data is None else data, specs, needs
         )
         self._commands_begun += 1
         return record

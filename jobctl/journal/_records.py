@@ -14,13 +14,13 @@ from typing import Any, Final, final
 
 import attrs
 
+from jobctl._core._entity import Need
 from jobctl._core._kinds import AsyncJob, Job
 
 __all__ = [
     "AsyncJobRecord",
     "CommandRecord",
     "CommandState",
-    "EntityRef",
     "TaskRecord",
     "TaskSpec",
     "TaskState",
@@ -108,19 +108,6 @@ class CommandState(enum.StrEnum):
 
 @final
 @attrs.frozen
-class EntityRef:
-    """An entity a command works on: a VM, a disk, a storage domain, a
-    backup chain... ``shared`` marks read-only use: shared users of one
-    entity do not exclude each other (an entity-lock manager decides what
-    that means; the journal records it)."""
-
-    type: str = attrs.field(validator=_non_empty)
-    id: str = attrs.field(validator=_non_empty)
-    shared: bool = False
-
-
-@final
-@attrs.frozen
 class TaskSpec:
     """One expected child task, as :meth:`Journal.begin_command` records it.
 
@@ -190,7 +177,9 @@ class CommandRecord:
     state: CommandState
     data: Mapping[str, Any] = attrs.field(converter=_frozen_mapping)
     tasks: tuple[TaskRecord, ...]
-    entities: tuple[EntityRef, ...]
+    #: What the command works on, each entity with the mode it needs it in
+    #: (the core's :class:`jobctl.Need`), sorted by entity.
+    entities: tuple[Need, ...]
     created: float
     updated: float
     #: Decided when the end action is claimed: SUCCEEDED if every task

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Protocol, final
 
@@ -11,6 +11,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from jobctl._core._entity import Need
 from jobctl._core._kinds import AsyncJob
 from jobctl._groups import unwrap_single
 
@@ -22,7 +23,6 @@ from ._records import (
     AsyncJobRecord,
     CommandRecord,
     CommandState,
-    EntityRef,
     TaskRecord,
     TaskState,
     TaskUpdate,
@@ -32,16 +32,15 @@ __all__ = ["AsyncJobHandler", "EntityLocker", "RecoveryReport", "recover"]
 
 
 class EntityLocker(Protocol):
-    """Entity locks, as recovery needs them (``jobctl.host`` provides them).
+    """Entity locks, as recovery needs them: a ``jobctl.host.EntityLocks``
+    is one.
 
-    ``hold`` takes the locks on ``entities`` for ``owner`` (a command id):
-    shared for an :class:`EntityRef` with ``shared=True``, exclusive
-    otherwise. They are held until the block ends.
+    ``hold(needs, owner=...)`` takes every :class:`jobctl.Need` at once, each
+    in its mode, for ``owner`` (a command id), and holds them until the
+    block ends.
     """
 
-    def hold(
-        self, owner: str, entities: Sequence[EntityRef]
-    ) -> AbstractAsyncContextManager[object]: ...
+    def hold(self, needs: Iterable[Need], *, owner: str) -> AbstractAsyncContextManager[object]: ...
 
 
 class AsyncJobHandler(Protocol):
@@ -153,7 +152,7 @@ async def _complete_command(
 ) -> None:
     async with AsyncExitStack() as stack:
         if locker is not None and command.entities:
-            await stack.enter_async_context(locker.hold(command.id, command.entities))
+            await stack.enter_async_context(locker.hold(command.entities, owner=command.id))
         task_status.started()
         if tasks_done is not None:
             await tasks_done.wait()

@@ -23,6 +23,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from jobctl._core._entity import Entity, LockMode, Need
 from jobctl._core._kinds import AsyncJob, Job
 
 from ._errors import (
@@ -37,7 +38,6 @@ from ._records import (
     AsyncJobRecord,
     CommandRecord,
     CommandState,
-    EntityRef,
     TaskRecord,
     TaskSpec,
     TaskState,
@@ -131,10 +131,17 @@ def _task(ctx: RowContext, raw: Sequence[Any]) -> TaskRecord:
         raise ctx.corrupt(TASKS, r["id"], str(exc)) from None
 
 
-def _entity(ctx: RowContext, raw: Sequence[Any]) -> tuple[dict[str, Any], EntityRef]:
+def _by_entity(need: Need) -> Entity:
+    return need.entity
+
+
+def _entity(ctx: RowContext, raw: Sequence[Any]) -> tuple[dict[str, Any], Need]:
+    """An entities row, checked, and the :class:`Need` it records: ``shared``
+    1 is :attr:`LockMode.SHARED`, 0 :attr:`LockMode.EXCLUSIVE`."""
     r = ctx.verify(ENTITIES, raw)
     try:
-        return r, EntityRef(r["type"], r["id"], bool(r["shared"]))
+        mode = LockMode.SHARED if r["shared"] else LockMode.EXCLUSIVE
+        return r, Need(Entity(r["type"], r["id"]), mode)
     except (TypeError, ValueError) as exc:
         raise ctx.corrupt(ENTITIES, f"{r['type']}/{r['id']}/{r['command_id']}", str(exc)) from None
 
@@ -143,7 +150,7 @@ def _command(
     ctx: RowContext,
     r: Mapping[str, Any],
     tasks: list[TaskRecord],
-    entities: list[EntityRef],
+    entities: list[Need],
 ) -> CommandRecord:
     try:
         state = CommandState(r["state"])
@@ -165,7 +172,7 @@ def _command(
             state=state,
             data=_loads(r["data"], "data"),
             tasks=tuple(tasks),
-            entities=tuple(sorted(entities, key=lambda e: (e.type, e.id))),
+            entities=tuple(sorted(entities, key=_by_entity)),
             created=r["created"],
             updated=r["updated"],
             outcome=outcome,
@@ -232,17 +239,17 @@ def _load(
                 TASKS, task.id, f"served with command {task.command_id!r}, which was not"
             )
         found.append(task)
-    entities: dict[str, list[EntityRef]] = {command_id: [] for command_id in rows}
+    entities: dict[str, list[Need]] = {command_id: [] for command_id in rows}
     for raw in conn.execute(
         f"SELECT {ENTITIES.select('e')} FROM entities e JOIN commands c ON c.id = e.command_id"
         f" WHERE {where}",
         params,
     ):
-        r, ref = _entity(ctx, raw)
+        r, need = _entity(ctx, raw)
         if r["command_id"] not in entities:
-            key = f"{ref.type}/{ref.id}/{r['command_id']}"
+            key = f"{r['type']}/{r['id']}/{r['command_id']}"
             raise ctx.corrupt(ENTITIES, key, "served with a command that was not")
-        entities[r["command_id"]].append(ref)
+        entities[r["command_id"]].append(need)
     loaded = [
         (_command(ctx, r, tasks[command_id], entities[command_id]), r)
         for command_id, r in rows.items()
@@ -295,7 +302,7 @@ def _release_entities(conn: sqlite3.Connection, ctx: RowContext, command_id: str
         (command_id,),
     ).fetchall()
     for raw in rows:
-        r, _ref = _entity(ctx, raw)
+        r, _need = _entity(ctx, raw)
         _update(conn, ctx, ENTITIES, {**r, "active": 0}, ("active",))
 
 
@@ -622,7 +629,7 @@ class SqliteJournalStore:
         kind: str,
         data: Mapping[str, Any],
         tasks: Sequence[TaskSpec],
-        entities: Iterable[EntityRef],
+        entities: Iterable[Need],
     ) -> CommandRecord:
         data_json = _dumps(data, f"data of command {command_id!r}")
         task_rows: list[dict[str, Any]] = [
@@ -640,7 +647,7 @@ class SqliteJournalStore:
             }
             for position, spec in enumerate(tasks)
         ]
-        entity_list = tuple(sorted(entities, key=lambda e: (e.type, e.id)))
+        entity_list = tuple(sorted(entities, key=_by_entity))
         ctx = self._ctx
 
         def add(conn: sqlite3.Connection) -> CommandRecord:
@@ -673,14 +680,14 @@ class SqliteJournalStore:
                     ctx.encode(
                         ENTITIES,
                         {
-                            "type": e.type,
-                            "id": e.id,
+                            "type": need.entity.type,
+                            "id": need.entity.id,
                             "command_id": command_id,
-                            "shared": e.shared,
+                            "shared": need.mode is LockMode.SHARED,
                             "active": 1,
                         },
                     )
-                    for e in entity_list
+                    for need in entity_list
                 ],
             )
             return CommandRecord(
@@ -918,7 +925,7 @@ class SqliteJournalStore:
                 " WHERE e.type = ? AND e.id = ? AND e.active = 1",
                 (entity_type, entity_id),
             ):
-                r, _ref = _entity(ctx, raw)
+                r, _need = _entity(ctx, raw)
                 key = f"{r['type']}/{r['id']}/{r['command_id']}"
                 if (r["type"], r["id"], r["active"]) != (entity_type, entity_id, 1):
                     raise ctx.corrupt(ENTITIES, key, "served for a query it does not match")

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from jobctl._core._entity import Need
+
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
     CommandState,
-    EntityRef,
     TaskRecord,
     TaskSpec,
     TaskUpdate,
@@ -41,7 +42,7 @@ class JournalStore(Protocol):
         kind: str,
         data: Mapping[str, Any],
         tasks: Sequence[TaskSpec],
-        entities: Iterable[EntityRef],
+        entities: Iterable[Need],
     ) -> CommandRecord:
         """Record a RUNNING command, all its tasks (PENDING) and its entity
         associations, in one transaction."""

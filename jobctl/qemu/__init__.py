@@ -40,11 +40,13 @@ from jobctl.qemu._errors import (
     RestoreError,
     SaveError,
 )
+from jobctl.qemu._host import MachineBackend, QemuHost, RunningQemu, open_host
+from jobctl.qemu._latency import LatencyHistogram, LatencySummary, percentile
 from jobctl.qemu._lifecycle import destroy, start
 from jobctl.qemu._machine import DiskImage, Host, Machine, MachineSpec
 from jobctl.qemu._migration import MigrationOptions, MigrationResult, migrate
 from jobctl.qemu._progress import MigrationProgress
-from jobctl.qemu._qemu_host import QemuHost, open_qemu_host
+from jobctl.qemu._qemu_host import ProcessBackend, open_qemu_host
 from jobctl.qemu._recovery import (
     DESTINATION_PROCESS,
     DESTINATION_QMP,
@@ -83,7 +85,10 @@ __all__ = [
     "DomainStats",
     "FlowError",
     "Host",
+    "LatencyHistogram",
+    "LatencySummary",
     "Machine",
+    "MachineBackend",
     "MachineError",
     "MachineSpec",
     "MachineStartError",
@@ -92,6 +97,7 @@ __all__ = [
     "MigrationProgress",
     "MigrationResult",
     "NotRunningError",
+    "ProcessBackend",
     "QemuBlockJobs",
     "QemuHost",
     "QemuProcess",
@@ -102,6 +108,7 @@ __all__ = [
     "QemuUnreachableError",
     "RestoreError",
     "RestoreResult",
+    "RunningQemu",
     "SaveError",
     "SaveResult",
     "attach_unix",
@@ -109,7 +116,9 @@ __all__ = [
     "destroy",
     "domstats",
     "migrate",
+    "open_host",
     "open_qemu_host",
+    "percentile",
     "process_record",
     "qcow2_target",
     "restore",

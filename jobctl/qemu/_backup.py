@@ -29,14 +29,14 @@ import anyio
 import attrs
 
 from jobctl._core._domain import ActiveAsyncJob, MonitorSession
-from jobctl._core._errors import JobAbortedError, MonitorError
+from jobctl._core._errors import JobAbortedError
 from jobctl._core._kinds import AsyncJob
 from jobctl.qemu._errors import BackupError
 from jobctl.qemu._machine import DiskImage
 from jobctl.qemu._recovery import PROCESS, QMP, process_record
 from jobctl.qemu._vm import VM
 from jobctl.qemu._wait import wait_in_sections
-from jobctl.qmp import EventSubscription, QMPEvent
+from jobctl.qmp import EventSubscription, QMPError, QMPEvent
 
 __all__ = ["BackupResult", "BackupTarget", "backup", "qcow2_target"]
 
@@ -196,7 +196,7 @@ async def backup(
                 async with ajob.monitor() as mon:
                     await mon.execute("blockdev-del", {"node-name": target.node_name})
                 added = False
-        except MonitorError as exc:
+        except QMPError as exc:
             with anyio.CancelScope(shield=True):
                 await _clean_up(ajob, state, target, added, cleanup_timeout)
             raise BackupError(f"backup of {vm.name!r} failed: {exc}") from exc
@@ -269,5 +269,5 @@ async def _clean_up(
                         await mon.execute("job-dismiss", {"id": state.job_id})
                 if added:
                     await mon.execute("blockdev-del", {"node-name": target.node_name})
-        except MonitorError as exc:
+        except QMPError as exc:
             _log.warning("backup %s: cleaning up failed: %s", state.job_id, exc)

@@ -8,9 +8,9 @@ from typing import Any, final
 import anyio.lowlevel
 
 from jobctl._core._domain import Domain
-from jobctl._core._errors import MonitorClosedError, MonitorError
 from jobctl._core._kinds import Job
 from jobctl.journal._backend import BackendState, BackendStatus
+from jobctl.qmp import QMPClosedError, QMPError
 
 __all__ = ["QemuBlockJobs"]
 
@@ -81,7 +81,7 @@ class QemuBlockJobs:
                 for job_id in backend_ids:
                     try:
                         await mon.execute("job-dismiss", {"id": job_id})
-                    except MonitorClosedError:
+                    except QMPClosedError:
                         raise
-                    except MonitorError:
+                    except QMPError:
                         pass

@@ -98,7 +98,7 @@ async def domstats(
     hung QEMU), and the job, the monitor and the command are given up (the
     domain is idle again). With ``timeout=None`` the job waits for the
     domain's ``wait_timeout`` and QEMU's answers are not bounded.
-    Raises what the monitor raises (:class:`jobctl.MonitorError`).
+    Raises what the monitor raises (:class:`jobctl.qmp.QMPError`).
     """
     limit = Deadline(dom.name, timeout, flow="domstats")
     try:

@@ -1,15 +1,14 @@
 """The exceptions of jobctl's QEMU job flows.
 
-Every failure of a flow is a :class:`FlowError` (a :class:`jobctl.JobError`),
-typed by what failed. An abort (``Domain.abort``) or a DESTROY still ends a
-flow with :class:`jobctl.JobAbortedError`, after the flow cleaned up.
+Every failure of a flow is a :class:`FlowError`, typed by what failed. It
+is the QEMU layer's own root, not a job core error: an abort
+(``Domain.abort``) or a DESTROY still ends a flow with the core's
+:class:`jobctl.JobAbortedError`, after the flow cleaned up.
 """
 
 from __future__ import annotations
 
 from typing import final
-
-from jobctl._core._errors import JobError
 
 __all__ = [
     "BackupError",
@@ -23,7 +22,7 @@ __all__ = [
 ]
 
 
-class FlowError(JobError):
+class FlowError(Exception):
     """Base class of the errors of jobctl's QEMU job flows."""
 
 
@@ -32,14 +31,18 @@ class NotRunningError(FlowError):
     """The flow needs a running QEMU, and the VM has none on this host."""
 
 
+@final
 class MachineError(FlowError):
-    """Starting or talking to a QEMU (real or simulated) failed."""
+    """A QEMU host could not do what was asked of it: a program it needs
+    (``qemu-system-*``, ``qemu-img``) is missing or failed, or the host is
+    shutting down."""
 
 
 @final
-class MachineStartError(MachineError):
-    """A QEMU did not start: the message says why (its exit status and the
-    end of its standard error, or the time it took)."""
+class MachineStartError(FlowError):
+    """A QEMU process (real or simulated) was started and did not come up:
+    the message says why (its exit status and the end of its standard error,
+    or the time it took)."""
 
 
 @final

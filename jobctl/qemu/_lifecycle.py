@@ -37,7 +37,7 @@ async def destroy(vm: VM, *, owner: str = "destroy", timeout: float | None = Non
     stopped or hung one too; :meth:`Machine.kill`), with no task switch
     before the DESTROY job is requested: its QMP connection closes, so a
     regular job stuck in a monitor command fails with
-    :class:`jobctl.MonitorClosedError` at once, and a running async job
+    :class:`jobctl.qmp.QMPClosedError` at once, and a running async job
     (migration, backup, save, restore) is pre-empted by the DESTROY job and
     ends with :class:`jobctl.JobAbortedError` (``reason="destroyed"``)
     after its clean-up. Then, as a DESTROY job, the machine is detached and

@@ -2,8 +2,9 @@
 
 A :class:`Machine` is one QEMU and its QMP connection. A :class:`Host` starts
 machines; real QEMU processes (:func:`~jobctl.qemu.open_qemu_host`) and
-simulated ones (:func:`~jobctl.qemu.open_simulated_host`) look the same to
-the job flows. A host owns its machines: leaving its ``async with`` stops
+simulated ones (:func:`jobctl.testing.open_simulated_host`) look the same to
+the job flows: both are a :class:`~jobctl.qemu.QemuHost`, over a different
+backend. A host owns its machines: leaving its ``async with`` stops
 every machine still running, so no QEMU outlives the block that started it.
 """
 
@@ -112,8 +113,8 @@ class Machine:
         #: Socket paths of the machine's other QMP monitors (see
         #: :attr:`MachineSpec.extra_monitors`).
         self.extra_monitors = extra_monitors
-        #: The process's exit status once it is gone (``None`` while it runs,
-        #: and for a simulated machine that was stopped).
+        #: The QEMU's exit status once it exited (``None`` while it runs;
+        #: negative: killed by that signal).
         self.exit_status: int | None = None
         self._kill = kill
         self._stop = anyio.Event()
@@ -142,7 +143,7 @@ class Machine:
         process; a simulated one dies as on :meth:`SimulatedQemu.kill
         <simulators.qemu.SimulatedQemu.kill>`. Either way its QMP connection
         closes, so every command in flight fails with
-        :class:`jobctl.MonitorClosedError`. Nothing is awaited, so a caller
+        :class:`jobctl.qmp.QMPClosedError`. Nothing is awaited, so a caller
         can kill and then begin a job with no task switch between the two.
         A machine whose host gave no way to kill it is asked to stop
         (:meth:`stop`). Does nothing once the machine is gone.

@@ -38,7 +38,7 @@ import anyio
 import attrs
 
 from jobctl._core._domain import ActiveAsyncJob, MonitorSession
-from jobctl._core._errors import JobTimeoutError, MonitorClosedError, MonitorError
+from jobctl._core._errors import JobTimeoutError
 from jobctl._core._kinds import AsyncJob, Job
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, MigrationError
@@ -52,8 +52,8 @@ from jobctl.qemu._recovery import (
     process_record,
 )
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import wait_in_sections
-from jobctl.qmp import EventSubscription, QMPEvent
+from jobctl.qemu._wait import migration_ended, wait_in_sections
+from jobctl.qmp import EventSubscription, QMPClosedError, QMPError, QMPEvent
 
 __all__ = ["MigrationOptions", "MigrationResult", "migrate"]
 
@@ -105,11 +105,6 @@ class MigrationResult:
     progress: MigrationProgress
     #: Seconds from the source's ``begin`` to the end of ``confirm``.
     duration: float
-
-
-def _terminal(event: QMPEvent) -> str | None:
-    status = event.data.get("status")
-    return status if status in TERMINAL_STATUSES else None
 
 
 def _listening_uri(configured: str, reply: Mapping[str, Any]) -> str:
@@ -233,7 +228,7 @@ class _Migration:
                 status = await mon.execute("query-status")
                 await mon.execute("migrate-set-capabilities", EVENTS_ON)
                 await mon.execute("migrate-set-parameters", parameters)
-        except MonitorError as exc:
+        except QMPError as exc:
             raise MigrationError(
                 f"{self._what()}: the source refused: {exc}", side="source"
             ) from exc
@@ -286,7 +281,7 @@ class _Migration:
                 await mon.execute("migrate-set-capabilities", EVENTS_ON)
                 await mon.execute("migrate-incoming", {"uri": listen})
                 reply = await mon.execute("query-migrate")
-        except MonitorError as exc:
+        except QMPError as exc:
             raise MigrationError(
                 f"{self._what()}: the destination refused: {exc}", side="destination"
             ) from exc
@@ -318,7 +313,7 @@ class _Migration:
             if event.name == "STOP":
                 switching = True
                 return None
-            return _terminal(event)
+            return migration_ended(event)
 
         def interval() -> float:
             return math.inf if switching else self.options.poll_interval
@@ -335,11 +330,11 @@ class _Migration:
                 finally:
                     out.set_abort_hook(None)
             progress = await final_progress(out, status)
-        except MonitorClosedError as exc:
+        except QMPClosedError as exc:
             raise MigrationError(
                 f"{self._what()}: the source's monitor closed: {exc}", side="source"
             ) from exc
-        except MonitorError as exc:
+        except QMPError as exc:
             raise MigrationError(f"{self._what()}: {exc}", side="source") from exc
         if status == "completed":
             if aborted is not None:
@@ -362,7 +357,7 @@ class _Migration:
             # The source answers queries until the destination runs the VM.
             async with out.interruptible():
                 status, _ = await wait_in_sections(
-                    inn, events, _terminal, timeout=limit.remaining()
+                    inn, events, migration_ended, timeout=limit.remaining()
                 )
                 if status != "completed":
                     raise MigrationError(
@@ -373,17 +368,17 @@ class _Migration:
                 if self.was_running:
                     async with limit.monitor(inn) as mon:
                         await mon.execute("cont")
+        except JobTimeoutError as exc:  # before TimeoutError: it is one
+            raise MigrationError(
+                f"{self._what()}: the destination did not finish: {exc}", side="destination"
+            ) from exc
         except TimeoutError:
             raise MigrationError(
                 f"{self._what()}: the destination did not finish within "
                 f"{self.options.finish_timeout:g} s of the source",
                 side="destination",
             ) from None
-        except JobTimeoutError as exc:
-            raise MigrationError(
-                f"{self._what()}: the destination did not finish: {exc}", side="destination"
-            ) from exc
-        except MonitorError as exc:
+        except QMPError as exc:
             raise MigrationError(
                 f"{self._what()}: the destination failed: {exc}", side="destination"
             ) from exc
@@ -414,9 +409,9 @@ class _Migration:
                         if not status.get("running"):
                             await mon.execute("cont")
                 return
-            except MonitorClosedError:
+            except QMPClosedError:
                 pass
-            except MonitorError as exc:
+            except QMPError as exc:
                 _log.warning("%s: could not resume the source: %s", self._what(), exc)
                 return
         if machine.qmp.closed or machine.stopped:

@@ -1,26 +1,26 @@
 """Real QEMU: ``qemu-system-x86_64`` processes (TCG, no display, QMP on a unix socket).
 
-Each machine runs in a task of its host's task group. The host binds the
-QMP socket itself and hands QEMU the listening descriptor, so connecting
-never races QEMU's start-up. Stopping asks QEMU to ``quit``, then sends
-SIGTERM, then SIGKILL, each after a bounded wait; the socket and RAM files
-are removed whatever happened. Leaving :func:`open_qemu_host` stops every
-machine still running and removes the host's working directory.
+:class:`ProcessBackend` is the :class:`~jobctl.qemu.MachineBackend` of
+:func:`open_qemu_host`. It binds a machine's QMP sockets itself and hands
+QEMU the listening descriptors, so connecting never races QEMU's start-up.
+A machine that is stopped and still runs after ``quit`` gets SIGTERM, then
+SIGKILL, each after a bounded wait; its socket and RAM files are removed
+whatever happened. Leaving :func:`open_qemu_host` stops every machine still
+running and removes the host's working directory.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Final, final
 
@@ -28,13 +28,13 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from jobctl._core._errors import MonitorError
 from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
-from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
-from jobctl.qmp import open_qmp_unix
+from jobctl.qemu._host import QemuHost, open_host
+from jobctl.qemu._machine import DiskImage, MachineSpec
+from jobctl.qmp import QMPClient, open_qmp_unix
 
-__all__ = ["QemuHost", "open_qemu_host"]
+__all__ = ["ProcessBackend", "open_qemu_host"]
 
 #: How much of a QEMU's standard error is kept for error messages.
 _STDERR_TAIL: Final = 4096
@@ -93,46 +93,95 @@ class _Tail:
 
 
 @final
-class QemuHost:
-    """A host that runs real QEMU machines; get one from :func:`open_qemu_host`."""
+class _QemuProcess:
+    """One ``qemu-system-x86_64`` process of a :class:`ProcessBackend`
+    (a :class:`~jobctl.qemu.RunningQemu`)."""
+
+    __slots__ = ("_backend", "_name", "_process", "_sockets", "tail")
+
+    def __init__(
+        self, backend: ProcessBackend, name: str, process: anyio.abc.Process, sockets: list[Path]
+    ) -> None:
+        self._backend = backend
+        self._name = name
+        self._process = process
+        self._sockets = sockets
+        #: The end of its standard error.
+        self.tail = _Tail()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def qmp_path(self) -> str:
+        return str(self._sockets[0])
+
+    @property
+    def extra_monitors(self) -> tuple[str, ...]:
+        return tuple(str(path) for path in self._sockets[1:])
+
+    @property
+    def exit_status(self) -> int | None:
+        return self._process.returncode
+
+    def open_qmp(self) -> AbstractAsyncContextManager[QMPClient]:
+        return open_qmp_unix(self._sockets[0], timeout=self._backend.start_timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, which ends even a stopped (SIGSTOP) process, unless the
+        process is already gone. The host's task then sees it exit and the
+        backend reaps it."""
+        if self._process.returncode is None:
+            with suppress(ProcessLookupError):
+                self._process.kill()
+
+    async def wait_exited(self) -> int:
+        return await self._process.wait()
+
+    def start_failure(self, failure: Exception) -> MachineStartError:
+        why = self.tail.text() or f"{type(failure).__name__}: {failure}"
+        return MachineStartError(
+            f"{self._backend.binary} for machine {self._name!r} on host "
+            f"{self._backend.host!r} did not start (exit status {self.exit_status}): {why}"
+        )
+
+
+@final
+class ProcessBackend:
+    """Runs each machine as a ``qemu-system-x86_64`` process (TCG, no
+    display); a :class:`~jobctl.qemu.MachineBackend`, made by
+    :func:`open_qemu_host`."""
 
     def __init__(
         self,
-        name: str,
+        host: str,
         binary: str,
         storage: Path,
         workdir: Path,
-        task_group: anyio.abc.TaskGroup,
+        *,
         start_timeout: float,
         stop_timeout: float,
     ) -> None:
-        self._name = name
+        #: The name of the host it runs machines for (in error messages).
+        self.host = host
+        #: The QEMU program's path.
         self.binary = binary
+        #: Where disk images go.
         self.storage = storage
+        #: Where machine sockets and RAM files go.
         self.workdir = workdir
-        self._task_group = task_group
-        self._start_timeout = start_timeout
-        self._stop_timeout = stop_timeout
+        #: How long a machine's QMP greeting may take.
+        self.start_timeout = start_timeout
+        #: How long each step of ending a process (SIGTERM, then SIGKILL) may take.
+        self.stop_timeout = stop_timeout
         self._ids = itertools.count(1)
-        self._machines: set[Machine] = set()
-        self._closing = False
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     def incoming_uri(self, name: str) -> str:
         # QEMU picks a free port; query-migrate's "socket-address" tells which.
         return "tcp:127.0.0.1:0"
 
-    @property
-    def machines(self) -> tuple[Machine, ...]:
-        """The machines running now."""
-        return tuple(self._machines)
-
     async def create_disk(self, name: str, size_mib: int) -> DiskImage:
-        if size_mib < 1:
-            raise ValueError(f"a disk needs at least 1 MiB, not {size_mib!r}")
         path = self.storage / f"{name}.qcow2"
         qemu_img = shutil.which("qemu-img")
         if qemu_img is None:
@@ -147,15 +196,39 @@ class QemuHost:
             raise MachineError(f"qemu-img could not create {path}: {why}") from None
         return DiskImage(str(path), size_mib)
 
-    async def start_machine(
-        self, name: str, spec: MachineSpec, *, incoming: bool = False
-    ) -> Machine:
-        if self._closing:
-            raise MachineError(f"host {self._name!r} is shutting down")
-        machine: Machine = await self._task_group.start(self._serve, name, spec, incoming)
-        return machine
-
-    # -- one machine's life ------------------------------------------------------
+    @asynccontextmanager
+    async def launch(
+        self, name: str, spec: MachineSpec, *, incoming: bool
+    ) -> AsyncIterator[_QemuProcess]:
+        stem = f"{_SAFE.sub('_', name)}.{next(self._ids)}"
+        ram = self.workdir / f"{stem}.ram"
+        sockets = [self.workdir / f"{stem}.qmp{n}" for n in range(spec.extra_monitors + 1)]
+        process: anyio.abc.Process | None = None
+        try:
+            if spec.random_ram:
+                _check_space(self.workdir, spec.ram_mib << 20)
+                if not incoming:
+                    await _fill_random(ram, spec.ram_mib << 20)
+            try:
+                process = await self._spawn(spec, incoming, ram, sockets)
+            except OSError as exc:
+                raise MachineStartError(
+                    f"cannot start {self.binary} for machine {name!r} on host {self.host!r}: {exc}"
+                ) from exc
+            qemu = _QemuProcess(self, name, process, sockets)
+            async with unwrap_single(), anyio.create_task_group() as tg:
+                tg.start_soon(qemu.tail.drain, process.stderr)
+                try:
+                    yield qemu
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._end(process)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process is not None:
+                    await self._reap(process)
+                for path in (ram, *sockets):
+                    path.unlink(missing_ok=True)
 
     def _argv(
         self, spec: MachineSpec, qmp_fd: int, ram: Path, incoming: bool, extra: list[int]
@@ -186,42 +259,6 @@ class QemuHost:
             argv += ["-S", "-incoming", "defer"]
         return argv
 
-    async def _serve(
-        self,
-        name: str,
-        spec: MachineSpec,
-        incoming: bool,
-        *,
-        task_status: anyio.abc.TaskStatus[Machine],
-    ) -> None:
-        stem = f"{_SAFE.sub('_', name)}.{next(self._ids)}"
-        ram = self.workdir / f"{stem}.ram"
-        sockets = [self.workdir / f"{stem}.qmp{n}" for n in range(spec.extra_monitors + 1)]
-        process: anyio.abc.Process | None = None
-        machine: Machine | None = None
-        try:
-            if spec.random_ram:
-                _check_space(self.workdir, spec.ram_mib << 20)
-                if not incoming:
-                    await _fill_random(ram, spec.ram_mib << 20)
-            try:
-                process = await self._spawn(spec, incoming, ram, sockets)
-            except OSError as exc:
-                raise MachineStartError(
-                    f"cannot start {self.binary} for machine {name!r} on host {self._name!r}: {exc}"
-                ) from exc
-            machine = await self._supervise(process, name, spec, incoming, sockets, task_status)
-        finally:
-            with anyio.CancelScope(shield=True):
-                if process is not None:
-                    await self._reap(process)
-                for path in (ram, *sockets):
-                    path.unlink(missing_ok=True)
-                if machine is not None:
-                    machine.exit_status = None if process is None else process.returncode
-                    self._machines.discard(machine)
-                    machine._gone.set()
-
     async def _spawn(
         self, spec: MachineSpec, incoming: bool, ram: Path, sockets: list[Path]
     ) -> anyio.abc.Process:
@@ -246,68 +283,11 @@ class QemuHost:
             for listener in listeners:
                 listener.close()
 
-    async def _supervise(
-        self,
-        process: anyio.abc.Process,
-        name: str,
-        spec: MachineSpec,
-        incoming: bool,
-        sockets: list[Path],
-        task_status: anyio.abc.TaskStatus[Machine],
-    ) -> Machine | None:
-        tail = _Tail()
-        machine: Machine | None = None
-        failure: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(tail.drain, process.stderr)
-            try:
-                async with open_qmp_unix(sockets[0], timeout=self._start_timeout) as qmp:
-                    machine = Machine(
-                        name,
-                        self._name,
-                        spec,
-                        qmp,
-                        incoming=incoming,
-                        pid=process.pid,
-                        extra_monitors=tuple(str(path) for path in sockets[1:]),
-                        qmp_path=str(sockets[0]),
-                        kill=_killer(process),
-                    )
-                    tg.start_soon(_watch_exit, process, machine)
-                    self._machines.add(machine)
-                    task_status.started(machine)
-                    await machine._stop.wait()
-                    if process.returncode is None and not qmp.closed:
-                        with anyio.move_on_after(self._stop_timeout):
-                            with suppress(MonitorError):
-                                await qmp.execute("quit")
-                            await process.wait()
-            except Exception as exc:
-                # One machine's failure is its own: it stops, and its host's
-                # other machines run on.
-                if machine is None:
-                    failure = exc
-                else:
-                    logging.getLogger("jobctl.qemu").warning(
-                        "machine %r on host %r failed and is stopped: %r", name, self._name, exc
-                    )
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._end(process)
-        if failure is not None:
-            status = process.returncode
-            why = tail.text() or f"{type(failure).__name__}: {failure}"
-            raise MachineStartError(
-                f"{self.binary} for machine {name!r} on host {self._name!r} did not start "
-                f"(exit status {status}): {why}"
-            )
-        return machine
-
     async def _end(self, process: anyio.abc.Process) -> None:
         """Make sure the process is gone: SIGTERM, then SIGKILL."""
         if process.returncode is None:
             process.terminate()
-            with anyio.move_on_after(self._stop_timeout):
+            with anyio.move_on_after(self.stop_timeout):
                 await process.wait()
         if process.returncode is None:
             process.kill()
@@ -326,25 +306,6 @@ def _blockdev(disk: DiskImage, node: str) -> list[str]:
     return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(image)]
 
 
-def _killer(process: anyio.abc.Process) -> Callable[[], None]:
-    """What :meth:`Machine.kill` runs: SIGKILL, which ends even a stopped
-    (SIGSTOP) process, unless the process is already gone. The machine's
-    task then sees it exit and reaps it."""
-
-    def kill() -> None:
-        if process.returncode is None:
-            with suppress(ProcessLookupError):
-                process.kill()
-
-    return kill
-
-
-async def _watch_exit(process: anyio.abc.Process, machine: Machine) -> None:
-    await process.wait()
-    machine.exit_status = process.returncode
-    machine._stop.set()
-
-
 @asynccontextmanager
 async def open_qemu_host(
     name: str = "host",
@@ -353,7 +314,7 @@ async def open_qemu_host(
     binary: str = "qemu-system-x86_64",
     start_timeout: float = 10.0,
     stop_timeout: float = 5.0,
-) -> AsyncIterator[QemuHost]:
+) -> AsyncIterator[QemuHost[ProcessBackend]]:
     """A host that runs real QEMU machines.
 
     ``storage`` is where disk images go (share it between two hosts to
@@ -371,13 +332,15 @@ async def open_qemu_host(
     workdir = Path(tempfile.mkdtemp(prefix=f"jobctl-{name}-"))
     try:
         shared = workdir if storage is None else Path(storage)
-        async with unwrap_single(), anyio.create_task_group() as tg:
-            host = QemuHost(name, path, shared, workdir, tg, start_timeout, stop_timeout)
-            try:
-                yield host
-            finally:
-                host._closing = True
-                for machine in host.machines:
-                    machine._stop.set()
+        backend = ProcessBackend(
+            name,
+            path,
+            shared,
+            workdir,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+        )
+        async with open_host(name, backend, stop_timeout=stop_timeout) as host:
+            yield host
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

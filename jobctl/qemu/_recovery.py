@@ -83,7 +83,6 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._core._errors import MonitorClosedError, MonitorError
 from jobctl._core._kinds import AsyncJob
 from jobctl.journal import (
     AsyncJobHandler,
@@ -92,7 +91,14 @@ from jobctl.journal import (
 )
 from jobctl.qemu._errors import FlowError
 from jobctl.qemu._progress import ACTIVE_STATUSES
-from jobctl.qmp import QMPClient, QMPConnectTimeoutError, QMPProtocolError, open_qmp_unix
+from jobctl.qmp import (
+    QMPClient,
+    QMPClosedError,
+    QMPConnectTimeoutError,
+    QMPError,
+    QMPProtocolError,
+    open_qmp_unix,
+)
 
 __all__ = [
     "DESTINATION_PROCESS",
@@ -348,7 +354,7 @@ async def attach_unix(ref: QemuRef, *, timeout: float = 10.0) -> AsyncIterator[Q
         except QMPProtocolError as exc:
             reason = f"its monitor broke the QMP protocol: {exc}"
             raise QemuUnreachableError(ref, reason, alive=alive) from exc
-        except MonitorClosedError as exc:
+        except QMPClosedError as exc:
             if alive:
                 reason = "it closed the QMP connection during the greeting"
                 raise QemuUnreachableError(ref, reason, alive=alive) from exc
@@ -510,7 +516,7 @@ class QemuRecovery:
                 ) from None
             except QemuUnreachableError as exc:
                 raise exc.during(what) from exc.__cause__
-            except MonitorError as exc:
+            except QMPError as exc:
                 raise QemuRecoveryError(f"{what}: {exc}") from exc
 
         return run
@@ -525,7 +531,7 @@ class QemuRecovery:
         """``query-migrate``'s status; None if the QEMU went away."""
         try:
             status = (await mon.execute("query-migrate")).get("status", "none")
-        except MonitorClosedError:
+        except QMPClosedError:
             return None
         return str(status)
 
@@ -562,7 +568,7 @@ class QemuRecovery:
                 await mon.execute("quit")
                 while True:
                     await events.receive()
-            except MonitorClosedError:
+            except QMPClosedError:
                 pass
         self._counts["quit"] += 1
 

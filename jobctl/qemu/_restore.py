@@ -25,17 +25,16 @@ import anyio
 import attrs
 
 from jobctl._core._domain import ActiveAsyncJob
-from jobctl._core._errors import JobTimeoutError, MonitorError
+from jobctl._core._errors import JobTimeoutError
 from jobctl._core._kinds import AsyncJob
 from jobctl._groups import unwrap_single
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, RestoreError
 from jobctl.qemu._machine import Machine, MachineSpec
 from jobctl.qemu._migration import EVENTS_ON
-from jobctl.qemu._progress import TERMINAL_STATUSES
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import wait_in_sections
-from jobctl.qmp import QMPEvent
+from jobctl.qemu._wait import migration_ended, wait_in_sections
+from jobctl.qmp import QMPError
 
 __all__ = ["RestoreResult", "restore"]
 
@@ -53,11 +52,6 @@ class RestoreResult:
     size: int
     running: bool
     duration: float
-
-
-def _terminal(event: QMPEvent) -> str | None:
-    status = event.data.get("status")
-    return status if status in TERMINAL_STATUSES else None
 
 
 @final
@@ -126,13 +120,13 @@ async def restore(
                 if not paused:
                     async with limit.monitor(ajob) as mon:
                         await mon.execute("cont")
+            except JobTimeoutError as exc:  # before TimeoutError: it is one
+                raise RestoreError(f"cannot restore {vm.name!r} from {path!r}: {exc}") from exc
             except TimeoutError:
                 raise RestoreError(
                     f"cannot restore {vm.name!r}: QEMU did not load {path!r} within {timeout:g} s"
                 ) from None
-            except JobTimeoutError as exc:
-                raise RestoreError(f"cannot restore {vm.name!r} from {path!r}: {exc}") from exc
-        except MonitorError as exc:
+        except QMPError as exc:
             with anyio.CancelScope(shield=True):
                 vm.detach()
                 await machine.stop()
@@ -157,7 +151,7 @@ async def _load(ajob: ActiveAsyncJob, machine: Machine, feeder: _Feeder, limit: 
             tg.start_soon(feeder.run)
             try:
                 status, _ = await wait_in_sections(
-                    ajob, events, _terminal, timeout=limit.remaining()
+                    ajob, events, migration_ended, timeout=limit.remaining()
                 )
             finally:
                 tg.cancel_scope.cancel()

@@ -30,7 +30,6 @@ import anyio
 import attrs
 
 from jobctl._core._domain import ActiveAsyncJob, MonitorSession
-from jobctl._core._errors import MonitorClosedError, MonitorError
 from jobctl._core._kinds import AsyncJob
 from jobctl.qemu._errors import SaveError
 from jobctl.qemu._machine import Machine
@@ -44,8 +43,8 @@ from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
 from jobctl.qemu._recovery import PROCESS, QMP, process_record
 from jobctl.qemu._sink import SaveSink, open_save_sink
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import wait_in_sections
-from jobctl.qmp import QMPEvent
+from jobctl.qemu._wait import migration_ended, wait_in_sections
+from jobctl.qmp import QMPClosedError, QMPError
 
 __all__ = ["SaveResult", "save"]
 
@@ -66,11 +65,6 @@ class SaveResult:
     #: Whether the VM runs on (``keep_running``) or its QEMU was stopped.
     running: bool
     duration: float
-
-
-def _terminal(event: QMPEvent) -> str | None:
-    status = event.data.get("status")
-    return status if status in TERMINAL_STATUSES else None
 
 
 async def save(
@@ -134,7 +128,7 @@ async def save(
             else:
                 vm.detach()
                 await machine.stop()
-        except MonitorError as exc:
+        except QMPError as exc:
             with anyio.CancelScope(shield=True):
                 await _resume(ajob, vm, was_running, cleanup_timeout)
             raise SaveError(f"saving {vm.name!r} to {path!r} failed: {exc}") from exc
@@ -167,7 +161,7 @@ async def _write(
         ajob.set_abort_hook(cancel_migration)
         try:
             outcome, aborted = await wait_in_sections(
-                ajob, events, _terminal, poll=poll, interval=poll_interval
+                ajob, events, migration_ended, poll=poll, interval=poll_interval
             )
         finally:
             ajob.set_abort_hook(None)
@@ -204,8 +198,8 @@ async def _resume(ajob: ActiveAsyncJob, vm: VM, was_running: bool | None, timeou
                     status = await mon.execute("query-status")
                     if not status.get("running"):
                         await mon.execute("cont")
-        except MonitorClosedError:
+        except QMPClosedError:
             vm.detach()
             await machine.stop()
-        except MonitorError as exc:
+        except QMPError as exc:
             _log.warning("save of %s: could not resume the VM: %s", vm.name, exc)

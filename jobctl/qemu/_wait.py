@@ -16,11 +16,20 @@ import anyio
 
 from jobctl._core._domain import ActiveAsyncJob, MonitorSession
 from jobctl._core._errors import JobAbortedError
+from jobctl.qemu._progress import TERMINAL_STATUSES
 from jobctl.qmp import EventSubscription, QMPEvent
 
-__all__ = ["wait_in_sections"]
+__all__ = ["migration_ended", "wait_in_sections"]
 
 T = TypeVar("T")
+
+
+def migration_ended(event: QMPEvent) -> str | None:
+    """The terminal status (completed, failed, cancelled) a ``MIGRATION``
+    event ends its migration with; None for an event that ends none (other
+    statuses, events with no status). A ``done`` for :func:`wait_in_sections`."""
+    status = event.data.get("status")
+    return status if status in TERMINAL_STATUSES else None
 
 
 async def wait_in_sections(

@@ -26,6 +26,7 @@ from jobctl.qmp._errors import (
     DeviceNotFoundError,
     GenericError,
     KVMMissingCapError,
+    QMPClosedError,
     QMPCommandError,
     QMPConnectTimeoutError,
     QMPError,
@@ -33,7 +34,7 @@ from jobctl.qmp._errors import (
     QMPTimeoutError,
 )
 from jobctl.qmp._events import EventFilter, EventSubscription, QMPEvent, SubscriptionStatistics
-from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_NUMBER_CHARS
+from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_NUMBER_CHARS, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting
 
 __all__ = [
@@ -48,7 +49,9 @@ __all__ = [
     "EventSubscription",
     "GenericError",
     "KVMMissingCapError",
+    "LineReader",
     "QMPClient",
+    "QMPClosedError",
     "QMPCommandError",
     "QMPConnectTimeoutError",
     "QMPError",
@@ -58,6 +61,7 @@ __all__ = [
     "QMPStatistics",
     "QMPTimeoutError",
     "SubscriptionStatistics",
+    "encode_command",
     "open_qmp_stream",
     "open_qmp_tcp",
     "open_qmp_unix",

@@ -49,9 +49,9 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import AnyByteStream
 
-from jobctl._core._errors import MonitorClosedError
 from jobctl._groups import unwrap_single
 from jobctl.qmp._errors import (
+    QMPClosedError,
     QMPCommandError,
     QMPConnectTimeoutError,
     QMPProtocolError,
@@ -147,7 +147,7 @@ class QMPClient:
     Get one from :func:`open_qmp_unix`, :func:`open_qmp_tcp` or
     :func:`open_qmp_stream`; it is usable inside their ``async with`` only.
     Once the connection is gone, every call raises the
-    :class:`jobctl.MonitorClosedError` that says why.
+    :class:`QMPClosedError` that says why.
     """
 
     def __init__(self, stream: AnyByteStream, *, max_line: int = DEFAULT_MAX_LINE) -> None:
@@ -161,7 +161,7 @@ class QMPClient:
         self._in_flight: dict[int, _Call] = {}
         self._orphans = 0
         self._writer_wake = anyio.Event()
-        self._closed: tuple[type[MonitorClosedError], str] | None = None
+        self._closed: tuple[type[QMPClosedError], str] | None = None
         self._running = False
         self._commands_sent = 0
         self._replies = 0
@@ -203,7 +203,7 @@ class QMPClient:
         """Run ``command`` and return its reply's ``return`` value.
 
         Raises a :class:`QMPCommandError` subclass for an error reply,
-        :class:`jobctl.MonitorClosedError` if the connection is or goes away
+        :class:`QMPClosedError` if the connection is or goes away
         first, :class:`QMPTimeoutError` if ``timeout`` seconds pass first, and
         :class:`TypeError` or :class:`ValueError` (before writing anything) if
         the request cannot be encoded. If the call is cancelled or times out
@@ -270,7 +270,7 @@ class QMPClient:
             raise self._closed_error()
         return call.reply
 
-    def _closed_error(self) -> MonitorClosedError:
+    def _closed_error(self) -> QMPClosedError:
         assert self._closed is not None
         error_type, message = self._closed
         return error_type(message)
@@ -306,9 +306,9 @@ class QMPClient:
                     self._commands_sent += len(batch)
                     await send(batch[0] if len(batch) == 1 else b"".join(batch))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self._close(MonitorClosedError, f"QMP connection failed while writing: {_why(exc)}")
+            self._close(QMPClosedError, f"QMP connection failed while writing: {_why(exc)}")
         finally:
-            self._close(MonitorClosedError, "the QMP client was closed")
+            self._close(QMPClosedError, "the QMP client was closed")
 
     async def _read_loop(self) -> None:
         """Route every message; never raises. Whatever the peer sends ends this
@@ -317,11 +317,11 @@ class QMPClient:
         try:
             await self._read_messages()
         except anyio.EndOfStream:
-            self._close(MonitorClosedError, "the QMP peer closed the connection")
-        except MonitorClosedError as exc:  # includes QMPProtocolError
+            self._close(QMPClosedError, "the QMP peer closed the connection")
+        except QMPClosedError as exc:  # includes QMPProtocolError
             self._close(type(exc), str(exc))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self._close(MonitorClosedError, f"QMP connection failed while reading: {_why(exc)}")
+            self._close(QMPClosedError, f"QMP connection failed while reading: {_why(exc)}")
         except Exception as exc:
             # A message this client failed on (a bug here, not in the peer):
             # still this connection's failure only, never its host's.
@@ -331,7 +331,7 @@ class QMPClient:
                 f"the QMP client could not handle a message from its peer: {show(exc)}",
             )
         finally:
-            self._close(MonitorClosedError, "the QMP client was closed")
+            self._close(QMPClosedError, "the QMP client was closed")
         await anyio.aclose_forcefully(self._stream)
 
     async def _read_messages(self) -> None:
@@ -394,7 +394,7 @@ class QMPClient:
         call.state = _DONE
         call.done.set()
 
-    def _close(self, error_type: type[MonitorClosedError], message: str) -> None:
+    def _close(self, error_type: type[QMPClosedError], message: str) -> None:
         """Fail every waiter at once; later calls raise ``error_type(message)``."""
         if self._closed is not None:
             return
@@ -433,7 +433,7 @@ async def open_qmp_stream(
     waits without limit), else :class:`QMPConnectTimeoutError`. A line
     longer than ``max_line`` bytes (:data:`DEFAULT_MAX_LINE` by default) is
     a protocol error. Leaving the block closes the connection; calls still
-    waiting raise :class:`jobctl.MonitorClosedError`.
+    waiting raise :class:`QMPClosedError`.
     """
     limit = _Limit(timeout, "the QMP stream")
     async with _open(stream, max_line, limit) as client:
@@ -479,7 +479,7 @@ async def _open(stream: AnyByteStream, max_line: int, limit: _Limit) -> AsyncIte
                     raise limit.expired("greeting")
                 yield client
             finally:
-                client._close(MonitorClosedError, "the QMP client was closed")
+                client._close(QMPClosedError, "the QMP client was closed")
                 tg.cancel_scope.cancel()
     finally:
         await anyio.aclose_forcefully(stream)

@@ -1,15 +1,17 @@
 """The exceptions of the QMP client.
 
-Everything the client raises about the monitor is a :class:`jobctl.MonitorError`,
-so the job core handles it without knowing QMP:
+Everything the client raises about a connection is a :class:`QMPError`:
 
-* an error reply from QEMU is a :class:`QMPCommandError` (a :class:`QMPError`),
-  typed by QEMU's error ``class`` when it is one QEMU defines;
-* a connection that is gone is a :class:`jobctl.MonitorClosedError`; when it
-  was closed because the peer broke the protocol, a :class:`QMPProtocolError`;
+* an error reply from QEMU is a :class:`QMPCommandError`, typed by QEMU's
+  error ``class`` when it is one QEMU defines;
+* a connection that is gone is a :class:`QMPClosedError`; when it was closed
+  because the peer broke the protocol, a :class:`QMPProtocolError`;
 * a per-call ``timeout=`` that expired is a :class:`QMPTimeoutError`, and
   opening a client that took too long a :class:`QMPConnectTimeoutError`
   (both builtin :class:`TimeoutError` too).
+
+These classes know nothing of jobs: a job that drives a :class:`QMPClient`
+as its monitor gets them from the monitor as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, final
 
-from jobctl._core._errors import MonitorClosedError, MonitorError
 from jobctl.qmp._show import clip
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DeviceNotFoundError",
     "GenericError",
     "KVMMissingCapError",
+    "QMPClosedError",
     "QMPCommandError",
     "QMPConnectTimeoutError",
     "QMPError",
@@ -35,8 +37,17 @@ __all__ = [
 ]
 
 
-class QMPError(MonitorError):
-    """Base class of the errors specific to the QMP client."""
+class QMPError(Exception):
+    """Base class of every error the QMP client raises about its connection
+    (not :class:`TypeError` or :class:`ValueError` for a request it cannot
+    encode)."""
+
+
+class QMPClosedError(QMPError):
+    """The connection is gone: end of stream, a reset, a broken reply, a dead
+    process, or the client's block was left. Every waiter on the connection
+    fails with it at once, and so does every later call; the message says
+    why."""
 
 
 class QMPCommandError(QMPError):
@@ -97,14 +108,14 @@ def command_error(command: str, error_class: str, desc: str) -> QMPCommandError:
 
 
 @final
-class QMPProtocolError(QMPError, MonitorClosedError):
+class QMPProtocolError(QMPClosedError):
     """The peer broke the QMP protocol, so the client closed the connection.
 
     The message names what was wrong (bad JSON, an oversized line, a reply
     for an id nobody waits for, a malformed greeting, reply or event, a
     refused ``qmp_capabilities``), quoting the peer's data cut to a few
-    hundred characters. Being a :class:`jobctl.MonitorClosedError`, it is
-    what every waiter on the connection gets.
+    hundred characters. A kind of :class:`QMPClosedError`: it is what every
+    waiter on the connection gets.
     """
 
 

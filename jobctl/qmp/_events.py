@@ -72,7 +72,7 @@ class EventSubscription:
     Use it as a context manager (leaving closes it) and receive with
     :meth:`receive`, :meth:`receive_nowait` or ``async for``. After the
     connection closes, the buffered events are still delivered; then
-    receiving raises the connection's :class:`jobctl.MonitorClosedError`.
+    receiving raises the connection's :class:`QMPClosedError`.
     ``async for`` ends when the subscription itself is closed.
     """
 
@@ -115,7 +115,7 @@ class EventSubscription:
 
         Raises :class:`anyio.WouldBlock` if there is none yet,
         :class:`anyio.ClosedResourceError` if this subscription was closed,
-        and the connection's :class:`jobctl.MonitorClosedError` once the
+        and the connection's :class:`QMPClosedError` once the
         connection has closed and the buffer is empty.
         """
         if self._closed:

@@ -28,8 +28,7 @@ import anyio
 from anyio.abc import AnyByteReceiveStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from jobctl._core._errors import MonitorClosedError
-from jobctl.qmp._errors import QMPProtocolError
+from jobctl.qmp._errors import QMPClosedError, QMPProtocolError
 from jobctl.qmp._show import clip
 
 __all__ = [
@@ -145,7 +144,7 @@ class LineReader:
     """Receives whole JSON objects, one per line, from a byte stream.
 
     ``receive`` raises :class:`anyio.EndOfStream` at a clean end of stream,
-    :class:`jobctl.MonitorClosedError` when the stream ends inside a line and
+    :class:`QMPClosedError` when the stream ends inside a line and
     :class:`QMPProtocolError` for a line that is too long, not JSON or not a
     JSON object.
     """
@@ -170,7 +169,7 @@ class LineReader:
             pending = self._buffered.buffer
             if not pending.strip():
                 raise anyio.EndOfStream from None
-            raise MonitorClosedError(
+            raise QMPClosedError(
                 f"QMP stream ended inside a message: {_excerpt(pending)}"
             ) from None
         except anyio.DelimiterNotFound:

@@ -1,14 +1,14 @@
 """Restore a disk image from a backup store: concurrent fetches, one writer.
 
 A restore reads an image as chunks from a :class:`ChunkSource` and writes
-them into one :class:`RestoreTarget`. :func:`restore` runs the pipeline on its
-own; :func:`restore_disk` runs it as a domain's RESTORE async job.
+them into one :class:`RestoreTarget`. :func:`restore_image` runs the pipeline
+on its own; :func:`restore_disk` runs it as a domain's RESTORE async job.
 """
 
 from ._chunks import ChunkMap, ChunkSource
-from ._errors import ChunkSizeError, RestoreConfigError, RestoreError
+from ._errors import ChunkSizeError, DiskRestoreError, RestoreConfigError
 from ._job import restore_disk
-from ._pipeline import ProgressCallback, RestorePipeline, restore
+from ._pipeline import ProgressCallback, RestorePipeline, restore_image
 from ._report import Bound, RestoreReport, RestoreStatistics
 from ._settings import (
     DEFAULT_FETCH_CONCURRENCY,
@@ -32,12 +32,12 @@ __all__ = [
     "ChunkMap",
     "ChunkSizeError",
     "ChunkSource",
+    "DiskRestoreError",
     "FileTarget",
     "MemoryTarget",
     "MemoryTargetStatistics",
     "ProgressCallback",
     "RestoreConfigError",
-    "RestoreError",
     "RestorePipeline",
     "RestoreReport",
     "RestoreSettings",
@@ -45,6 +45,6 @@ __all__ = [
     "RestoreTarget",
     "SimulatedChunkStore",
     "SimulatedStoreStatistics",
-    "restore",
     "restore_disk",
+    "restore_image",
 ]

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import final
 
-from jobctl._core._errors import JobError
-
-__all__ = ["ChunkSizeError", "RestoreConfigError", "RestoreError"]
+__all__ = ["ChunkSizeError", "DiskRestoreError", "RestoreConfigError"]
 
 
 @final
-class RestoreError(JobError):
-    """A restore failed at one chunk; the rest of the restore was cancelled.
+class DiskRestoreError(Exception):
+    """A disk restore failed at one chunk; the rest of it was cancelled.
 
     Only the first failure is reported. ``index`` is the chunk it came from
     (``None`` if the final flush failed), ``cause`` (also ``__cause__``) is
@@ -29,7 +27,7 @@ class RestoreError(JobError):
 @final
 class ChunkSizeError(ValueError):
     """A chunk source returned a chunk whose length is not the chunk's length
-    in the chunk map. Reported as the cause of a :class:`RestoreError`."""
+    in the chunk map. Reported as the cause of a :class:`DiskRestoreError`."""
 
     def __init__(self, index: int, *, expected: int, actual: int) -> None:
         super().__init__(f"chunk {index} has {actual} bytes, expected {expected}")

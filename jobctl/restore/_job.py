@@ -49,7 +49,7 @@ async def restore_disk(
     time another hundredth of the chunks is done, and at the end.
 
     The settings are checked before the job begins; ``timeout`` bounds the
-    wait for the domain. A failing chunk raises :class:`RestoreError`.
+    wait for the domain. A failing chunk raises :class:`DiskRestoreError`.
     """
     last_published: int | None = None
 

@@ -15,12 +15,12 @@ import anyio.to_thread
 import attrs
 
 from ._chunks import ChunkSource
-from ._errors import ChunkSizeError, RestoreError
+from ._errors import ChunkSizeError, DiskRestoreError
 from ._report import RestoreReport, RestoreStatistics, limiting_stage, percentile
 from ._settings import RestoreSettings
 from ._target import RestoreTarget
 
-__all__ = ["RestorePipeline", "restore"]
+__all__ = ["RestorePipeline", "restore_image"]
 
 #: Called with the restore's statistics whenever chunks are done. Runs in the
 #: event loop: it must not block. If it raises, the restore fails.
@@ -45,7 +45,7 @@ class RestorePipeline:
     - chunks the map marks zero are never fetched, and not written when the
       target's ``skip_zeros`` is true;
     - the first failure of a fetch, a write or the progress callback cancels
-      everything else and is raised as :class:`RestoreError` naming the chunk;
+      everything else and is raised as :class:`DiskRestoreError` naming the chunk;
     - when it returns or raises, no task it started is left running and no
       write is in progress (a write is never abandoned mid-call).
 
@@ -72,7 +72,7 @@ class RestorePipeline:
         self._writer_thread = anyio.CapacityLimiter(1)
         self._collector_thread = anyio.CapacityLimiter(1)
         self._scope: anyio.CancelScope | None = None
-        self._error: RestoreError | None = None
+        self._error: DiskRestoreError | None = None
         self._transfer_started = False
         self._transferred = False
         self._flush_started = False
@@ -134,7 +134,7 @@ class RestorePipeline:
     async def transfer(self) -> None:
         """Fetch and write every chunk of the image (see the class guarantees).
 
-        Raises :class:`RestoreError` for the first failure. Cancelling it
+        Raises :class:`DiskRestoreError` for the first failure. Cancelling it
         cancels every fetch and waits for a write in progress to end.
         """
         if self._transfer_started:
@@ -171,7 +171,7 @@ class RestorePipeline:
         """Make the writes durable (the target's ``flush``, in a worker thread).
 
         Only after a :meth:`transfer` that succeeded. Raises
-        :class:`RestoreError` (``index`` ``None``) if the flush fails.
+        :class:`DiskRestoreError` (``index`` ``None``) if the flush fails.
         """
         if not self._transferred or self._flush_started:
             raise RuntimeError("RestorePipeline.flush() may run once, after transfer() succeeded")
@@ -180,7 +180,7 @@ class RestorePipeline:
         try:
             await anyio.to_thread.run_sync(self._target.flush, limiter=self._writer_thread)
         except Exception as exc:
-            raise RestoreError(None, exc) from exc
+            raise DiskRestoreError(None, exc) from exc
         finally:
             elapsed = anyio.current_time() - start
             self._flush_time += elapsed
@@ -291,7 +291,7 @@ class RestorePipeline:
     def _fail(self, index: int, exc: Exception) -> None:
         """Keep the first failure and cancel the rest of the transfer."""
         if self._error is None:
-            self._error = RestoreError(index, exc)
+            self._error = DiskRestoreError(index, exc)
             assert self._scope is not None
             self._scope.cancel()
 
@@ -318,7 +318,7 @@ def _take_all(written: queue.SimpleQueue[_Written | None]) -> list[_Written | No
     return results
 
 
-async def restore(
+async def restore_image(
     source: ChunkSource,
     target: RestoreTarget,
     *,

@@ -32,10 +32,17 @@ The pieces
   (or :class:`InvariantChecker`, online) raises :class:`InvariantViolation`,
   whose message names the invariant and shows the events involved (seq,
   time, domain, job) and the domain's events just before.
-* :class:`ScriptedMonitor` is an in-memory monitor with latency, faults
-  (error reply, stall, dropped connection, death) and a detector of
-  overlapping commands. :func:`open_simulated_vm` starts a simulated QEMU
-  (:mod:`simulators.qemu`) with jobctl's QMP client and a domain over it.
+* :class:`ScriptedMonitor` is an in-memory monitor with replies, latency,
+  faults, a gate that holds commands (:meth:`~ScriptedMonitor.hold`) and a
+  detector of overlapping commands. :func:`open_simulated_vm` starts a
+  simulated QEMU (:mod:`simulators.qemu`) with jobctl's QMP client and a
+  domain over it.
+* Faults are the simulator's, re-exported here: :class:`Latency`,
+  :class:`Stall`, :class:`ErrorReply`, :class:`Drop`, :class:`Garbage`,
+  :class:`Die`, scripted by a :class:`FaultRule` (this command, its n-th
+  time) in a :class:`FaultPlan`. The scripted monitor, a plan's monitor
+  (:class:`DomainPlan`), the simulated VM and the simulated host
+  (:data:`FaultPolicy`) all take them.
 * Plans (:class:`Scenario`, :class:`DomainPlan`, :class:`RegularJobPlan`,
   :class:`AsyncJobPlan` with steps :class:`Phase`, :class:`Commands`,
   :class:`Window`, :class:`Allow`, :class:`Fail`, :class:`AbortPlan`) are
@@ -116,10 +123,9 @@ from jobctl.testing._invariants import (
     check_invariants,
 )
 from jobctl.testing._monitor import (
-    FaultKind,
-    MonitorFault,
     MonitorOverlap,
     ScriptedMonitor,
+    ScriptedMonitorClosedError,
     ScriptedMonitorStatistics,
     ScriptedReplyError,
 )
@@ -141,7 +147,7 @@ from jobctl.testing._runner import (
     BACKENDS,
     ActorOutcome,
     Backend,
-    FlowError,
+    PlannedFailure,
     ScenarioResult,
     play_plan,
     run_scenario,
@@ -149,7 +155,7 @@ from jobctl.testing._runner import (
     virtual_backend,
 )
 from jobctl.testing._schedule import Schedule, ScheduleCursor
-from jobctl.testing._sim_host import FaultPolicy, SimulatedQemuHost, open_simulated_host
+from jobctl.testing._sim_host import FaultPolicy, SimulatedBackend, open_simulated_host
 from jobctl.testing._simulated import (
     SimulatedVM,
     drawn_monitor_faults,
@@ -158,6 +164,17 @@ from jobctl.testing._simulated import (
 )
 from jobctl.testing._stepped import SteppedRun, SteppedRunError
 from jobctl.testing._virtual import VirtualEventLoop
+from simulators.qemu import (
+    Die,
+    Drop,
+    ErrorReply,
+    Fault,
+    FaultPlan,
+    FaultRule,
+    Garbage,
+    Latency,
+    Stall,
+)
 
 if TYPE_CHECKING:
     from jobctl.testing._strategies import (
@@ -204,27 +221,35 @@ __all__ = [
     "AsyncJobPlan",
     "Backend",
     "Commands",
+    "Die",
     "DomainModel",
     "DomainPlan",
+    "Drop",
+    "ErrorReply",
     "Fail",
-    "FaultKind",
+    "Fault",
+    "FaultPlan",
     "FaultPolicy",
-    "FlowError",
+    "FaultRule",
+    "Garbage",
     "InvariantChecker",
     "InvariantViolation",
-    "MonitorFault",
+    "Latency",
     "MonitorOverlap",
     "Phase",
+    "PlannedFailure",
     "RegularJobPlan",
     "Scenario",
     "ScenarioResult",
     "Schedule",
     "ScheduleCursor",
     "ScriptedMonitor",
+    "ScriptedMonitorClosedError",
     "ScriptedMonitorStatistics",
     "ScriptedReplyError",
-    "SimulatedQemuHost",
+    "SimulatedBackend",
     "SimulatedVM",
+    "Stall",
     "Step",
     "SteppedRun",
     "SteppedRunError",

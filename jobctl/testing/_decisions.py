@@ -9,6 +9,11 @@ exactly these waiters are granted, in this order; the monitor goes to this
 session. The core's next events must say the same, or the check reports
 which decision differed (invariants 8 to 12 of
 :data:`jobctl.testing.INVARIANTS`).
+
+What the trace itself says (was the pre-emption requested and delivered, was
+an abort delivered) is read from the fold of the trace
+(:class:`jobctl.TracedDomain`) the invariant checker keeps, not tracked a
+second time here; the model's state is the model's own.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Final, final
 
+from jobctl._core._fold import TracedAsyncJob, TracedDomain
 from jobctl._core._info import DomainStatistics
 from jobctl._core._trace import TraceEvent, TraceKind
 from jobctl.testing import _spec as spec
@@ -58,13 +64,11 @@ class _Track:
     """The model's state for one domain, and what it expects next."""
 
     __slots__ = (
-        "aborted",
         "counts",
-        "delivered",
         "desynced",
         "expected",
         "late",
-        "preempt",
+        "late_preempts",
         "state",
         "trigger",
     )
@@ -76,14 +80,10 @@ class _Track:
         self.expected: deque[tuple[str, int]] = deque()
         #: The event after which ``expected`` was computed.
         self.trigger: TraceEvent | None = None
-        #: The DESTROY request that pre-empts the running async job.
-        self.preempt: TraceEvent | None = None
-        #: Async jobs an abort was delivered to.
-        self.aborted: set[int] = set()
         #: Waiters already reported for waiting past their deadline.
         self.late: set[int] = set()
-        #: Whether the pre-emption was delivered to the async job's body.
-        self.delivered = False
+        #: Async jobs already reported for outliving their pre-emption.
+        self.late_preempts: set[int] = set()
         #: Event counts, for the statistics check.
         self.counts: Counter[str] = Counter()
         #: Set at the first disagreement: from there on the model no longer
@@ -105,19 +105,16 @@ class DecisionChecker:
         self._instant = instant
         self._tracks: dict[str, _Track] = {}
 
-    def model(self, domain: str) -> spec.DomainState:
-        """The model's current state of ``domain``."""
-        track = self._tracks.get(domain)
-        return spec.DomainState() if track is None else track.state
-
-    def feed(self, event: TraceEvent) -> None:
+    def feed(self, event: TraceEvent, seen: TracedDomain) -> None:
+        """Check ``event``; ``seen`` is its domain as the trace told it
+        before ``event`` (the checker's fold)."""
         track = self._tracks.get(event.domain)
         if track is None:
             track = self._tracks[event.domain] = _Track()
         self._count(track, event)
         if track.desynced:
             return
-        self._check_time(track, event)
+        self._check_time(track, event, seen)
         if event.kind in _PASSIVE:
             return
         if self._expected_decision(track, event):
@@ -125,10 +122,10 @@ class DecisionChecker:
         if track.expected:
             self._lost(track, event)
             return
-        self._check_preempted(track, event)
+        self._check_preempted(track, event, seen)
         handler = _HANDLERS.get(event.kind)
         if handler is not None:
-            handler(self, track, event)
+            handler(self, track, event, seen)
 
     def finish(self) -> None:
         """End of the trace: every decision the model expected was made."""
@@ -136,8 +133,9 @@ class DecisionChecker:
             if track.expected and not track.desynced:
                 self._lost(track, None, domain)
 
-    def check_statistics(self, domain: str, stats: DomainStatistics) -> None:
-        """``Domain.statistics()`` agrees with the domain's trace (invariant 11)."""
+    def check_statistics(self, domain: str, stats: DomainStatistics, *, waiting: int) -> None:
+        """``Domain.statistics()`` agrees with the domain's trace (invariant
+        11); ``waiting`` is how many requests the trace leaves queued."""
         counts = self._tracks.get(domain, _Track()).counts
         expected = {
             "begins": counts["begins"],
@@ -150,7 +148,7 @@ class DecisionChecker:
             "aborts": counts["aborts"],
             "destroys": counts["destroys"],
             "commands": counts["commands"],
-            "waiting": len(self.model(domain).waiters),
+            "waiting": waiting,
         }
         wrong = {
             name: (getattr(stats, name), value)
@@ -191,7 +189,7 @@ class DecisionChecker:
         if name is not None:
             track.counts[name] += 1
 
-    def _check_time(self, track: _Track, event: TraceEvent) -> None:
+    def _check_time(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         for waiter in track.state.waiters:
             if (
                 waiter.deadline is not None
@@ -206,15 +204,18 @@ class DecisionChecker:
                     f"its deadline t={waiter.deadline:.6f} (timeout not honoured)",
                     (event,),
                 )
-        preempt = track.preempt
+        traced = seen.async_job
+        preempt = None if traced is None else traced.destroy_request
         ajob = track.state.async_job
         if (
-            preempt is not None
+            traced is not None
+            and preempt is not None
             and ajob is not None
             and ajob.destroyed
+            and traced.id not in track.late_preempts
             and event.time > preempt.time + self._instant
         ):
-            track.preempt = None
+            track.late_preempts.add(traced.id)
             self._report(
                 8,
                 event.domain,
@@ -274,18 +275,20 @@ class DecisionChecker:
         track.desynced = True
         track.expected.clear()
 
-    def _check_preempted(self, track: _Track, event: TraceEvent) -> None:
+    def _check_preempted(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         ajob = track.state.async_job
         if ajob is None or not ajob.destroyed or event.job_id != ajob.job:
             return
         own_request = event.kind is TraceKind.MONITOR_ENTER and not event.detail.get("waited")
         if event.kind in _ASYNC_ACTIONS or own_request:
+            traced = _traced(seen, ajob.job)
+            preempt = None if traced is None else traced.destroy_request
             self._report(
                 8,
                 event.domain,
                 f"async job #{ajob.job} acted ({event.kind.value}) after a DESTROY request "
                 "pre-empted it",
-                (*(() if track.preempt is None else (track.preempt,)), event),
+                (*(() if preempt is None else (preempt,)), event),
             )
 
     # -- requests --------------------------------------------------------------
@@ -319,7 +322,7 @@ class DecisionChecker:
         )
         return decision
 
-    def _on_begin(self, track: _Track, event: TraceEvent) -> None:
+    def _on_begin(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if event.detail.get("waited"):
             self._disagree(
                 track,
@@ -338,7 +341,7 @@ class DecisionChecker:
                 f"begin now ({_why(before, event)})",
             )
 
-    def _on_wait(self, track: _Track, event: TraceEvent) -> None:
+    def _on_wait(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         detail = event.detail
         before = track.state
         is_async = bool(detail.get("async", False))
@@ -369,7 +372,7 @@ class DecisionChecker:
                 f"{event.job}#{event.job_id} had to wait, but the model lets it begin at once",
             )
 
-    def _on_refused(self, track: _Track, event: TraceEvent) -> None:
+    def _on_refused(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         reason = event.detail.get("reason")
         before = track.state
         decision = self._arrive(track, event, nowait=reason == spec.BUSY)
@@ -393,7 +396,7 @@ class DecisionChecker:
                 f"{event.detail.get('max_queued')}); the model says {decision}",
             )
 
-    def _on_wait_failed(self, track: _Track, event: TraceEvent) -> None:
+    def _on_wait_failed(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         job = _job(event)
         waiter = next((w for w in track.state.waiters if w.job == job), None)
         if waiter is None:
@@ -416,48 +419,47 @@ class DecisionChecker:
 
     # -- changes ---------------------------------------------------------------
 
-    def _on_job_end(self, track: _Track, event: TraceEvent) -> None:
+    def _on_job_end(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         track.state, grants = spec.job_ended(track.state, _job(event))
         self._expect(track, event, [("grant", w.job) for w in grants])
 
-    def _on_async_end(self, track: _Track, event: TraceEvent) -> None:
+    def _on_async_end(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         ajob = track.state.async_job
         if ajob is None or ajob.job != event.job_id:
             return  # invariant 7 reports it
         outcome = event.detail.get("outcome")
+        traced = _traced(seen, ajob.job)
         problem = None
         if ajob.destroyed and outcome != "destroyed":
             problem = f"was pre-empted by DESTROY but ended {outcome!r}"
-        elif ajob.destroyed and not track.delivered:
+        elif ajob.destroyed and (traced is None or not traced.destroy_delivered):
             problem = "ended destroyed, but the pre-emption was never delivered to its body"
         elif outcome == "destroyed" and not ajob.destroyed:
             problem = "ended destroyed with no DESTROY request"
-        elif outcome == "aborted" and ajob.job not in track.aborted:
+        elif outcome == "aborted" and (traced is None or not traced.abort_delivered):
             problem = "ended aborted, but no abort was delivered to it"
         if problem is not None:
             self._report(8, event.domain, f"async job #{ajob.job} {problem}", (event,))
-        track.preempt = None
-        track.delivered = False
         track.state, grants = spec.async_ended(track.state)
         self._expect(track, event, [("grant", w.job) for w in grants])
 
-    def _on_gate_open(self, track: _Track, event: TraceEvent) -> None:
+    def _on_gate_open(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if track.state.async_job is None:
             return  # invariant 3 reports it
         track.state, grants = spec.gate_opened(track.state)
         self._expect(track, event, [("grant", w.job) for w in grants])
 
-    def _on_gate_close(self, track: _Track, event: TraceEvent) -> None:
+    def _on_gate_close(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if track.state.async_job is not None:
             track.state = spec.gate_closed(track.state)
 
-    def _on_allowed(self, track: _Track, event: TraceEvent) -> None:
+    def _on_allowed(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if track.state.async_job is None:
             return
         track.state, grants = spec.allowed_changed(track.state, _names(event.detail["allowed"]))
         self._expect(track, event, [("grant", w.job) for w in grants])
 
-    def _on_destroy_request(self, track: _Track, event: TraceEvent) -> None:
+    def _on_destroy_request(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         ajob = track.state.async_job
         if ajob is None or ajob.destroyed:
             self._report(
@@ -467,14 +469,14 @@ class DecisionChecker:
                 (event,),
             )
             return
-        track.preempt = event
-        track.delivered = False
         track.state = spec.destroy_requested(track.state)
 
-    def _on_destroy_delivered(self, track: _Track, event: TraceEvent) -> None:
-        track.delivered = True
-        preempt = track.preempt
-        if preempt is not None and event.time > preempt.time + self._instant:
+    def _on_destroy_delivered(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
+        traced = _traced(seen, event.job_id)
+        if traced is None or traced.destroy_request is None or traced.id in track.late_preempts:
+            return  # no pre-emption traced, or it was reported late already
+        preempt = traced.destroy_request
+        if event.time > preempt.time + self._instant:
             self._report(
                 8,
                 event.domain,
@@ -482,9 +484,6 @@ class DecisionChecker:
                 f"request at t={preempt.time:.6f} (not within one scheduling round)",
                 (preempt, event),
             )
-
-    def _on_abort_delivered(self, track: _Track, event: TraceEvent) -> None:
-        track.aborted.add(_job(event))
 
     # -- the monitor -------------------------------------------------------------
 
@@ -501,13 +500,13 @@ class DecisionChecker:
                 f"{list(before.monitor_queue)})",
             )
 
-    def _on_monitor_wait(self, track: _Track, event: TraceEvent) -> None:
+    def _on_monitor_wait(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         self._monitor_arrival(track, event, nowait=False, got="wait")
 
-    def _on_monitor_refused(self, track: _Track, event: TraceEvent) -> None:
+    def _on_monitor_refused(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         self._monitor_arrival(track, event, nowait=True, got="refused")
 
-    def _on_monitor_enter(self, track: _Track, event: TraceEvent) -> None:
+    def _on_monitor_enter(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if event.detail.get("waited"):
             self._disagree(
                 track,
@@ -518,13 +517,13 @@ class DecisionChecker:
             return
         self._monitor_arrival(track, event, nowait=False, got="enter")
 
-    def _on_monitor_exit(self, track: _Track, event: TraceEvent) -> None:
+    def _on_monitor_exit(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if track.state.monitor_holder != event.job_id:
             return  # invariant 1 reports it
         track.state, handoffs = spec.monitor_left(track.state)
         self._expect(track, event, list(handoffs))
 
-    def _on_monitor_wait_failed(self, track: _Track, event: TraceEvent) -> None:
+    def _on_monitor_wait_failed(self, track: _Track, event: TraceEvent, seen: TracedDomain) -> None:
         if event.detail.get("result") == "job_ended":
             self._disagree(
                 track,
@@ -534,6 +533,12 @@ class DecisionChecker:
             )
             return
         track.state = spec.monitor_wait_ended(track.state, _job(event))
+
+
+def _traced(seen: TracedDomain, job: int | None) -> TracedAsyncJob | None:
+    """The running async job as the trace tells it, if it is job ``job``."""
+    ajob = seen.async_job
+    return ajob if ajob is not None and ajob.id == job else None
 
 
 def _job(event: TraceEvent) -> int:
@@ -560,7 +565,8 @@ def _describe(event: TraceEvent | None) -> str:
     return f"{event.kind.value}{who} at t={event.time:.6f}"
 
 
-_HANDLERS: Final[dict[TraceKind, Callable[[DecisionChecker, _Track, TraceEvent], None]]] = {
+_Handler = Callable[[DecisionChecker, _Track, TraceEvent, TracedDomain], None]
+_HANDLERS: Final[dict[TraceKind, _Handler]] = {
     TraceKind.JOB_BEGIN: DecisionChecker._on_begin,
     TraceKind.ASYNC_BEGIN: DecisionChecker._on_begin,
     TraceKind.JOB_WAIT: DecisionChecker._on_wait,
@@ -573,7 +579,6 @@ _HANDLERS: Final[dict[TraceKind, Callable[[DecisionChecker, _Track, TraceEvent],
     TraceKind.ASYNC_ALLOWED: DecisionChecker._on_allowed,
     TraceKind.DESTROY_REQUEST: DecisionChecker._on_destroy_request,
     TraceKind.DESTROY_DELIVERED: DecisionChecker._on_destroy_delivered,
-    TraceKind.ABORT_DELIVERED: DecisionChecker._on_abort_delivered,
     TraceKind.MONITOR_WAIT: DecisionChecker._on_monitor_wait,
     TraceKind.MONITOR_REFUSED: DecisionChecker._on_monitor_refused,
     TraceKind.MONITOR_ENTER: DecisionChecker._on_monitor_enter,

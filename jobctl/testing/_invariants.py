@@ -1,12 +1,13 @@
 """The isolation invariants, checked on a trace.
 
 :class:`InvariantChecker` reads trace events one at a time (online, so a
-stateful test can check after every step) and keeps a model of each domain
-built from the trace alone: active jobs, the async job's gate and barrier,
-the wait queue, the monitor's holder and the command in flight. Every event
-is checked against that model. The checker never trusts the core's own
-bookkeeping: a core that forgets to close its gate still emits the events
-that show it.
+stateful test can check after every step) and keeps each domain's state as
+the trace tells it: the core's fold (:func:`jobctl.fold_event`, the same the
+live feed shows) of active jobs, the async job's gate and barrier, the wait
+queue, the monitor's holder and the command in flight. Every event is
+checked against the state before it, then folded in. The checker never
+trusts the core's own bookkeeping: a core that forgets to close its gate
+still emits the events that show it.
 
 The invariants (numbered as in jobctl's design):
 
@@ -56,6 +57,7 @@ from typing import Final, final
 
 import attrs
 
+from jobctl._core._fold import TracedDomain, TracedWaiter, fold_event
 from jobctl._core._info import DomainStatistics
 from jobctl._core._trace import TraceEvent, TraceKind
 from jobctl.testing._decisions import INSTANT, DecisionChecker
@@ -176,112 +178,87 @@ class DomainModel:
 
 
 @final
-class _Waiter:
-    __slots__ = ("event", "is_async", "kind")
+class _Domain:
+    """The checker's per-domain record: the fold of the domain's trace, and
+    what only the judgement needs beside it."""
 
-    def __init__(self, event: TraceEvent, is_async: bool) -> None:
-        self.event = event
-        self.kind = event.job
-        self.is_async = is_async
+    __slots__ = ("intruder", "last_command", "name", "recent", "state")
 
-
-@final
-class _Async:
-    __slots__ = (
-        "allowed",
-        "begin",
-        "closed",
-        "destroyed",
-        "gate",
-        "id",
-        "intruder",
-        "last_command",
-        "pending",
-        "section",
-    )
-
-    def __init__(self, begin: TraceEvent, allowed: frozenset[str]) -> None:
-        assert begin.job_id is not None
-        self.id = begin.job_id
-        self.begin = begin
-        self.allowed = allowed
-        #: The gate.open event of the open section, if any.
-        self.gate: TraceEvent | None = None
-        #: The gate.close event of the last section left.
-        self.closed: TraceEvent | None = None
-        #: Regular jobs that began in the open section.
-        self.section: set[int] = set()
-        #: Regular jobs of the section left last that have not ended (the barrier).
-        self.pending: set[int] = set()
-        self.destroyed = False
+    def __init__(self, name: str, context: int) -> None:
+        self.name = name
+        #: The domain as its trace tells it so far (the core's fold).
+        self.state = TracedDomain(name)
         #: The async job's last command of the current non-interruptible stretch.
         self.last_command: TraceEvent | None = None
         #: A command of another job sent after ``last_command`` in this stretch.
         self.intruder: TraceEvent | None = None
-
-
-@final
-class _Domain:
-    __slots__ = ("async_", "holder", "in_flight", "name", "recent", "regular", "waiters")
-
-    def __init__(self, name: str, context: int) -> None:
-        self.name = name
-        #: Active regular jobs: id -> their job.begin event.
-        self.regular: dict[int, TraceEvent] = {}
-        self.async_: _Async | None = None
-        #: The wait queue as the rules order it (DESTROY first, then FIFO).
-        self.waiters: list[_Waiter] = []
-        #: The monitor.enter event of the monitor's holder.
-        self.holder: TraceEvent | None = None
-        #: The command.sent event of the command in flight.
-        self.in_flight: TraceEvent | None = None
         self.recent: deque[TraceEvent] = deque(maxlen=context)
 
-    def parked(self, waiter: _Waiter) -> bool:
-        """Whether the waiter cannot begin before the async job ends (so it
-        does not hold up the waiters behind it)."""
-        ajob = self.async_
-        if ajob is None:
-            return False
-        return waiter.is_async or (waiter.kind != _DESTROY and waiter.kind not in ajob.allowed)
+    def new_stretch(self) -> None:
+        """The async job began, or opened or left a section."""
+        self.last_command = None
+        self.intruder = None
 
     def model(self) -> DomainModel:
-        ajob = self.async_
+        state = self.state
+        ajob = state.async_job
         return DomainModel(
-            regular_jobs=frozenset(self.regular),
+            regular_jobs=frozenset(j.id for j in state.regular_jobs),
             async_job=None if ajob is None else ajob.id,
-            interruptible=ajob is not None and ajob.gate is not None,
-            waiters=tuple(w.event.job_id for w in self.waiters if w.event.job_id is not None),
-            monitor_holder=None if self.holder is None else self.holder.job_id,
-            barrier_pending=frozenset() if ajob is None else frozenset(ajob.pending),
-            command_in_flight=self.in_flight is not None,
+            interruptible=ajob is not None and ajob.interruptible,
+            waiters=tuple(w.id for w in _queue_order(state)),
+            monitor_holder=state.monitor_holder,
+            barrier_pending=state.barrier_pending,
+            command_in_flight=state.monitor.command is not None,
         )
 
 
-def _names(detail_value: object) -> frozenset[str]:
-    if isinstance(detail_value, list | tuple | set | frozenset):
-        return frozenset(str(v) for v in detail_value)
-    return frozenset()
+def _queue_order(state: TracedDomain) -> list[TracedWaiter]:
+    """The wait queue as the rules order it: DESTROY first, then FIFO."""
+    destroys = [w for w in state.waiters if w.kind == _DESTROY and not w.is_async]
+    return [*destroys, *(w for w in state.waiters if w not in destroys)]
+
+
+def _parked(state: TracedDomain, waiter: TracedWaiter) -> bool:
+    """Whether the waiter cannot begin before the async job ends (so it does
+    not hold up the waiters behind it)."""
+    ajob = state.async_job
+    if ajob is None:
+        return False
+    return waiter.is_async or (waiter.kind != _DESTROY and waiter.kind not in ajob.allowed)
+
+
+def _begins(state: TracedDomain, job_ids: Iterable[int]) -> list[TraceEvent]:
+    """The ``job.begin`` events of those regular jobs that still run."""
+    jobs = (state.regular_job(i) for i in sorted(job_ids))
+    return [j.begin for j in jobs if j is not None]
+
+
+#: A check of one event against the domain's state before it.
+_Check = Callable[["InvariantChecker", _Domain, TracedDomain, TraceEvent], None]
 
 
 @final
 class InvariantChecker:
     """Checks the invariants on a stream of trace events, one at a time.
 
-    ``feed`` never raises (it may be a trace listener); it records
-    :class:`Violation` objects. ``finish`` adds the end-of-run checks
-    (invariant 7 and unresolved waits). ``check`` raises
+    ``feed`` never raises on well-formed events (it may be a trace listener);
+    it records :class:`Violation` objects. ``finish`` adds the end-of-run
+    checks (invariant 7 and unresolved waits). ``check`` raises
     :class:`InvariantViolation` if anything was recorded. ``max_wait``
     bounds how long (trace time) any request may wait before it begins or
     fails; None leaves waits unbounded. ``domains`` restricts the check to
     those domains (others on the same hub are ignored).
+
+    Each domain's state is the core's fold of its trace
+    (:func:`jobctl.fold_event`); the checker judges every event against the
+    state before it, then folds it in.
     """
 
     __slots__ = (
         "_context",
         "_decisions",
         "_domains",
-        "_handlers",
         "_only",
         "_violations",
         "max_wait",
@@ -307,24 +284,6 @@ class InvariantChecker:
         if not instant >= 0:
             raise ValueError(f"instant must be >= 0, not {instant!r}")
         self._decisions = DecisionChecker(self._report, instant=instant)
-        self._handlers: dict[TraceKind, Callable[[_Domain, TraceEvent], None]] = {
-            TraceKind.JOB_WAIT: self._on_wait,
-            TraceKind.JOB_WAIT_FAILED: self._on_wait_failed,
-            TraceKind.JOB_BEGIN: self._on_job_begin,
-            TraceKind.JOB_END: self._on_job_end,
-            TraceKind.ASYNC_BEGIN: self._on_async_begin,
-            TraceKind.ASYNC_END: self._on_async_end,
-            TraceKind.ASYNC_ALLOWED: self._on_async_allowed,
-            TraceKind.GATE_OPEN: self._on_gate_open,
-            TraceKind.GATE_CLOSE: self._on_gate_close,
-            TraceKind.BARRIER_START: self._on_barrier_start,
-            TraceKind.BARRIER_END: self._on_barrier_end,
-            TraceKind.MONITOR_ENTER: self._on_monitor_enter,
-            TraceKind.MONITOR_EXIT: self._on_monitor_exit,
-            TraceKind.COMMAND_SENT: self._on_command_sent,
-            TraceKind.COMMAND_ANSWERED: self._on_command_answered,
-            TraceKind.DESTROY_REQUEST: self._on_destroy_request,
-        }
 
     # -- public ----------------------------------------------------------------
 
@@ -334,7 +293,7 @@ class InvariantChecker:
         return tuple(self._violations)
 
     def feed(self, event: TraceEvent) -> None:
-        """Check one event against the model, then apply it. Never raises."""
+        """Check one event against the domain's state, then fold it in."""
         if self._only is not None and event.domain not in self._only:
             return
         dom = self._domains.get(event.domain)
@@ -347,12 +306,15 @@ class InvariantChecker:
             # Every job-layer event names its job; this one cannot be checked.
             self._violate(7, dom, "an event without a job id", event)
             return
-        self._decisions.feed(event)
-        if dom.async_ is not None and event.job_id == dom.async_.id:
-            self._check_async_action(dom, event)
-        handler = self._handlers.get(event.kind)
-        if handler is not None:
-            handler(dom, event)
+        before = dom.state
+        self._decisions.feed(event, before)
+        ajob = before.async_job
+        if ajob is not None and event.job_id == ajob.id:
+            self._check_async_action(dom, before, event)
+        check = _CHECKS.get(event.kind)
+        if check is not None:
+            check(self, dom, before, event)
+        dom.state = fold_event(before, event)
         dom.recent.append(event)
 
     def feed_all(self, events: Iterable[TraceEvent]) -> None:
@@ -366,28 +328,36 @@ class InvariantChecker:
             dom = _Domain(domain, 0)
         return dom.model()
 
+    def state(self, domain: str) -> TracedDomain:
+        """``domain`` as the trace fed so far tells it (``TracedDomain(domain)``
+        if never seen)."""
+        dom = self._domains.get(domain)
+        return TracedDomain(domain) if dom is None else dom.state
+
     def check_statistics(self, domain: str, statistics: DomainStatistics) -> None:
         """Check ``Domain.statistics()`` of ``domain`` against its trace
         (invariant 11); the trace must be complete from the domain's start."""
-        self._decisions.check_statistics(domain, statistics)
+        waiting = len(self.state(domain).waiters)
+        self._decisions.check_statistics(domain, statistics, waiting=waiting)
 
     def finish(self) -> None:
         """The trace is complete: check that every domain ended idle and every
         wait was resolved."""
         self._decisions.finish()
         for dom in self._domains.values():
-            for waiter in dom.waiters:
-                self._violate(6, dom, "a request never began nor failed", waiter.event)
-            dom.waiters.clear()
-            leftovers = list(dom.regular.values())
-            if dom.async_ is not None:
-                leftovers.append(dom.async_.begin)
+            state = dom.state
+            for waiter in _queue_order(state):
+                self._violate(6, dom, "a request never began nor failed", waiter.wait)
+            leftovers = [j.begin for j in state.regular_jobs]
+            if state.async_job is not None:
+                leftovers.append(state.async_job.begin)
             if leftovers:
                 self._violate(7, dom, "job(s) never ended", *leftovers)
-            if dom.holder is not None:
-                self._violate(7, dom, "the monitor's holder never left it", dom.holder)
-            if dom.in_flight is not None:
-                self._violate(7, dom, "a command was never answered", dom.in_flight)
+            monitor = state.monitor
+            if monitor.entered is not None:
+                self._violate(7, dom, "the monitor's holder never left it", monitor.entered)
+            if monitor.command is not None:
+                self._violate(7, dom, "a command was never answered", monitor.command)
 
     def check(self) -> None:
         """Raise :class:`InvariantViolation` if any violation was found."""
@@ -409,47 +379,47 @@ class InvariantChecker:
             Violation(invariant, dom.name, message, tuple(events), tuple(dom.recent))
         )
 
-    def _take_waiter(self, dom: _Domain, event: TraceEvent) -> _Waiter | None:
-        for index, waiter in enumerate(dom.waiters):
-            if waiter.event.job_id == event.job_id:
-                del dom.waiters[index]
-                if self.max_wait is not None and event.time - waiter.event.time > self.max_wait:
-                    self._violate(
-                        6,
-                        dom,
-                        f"a request waited {event.time - waiter.event.time:.3f} s, "
-                        f"longer than max_wait={self.max_wait}",
-                        waiter.event,
-                        event,
-                    )
-                return waiter
-        return None
+    def _check_waited(
+        self, dom: _Domain, before: TracedDomain, event: TraceEvent
+    ) -> TracedWaiter | None:
+        """``event`` ends the wait of its request, if it was queued: it did
+        not wait past ``max_wait``. Returns the waiter."""
+        waiter = before.waiter(event.job_id)
+        if waiter is None:
+            return None
+        waited = event.time - waiter.since
+        if self.max_wait is not None and waited > self.max_wait:
+            self._violate(
+                6,
+                dom,
+                f"a request waited {waited:.3f} s, longer than max_wait={self.max_wait}",
+                waiter.wait,
+                event,
+            )
+        return waiter
 
-    def _check_fifo(self, dom: _Domain, event: TraceEvent) -> None:
-        """Called before ``event``'s waiter (if any) leaves the queue."""
-        ahead: list[_Waiter] = []
-        for waiter in dom.waiters:
-            if waiter.event.job_id == event.job_id:
-                break
-            ahead.append(waiter)
-        for waiter in ahead:
-            if not dom.parked(waiter):
+    def _check_fifo(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        """``event``'s job begins: no earlier waiter that could run is queued."""
+        for waiter in _queue_order(before):
+            if waiter.id == event.job_id:
+                return
+            if not _parked(before, waiter):
                 self._violate(
                     6,
                     dom,
                     f"{event.job}#{event.job_id} began ahead of the earlier waiter "
-                    f"{waiter.kind}#{waiter.event.job_id}, which could run (FIFO)",
-                    waiter.event,
+                    f"{waiter.kind}#{waiter.id}, which could run (FIFO)",
+                    waiter.wait,
                     event,
                 )
                 return
 
-    def _check_async_action(self, dom: _Domain, event: TraceEvent) -> None:
-        ajob = dom.async_
+    def _check_async_action(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        ajob = before.async_job
         assert ajob is not None
-        if event.kind not in _ASYNC_ACTIONS or not ajob.pending or ajob.destroyed:
+        if event.kind not in _ASYNC_ACTIONS or not ajob.barrier_pending or ajob.destroy_requested:
             return
-        pending = [dom.regular[i] for i in sorted(ajob.pending) if i in dom.regular]
+        pending = _begins(before, ajob.barrier_pending)
         names = ", ".join(f"{e.job}#{e.job_id}" for e in pending)
         closed = () if ajob.closed is None else (ajob.closed,)
         self._violate(
@@ -462,36 +432,23 @@ class InvariantChecker:
             event,
         )
 
-    # -- handlers: waiting -----------------------------------------------------
+    # -- checks: waiting -------------------------------------------------------
 
-    def _on_wait(self, dom: _Domain, event: TraceEvent) -> None:
-        waiter = _Waiter(event, bool(event.detail.get("async", False)))
-        if any(w.event.job_id == event.job_id for w in dom.waiters):
+    def _on_wait(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        if before.waiter(event.job_id) is not None:
             self._violate(6, dom, "a request queued twice", event)
-            return
-        if waiter.kind == _DESTROY and not waiter.is_async:
-            position = 0
-            while position < len(dom.waiters) and dom.waiters[position].kind == _DESTROY:
-                position += 1
-            dom.waiters.insert(position, waiter)
-        else:
-            dom.waiters.append(waiter)
 
-    def _on_wait_failed(self, dom: _Domain, event: TraceEvent) -> None:
-        if self._take_waiter(dom, event) is None:
+    def _on_wait_failed(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        if self._check_waited(dom, before, event) is None:
             self._violate(6, dom, "a request failed its wait without having queued", event)
 
-    # -- handlers: regular jobs ------------------------------------------------
+    # -- checks: regular jobs --------------------------------------------------
 
-    def _on_job_begin(self, dom: _Domain, event: TraceEvent) -> None:
-        assert event.job_id is not None
-        self._check_fifo(dom, event)
-        self._take_waiter(dom, event)
+    def _on_job_begin(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        self._check_fifo(dom, before, event)
+        self._check_waited(dom, before, event)
         # 5: compatibility
-        if event.job == _QUERY:
-            others = [e for e in dom.regular.values() if e.job != _QUERY]
-        else:
-            others = list(dom.regular.values())
+        others = [j.begin for j in before.regular_jobs if event.job != _QUERY or j.kind != _QUERY]
         if others:
             self._violate(
                 5,
@@ -503,17 +460,17 @@ class InvariantChecker:
                 event,
             )
         # 3: inside a section, of an allowed kind
-        ajob = dom.async_
-        in_section = bool(event.detail.get("in_section", False))
+        ajob = before.async_job
+        section = None if ajob is None else ajob.section
         if ajob is not None:
-            if ajob.gate is None:
-                where = [ajob.begin] if ajob.closed is None else [ajob.closed]
+            if section is None:
+                where = ajob.begin if ajob.closed is None else ajob.closed
                 self._violate(
                     3,
                     dom,
                     f"{event.job}#{event.job_id} began while async job "
-                    f"{ajob.begin.job}#{ajob.id} was outside an interruptible section",
-                    *where,
+                    f"{ajob.kind}#{ajob.id} was outside an interruptible section",
+                    where,
                     event,
                 )
             elif event.job != _DESTROY and event.job not in ajob.allowed:
@@ -522,12 +479,11 @@ class InvariantChecker:
                     dom,
                     f"{event.job}#{event.job_id} began in a section that allows only "
                     f"{sorted(ajob.allowed)}",
-                    ajob.gate,
+                    section.opened,
                     event,
                 )
-            if ajob.gate is not None:
-                ajob.section.add(event.job_id)
-        if in_section != (ajob is not None and ajob.gate is not None):
+        in_section = bool(event.detail.get("in_section", False))
+        if in_section != (section is not None):
             self._violate(
                 3,
                 dom,
@@ -535,86 +491,66 @@ class InvariantChecker:
                 "gate was " + ("open" if not in_section else "closed"),
                 event,
             )
-        dom.regular[event.job_id] = event
 
-    def _on_job_end(self, dom: _Domain, event: TraceEvent) -> None:
-        assert event.job_id is not None
-        begin = dom.regular.pop(event.job_id, None)
-        if begin is None:
+    def _on_job_end(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        if before.regular_job(event.job_id) is None:
             self._violate(7, dom, "a job ended that was not active", event)
-        if dom.holder is not None and dom.holder.job_id == event.job_id:
-            self._violate(7, dom, "a job ended while still holding the monitor", dom.holder, event)
-        ajob = dom.async_
-        if ajob is not None:
-            ajob.section.discard(event.job_id)
-            ajob.pending.discard(event.job_id)
+        entered = before.monitor.entered
+        if entered is not None and entered.job_id == event.job_id:
+            self._violate(7, dom, "a job ended while still holding the monitor", entered, event)
 
-    # -- handlers: the async job -----------------------------------------------
+    # -- checks: the async job -------------------------------------------------
 
-    def _on_async_begin(self, dom: _Domain, event: TraceEvent) -> None:
-        self._check_fifo(dom, event)
-        self._take_waiter(dom, event)
-        if dom.async_ is not None:
+    def _on_async_begin(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        self._check_fifo(dom, before, event)
+        self._check_waited(dom, before, event)
+        if before.async_job is not None:
             self._violate(
-                5, dom, "a second async job began beside the first", dom.async_.begin, event
+                5, dom, "a second async job began beside the first", before.async_job.begin, event
             )
-        if dom.regular:
+        if before.regular_jobs:
             self._violate(
                 2,
                 dom,
                 f"async job {event.job}#{event.job_id} began while regular job(s) were active",
-                *dom.regular.values(),
+                *(j.begin for j in before.regular_jobs),
                 event,
             )
-        dom.async_ = _Async(event, _names(event.detail.get("allowed")))
+        dom.new_stretch()
 
-    def _on_async_end(self, dom: _Domain, event: TraceEvent) -> None:
-        ajob = dom.async_
+    def _on_async_end(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        ajob = before.async_job
         if ajob is None or ajob.id != event.job_id:
             self._violate(7, dom, "an async job ended that was not active", event)
             return
         outcome = event.detail.get("outcome")
-        if ajob.pending and outcome not in ("cancelled", "destroyed"):
-            pending = [dom.regular[i] for i in sorted(ajob.pending) if i in dom.regular]
+        if ajob.barrier_pending and outcome not in ("cancelled", "destroyed"):
             self._violate(
                 4,
                 dom,
                 f"the async job ended ({outcome}) without waiting at its barrier",
-                *pending,
+                *_begins(before, ajob.barrier_pending),
                 event,
             )
-        dom.async_ = None
 
-    def _on_async_allowed(self, dom: _Domain, event: TraceEvent) -> None:
-        if dom.async_ is not None and dom.async_.id == event.job_id:
-            dom.async_.allowed = _names(event.detail.get("allowed"))
-
-    def _on_gate_open(self, dom: _Domain, event: TraceEvent) -> None:
-        ajob = dom.async_
+    def _on_gate_open(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        ajob = before.async_job
         if ajob is None or ajob.id != event.job_id:
             self._violate(3, dom, "a gate opened for a job that is not the async job", event)
             return
-        if ajob.gate is not None:
-            self._violate(3, dom, "a gate opened twice", ajob.gate, event)
-        if dom.holder is not None and dom.holder.job_id == ajob.id:
+        if ajob.section is not None:
+            self._violate(3, dom, "a gate opened twice", ajob.section.opened, event)
+        if before.monitor_holder == ajob.id:
             self._violate(2, dom, "the async job opened a section while holding the monitor", event)
-        ajob.gate = event
-        ajob.section = set()
-        ajob.last_command = None
-        ajob.intruder = None
+        dom.new_stretch()
 
-    def _on_gate_close(self, dom: _Domain, event: TraceEvent) -> None:
-        ajob = dom.async_
-        if ajob is None or ajob.id != event.job_id or ajob.gate is None:
+    def _on_gate_close(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        ajob = before.async_job
+        if ajob is None or ajob.id != event.job_id or ajob.section is None:
             self._violate(3, dom, "a gate closed that was not open", event)
             return
-        ajob.gate = None
-        ajob.closed = event
-        ajob.pending = {i for i in ajob.section if i in dom.regular}
-        ajob.section = set()
-        ajob.last_command = None
-        ajob.intruder = None
-        strays = [e for i, e in dom.regular.items() if i not in ajob.pending]
+        dom.new_stretch()
+        strays = [j.begin for j in before.regular_jobs if j.id not in ajob.section.jobs]
         if strays:
             self._violate(
                 2,
@@ -624,110 +560,109 @@ class InvariantChecker:
                 event,
             )
 
-    def _on_barrier_start(self, dom: _Domain, event: TraceEvent) -> None:
-        ajob = dom.async_
+    def _on_barrier_start(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        ajob = before.async_job
         reported = frozenset(int(i) for i in event.detail.get("pending", ()))
-        if ajob is not None and reported != ajob.pending:
+        if ajob is not None and reported != ajob.barrier_pending:
             self._violate(
                 4,
                 dom,
                 f"barrier.start reports pending {sorted(reported)}, but the jobs that "
-                f"began in the section and still run are {sorted(ajob.pending)}",
+                f"began in the section and still run are {sorted(ajob.barrier_pending)}",
                 event,
             )
 
-    def _on_barrier_end(self, dom: _Domain, event: TraceEvent) -> None:
-        ajob = dom.async_
-        if ajob is not None and ajob.pending and not ajob.destroyed:
-            pending = [dom.regular[i] for i in sorted(ajob.pending) if i in dom.regular]
+    def _on_barrier_end(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        ajob = before.async_job
+        if ajob is not None and ajob.barrier_pending and not ajob.destroy_requested:
             self._violate(
-                4, dom, "the barrier ended while jobs of its section still ran", *pending, event
+                4,
+                dom,
+                "the barrier ended while jobs of its section still ran",
+                *_begins(before, ajob.barrier_pending),
+                event,
             )
 
-    def _on_destroy_request(self, dom: _Domain, event: TraceEvent) -> None:
-        if dom.async_ is not None:
-            dom.async_.destroyed = True
+    # -- checks: the monitor ---------------------------------------------------
 
-    # -- handlers: the monitor -------------------------------------------------
-
-    def _on_monitor_enter(self, dom: _Domain, event: TraceEvent) -> None:
-        if dom.holder is not None:
+    def _on_monitor_enter(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        entered = before.monitor.entered
+        if entered is not None:
             self._violate(
                 1,
                 dom,
                 f"{event.job}#{event.job_id} entered the monitor held by "
-                f"{dom.holder.job}#{dom.holder.job_id}",
-                dom.holder,
+                f"{entered.job}#{entered.job_id}",
+                entered,
                 event,
             )
-        ajob = dom.async_
-        if ajob is not None and ajob.id == event.job_id and ajob.gate is not None:
+        ajob = before.async_job
+        if ajob is not None and ajob.id == event.job_id and ajob.section is not None:
             self._violate(
                 2,
                 dom,
                 "the async job entered the monitor inside its interruptible section",
-                ajob.gate,
+                ajob.section.opened,
                 event,
             )
-        dom.holder = event
 
-    def _on_monitor_exit(self, dom: _Domain, event: TraceEvent) -> None:
-        if dom.holder is None or dom.holder.job_id != event.job_id:
+    def _on_monitor_exit(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        monitor = before.monitor
+        if monitor.holder is None or monitor.holder != event.job_id:
             self._violate(1, dom, "a job left the monitor it did not hold", event)
             return
-        if dom.in_flight is not None and dom.in_flight.job_id == event.job_id:
+        if monitor.command is not None and monitor.command.job_id == event.job_id:
             self._violate(
                 1,
                 dom,
                 "the monitor was released before the reply to its command came back",
-                dom.in_flight,
+                monitor.command,
                 event,
             )
-        dom.holder = None
 
-    def _on_command_sent(self, dom: _Domain, event: TraceEvent) -> None:
-        if dom.in_flight is not None:
+    def _on_command_sent(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        monitor = before.monitor
+        if monitor.command is not None:
             self._violate(
                 1,
                 dom,
                 "a second command was sent while another was in flight",
-                dom.in_flight,
+                monitor.command,
                 event,
             )
-        if dom.holder is None or dom.holder.job_id != event.job_id:
-            holder = () if dom.holder is None else (dom.holder,)
+        if monitor.holder is None or monitor.holder != event.job_id:
+            holder = () if monitor.entered is None else (monitor.entered,)
             self._violate(
                 1, dom, "a command was sent by a job not holding the monitor", *holder, event
             )
-        dom.in_flight = event
-        ajob = dom.async_
-        if ajob is None or ajob.destroyed:
+        ajob = before.async_job
+        if ajob is None or ajob.destroy_requested:
             return
         if event.job_id == ajob.id:
-            if ajob.gate is not None:
+            if ajob.section is not None:
                 self._violate(
                     2,
                     dom,
                     "the async job sent a command inside its interruptible section",
-                    ajob.gate,
+                    ajob.section.opened,
                     event,
                 )
-            elif ajob.intruder is not None and ajob.last_command is not None:
+            elif dom.intruder is not None and dom.last_command is not None:
                 self._violate(
                     4,
                     dom,
-                    f"a command of {ajob.intruder.job}#{ajob.intruder.job_id} landed between "
+                    f"a command of {dom.intruder.job}#{dom.intruder.job_id} landed between "
                     "two commands of one non-interruptible stretch of the async job",
-                    ajob.last_command,
-                    ajob.intruder,
+                    dom.last_command,
+                    dom.intruder,
                     event,
                 )
-            ajob.last_command = event
-            ajob.intruder = None
-        elif ajob.gate is None:
-            if ajob.last_command is not None and ajob.intruder is None:
-                ajob.intruder = event
-            if event.job_id not in ajob.pending:
+            dom.last_command = event
+            dom.intruder = None
+        elif ajob.section is None:
+            if dom.last_command is not None and dom.intruder is None:
+                dom.intruder = event
+            if event.job_id not in ajob.barrier_pending:
                 self._violate(
                     2,
                     dom,
@@ -736,12 +671,28 @@ class InvariantChecker:
                     event,
                 )
 
-    def _on_command_answered(self, dom: _Domain, event: TraceEvent) -> None:
-        sent = dom.in_flight
+    def _on_command_answered(self, dom: _Domain, before: TracedDomain, event: TraceEvent) -> None:
+        sent = before.monitor.command
         if sent is None or sent.job_id != event.job_id:
             self._violate(1, dom, "a reply came back for no command in flight", event)
-            return
-        dom.in_flight = None
+
+
+_CHECKS: Final[dict[TraceKind, _Check]] = {
+    TraceKind.JOB_WAIT: InvariantChecker._on_wait,
+    TraceKind.JOB_WAIT_FAILED: InvariantChecker._on_wait_failed,
+    TraceKind.JOB_BEGIN: InvariantChecker._on_job_begin,
+    TraceKind.JOB_END: InvariantChecker._on_job_end,
+    TraceKind.ASYNC_BEGIN: InvariantChecker._on_async_begin,
+    TraceKind.ASYNC_END: InvariantChecker._on_async_end,
+    TraceKind.GATE_OPEN: InvariantChecker._on_gate_open,
+    TraceKind.GATE_CLOSE: InvariantChecker._on_gate_close,
+    TraceKind.BARRIER_START: InvariantChecker._on_barrier_start,
+    TraceKind.BARRIER_END: InvariantChecker._on_barrier_end,
+    TraceKind.MONITOR_ENTER: InvariantChecker._on_monitor_enter,
+    TraceKind.MONITOR_EXIT: InvariantChecker._on_monitor_exit,
+    TraceKind.COMMAND_SENT: InvariantChecker._on_command_sent,
+    TraceKind.COMMAND_ANSWERED: InvariantChecker._on_command_answered,
+}
 
 
 def check_invariants(

@@ -1,67 +1,42 @@
-"""An in-memory monitor with latency, injected faults and an in-flight detector."""
+"""An in-memory monitor for tests: replies, latency, faults, a gate that holds
+commands, and a detector of overlapping commands."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, final
+from types import MappingProxyType
+from typing import Any, Final, final
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from jobctl._core._errors import MonitorClosedError, MonitorError
+from simulators.qemu import (
+    Die,
+    Drop,
+    ErrorReply,
+    FaultInjector,
+    FaultPlan,
+    FaultRule,
+    Garbage,
+    Latency,
+    Stall,
+)
 
 __all__ = [
-    "FaultKind",
-    "MonitorFault",
     "MonitorOverlap",
     "ScriptedMonitor",
+    "ScriptedMonitorClosedError",
     "ScriptedMonitorStatistics",
     "ScriptedReplyError",
 ]
 
+#: ``responder(command, arguments)`` gives a command's reply.
 Responder = Callable[[str, Mapping[str, Any]], Any]
 
-
-@enum.unique
-class FaultKind(enum.Enum):
-    """What goes wrong at a scripted command."""
-
-    #: The command gets an error reply (:class:`ScriptedReplyError`) after its latency.
-    ERROR = "error"
-    #: The reply comes ``seconds`` later than the latency says.
-    STALL = "stall"
-    #: The connection drops while the command is in flight: it fails with
-    #: :class:`~jobctl.MonitorClosedError` after its latency, and so does every
-    #: later command.
-    DROP = "drop"
-    #: The VM is dead before the command is written: it and every later
-    #: command fail at once with :class:`~jobctl.MonitorClosedError`.
-    DEATH = "death"
-
-
-@final
-@attrs.frozen(repr=False)
-class MonitorFault:
-    """A fault injected at the monitor's ``at``-th command (counting from 0);
-    ``seconds`` is a STALL's extra delay."""
-
-    kind: FaultKind
-    at: int = attrs.field()
-    seconds: float = 0.0
-
-    @at.validator
-    def _check_at(self, attribute: object, value: int) -> None:
-        if value < 0:
-            raise ValueError(f"a fault's command index must be >= 0, not {value!r}")
-
-    def __repr__(self) -> str:
-        stall = f", seconds={self.seconds!r}" if self.kind is FaultKind.STALL else ""
-        return f"MonitorFault(FaultKind.{self.kind.name}, at={self.at}{stall})"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(repr(self))
+_NEVER: Final = -float("inf")
+#: What the responder is given for a command without arguments.
+_NO_ARGUMENTS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 @final
@@ -86,16 +61,43 @@ class ScriptedMonitorStatistics:
     closed: bool
 
 
-class ScriptedReplyError(MonitorError):
-    """An error reply injected by :class:`ScriptedMonitor` (``command`` names it)."""
+class ScriptedReplyError(Exception):
+    """An error reply injected by :class:`ScriptedMonitor` (an
+    :class:`~simulators.qemu.ErrorReply` fault): ``command`` names the
+    command, ``desc`` and ``error_class`` are the fault's."""
 
-    def __init__(self, command: str) -> None:
-        super().__init__(f"scripted error reply to {command!r}")
+    def __init__(
+        self, command: str, desc: str = "injected fault", error_class: str = "GenericError"
+    ) -> None:
+        super().__init__(f"scripted error reply to {command!r}: {desc}")
         self.command = command
+        self.desc = desc
+        self.error_class = error_class
+
+
+class ScriptedMonitorClosedError(Exception):
+    """A :class:`ScriptedMonitor` is closed (by :meth:`~ScriptedMonitor.close`,
+    or a :class:`~simulators.qemu.Drop`, :class:`~simulators.qemu.Garbage` or
+    :class:`~simulators.qemu.Die` fault): the command it names failed, and so
+    does every later one."""
 
 
 def _empty_reply(command: str, arguments: Mapping[str, Any]) -> Any:
     return {}
+
+
+def _injector(faults: FaultPlan | Iterable[FaultRule]) -> FaultInjector | None:
+    plan = faults if isinstance(faults, FaultPlan) else FaultPlan(faults)
+    targets: dict[tuple[str | None, int], FaultRule] = {}
+    for rule in plan.rules:
+        if rule.nth is None:
+            continue
+        other = targets.setdefault((rule.command, rule.nth), rule)
+        if other is not rule:
+            raise ValueError(f"two faults scripted for one command: {other!r} and {rule!r}")
+    if not plan.rules and plan.probability == 0:
+        return None
+    return plan.injector()
 
 
 @final
@@ -104,18 +106,39 @@ class ScriptedMonitor:
 
     Each command is answered after its latency (``latency`` is one number, or
     a sequence used in turn, command by command) by ``responder(command,
-    arguments)`` (default: ``{}``), unless a :class:`MonitorFault` scripted
-    for that command says otherwise.
+    arguments)`` (default: ``{}``; it may raise, as an error reply of your
+    own), unless a fault says otherwise.
+
+    ``faults`` are the simulator's (:class:`~simulators.qemu.FaultRule` s, or
+    a whole :class:`~simulators.qemu.FaultPlan` with random faults), counted
+    the same way: ``FaultRule(fault, nth=n)`` hits the ``n``-th command
+    (from 1), ``FaultRule(fault, command="migrate")`` every ``migrate``. On
+    one channel they mean:
+
+    * :class:`~simulators.qemu.Latency`, :class:`~simulators.qemu.Stall`:
+      the reply comes ``seconds`` later;
+    * :class:`~simulators.qemu.ErrorReply`: a :class:`ScriptedReplyError`
+      after the latency;
+    * :class:`~simulators.qemu.Drop`, :class:`~simulators.qemu.Garbage` (a
+      broken reply, which a client closes on): the command fails with
+      :class:`ScriptedMonitorClosedError` after its latency, and so does
+      every later one (the responder is called if the command ran);
+    * :class:`~simulators.qemu.Die`: the VM is dead before the command is
+      written: it and every later command fail at once.
 
     It behaves like a real serial channel: a command whose caller is
     cancelled stays on the wire until its reply time, and the next command
-    waits for that (the :class:`~jobctl.Monitor` contract). :meth:`close`
-    fails every command in flight and every later one with
-    :class:`~jobctl.MonitorClosedError`.
+    waits for that (the :class:`~jobctl.Monitor` contract). :meth:`hold`
+    makes the commands that come from then on wait for :meth:`release`
+    before their latency starts (a VM that does not answer yet); a held
+    command that is cancelled is on the wire until its reply, its latency
+    after the release. :meth:`close` fails every command in flight and
+    every later one with :class:`ScriptedMonitorClosedError`.
 
-    Its detector records a :class:`MonitorOverlap` whenever ``execute`` is
-    entered while another call has not returned, which a correct job core
-    never does; ``overlaps`` lists them.
+    ``log`` lists every command received; its detector records a
+    :class:`MonitorOverlap` whenever ``execute`` is entered while another
+    call has not returned, which a correct job core never does;
+    ``overlaps`` lists them.
     """
 
     __slots__ = (
@@ -124,6 +147,9 @@ class ScriptedMonitor:
         "_count",
         "_errors",
         "_faults",
+        "_gate",
+        "_held_delay",
+        "_instant",
         "_latency",
         "_max_in_flight",
         "_overlaps",
@@ -137,7 +163,7 @@ class ScriptedMonitor:
         self,
         *,
         latency: float | Sequence[float] = 0.0,
-        faults: Iterable[MonitorFault] = (),
+        faults: FaultPlan | Iterable[FaultRule] = (),
         responder: Responder | None = None,
     ) -> None:
         latencies = (latency,) if isinstance(latency, int | float) else tuple(latency)
@@ -146,11 +172,9 @@ class ScriptedMonitor:
                 f"latency must be >= 0 (or a non-empty sequence of such), not {latency!r}"
             )
         self._latency = latencies
-        self._faults: dict[int, MonitorFault] = {}
-        for fault in faults:
-            if fault.at in self._faults:
-                raise ValueError(f"two faults scripted for command {fault.at}")
-            self._faults[fault.at] = fault
+        self._faults = _injector(faults)
+        #: No latency and no fault: every command is answered at once.
+        self._instant = self._faults is None and not any(latencies)
         self._responder = _empty_reply if responder is None else responder
         self._count = 0
         self._errors = 0
@@ -159,7 +183,11 @@ class ScriptedMonitor:
         self._overlaps: list[MonitorOverlap] = []
         self._closed = False
         self._scopes: dict[anyio.CancelScope, None] = {}
-        self._wire_busy_until = -float("inf")
+        self._wire_busy_until = _NEVER
+        self._gate: anyio.Event | None = None
+        #: The latest reply time, counted from the release, of a held command
+        #: that was cancelled (None: there is none).
+        self._held_delay: float | None = None
         #: Every command received, in order.
         self.log: list[str] = []
 
@@ -168,13 +196,36 @@ class ScriptedMonitor:
         return self._closed
 
     @property
+    def held(self) -> bool:
+        """Whether commands wait for :meth:`release`."""
+        return self._gate is not None
+
+    @property
     def overlaps(self) -> tuple[MonitorOverlap, ...]:
         """Every time the detector saw two commands in flight."""
         return tuple(self._overlaps)
 
+    def hold(self) -> None:
+        """From now on, commands wait for :meth:`release` before their
+        latency starts. Idempotent."""
+        if self._gate is None:
+            self._gate = anyio.Event()
+
+    def release(self) -> None:
+        """Let the held commands (and later ones) go on. Idempotent."""
+        gate, self._gate = self._gate, None
+        if gate is None:
+            return
+        if self._held_delay is not None:
+            # A held command that was cancelled gets its reply now.
+            reply_at = anyio.current_time() + self._held_delay
+            self._wire_busy_until = max(self._wire_busy_until, reply_at)
+            self._held_delay = None
+        gate.set()
+
     def close(self) -> None:
-        """The channel is gone: commands in flight and later ones fail with
-        :class:`~jobctl.MonitorClosedError`. Idempotent."""
+        """The channel is gone: commands in flight (held ones too) and later
+        ones fail with :class:`ScriptedMonitorClosedError`. Idempotent."""
         self._closed = True
         for scope in list(self._scopes):
             scope.cancel()
@@ -189,39 +240,74 @@ class ScriptedMonitor:
             closed=self._closed,
         )
 
-    def _closed_error(self, command: str) -> MonitorClosedError:
+    def _closed_error(self, command: str, why: str = "closed") -> ScriptedMonitorClosedError:
         self._errors += 1
-        return MonitorClosedError(f"scripted monitor closed (command {command!r})")
+        return ScriptedMonitorClosedError(f"scripted monitor {why} (command {command!r})")
 
     async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Run ``command``; see the class docstring for latency and faults."""
         if not isinstance(command, str) or not command:
             raise TypeError(f"a monitor command is a non-empty string, not {command!r}")
         index = self._count
-        self._count += 1
+        self._count = index + 1
         self.log.append(command)
-        if self._calls:
-            self._overlaps.append(MonitorOverlap(anyio.current_time(), command, tuple(self._calls)))
-        self._calls.append(command)
-        self._max_in_flight = max(self._max_in_flight, len(self._calls))
+        calls = self._calls
+        if calls:
+            self._overlaps.append(MonitorOverlap(anyio.current_time(), command, tuple(calls)))
+        calls.append(command)
+        if len(calls) > self._max_in_flight:
+            self._max_in_flight = len(calls)
         try:
-            return await self._run(index, command, dict(arguments or {}))
+            if self._instant and self._gate is None and self._wire_busy_until == _NEVER:
+                # Answered at once: one checkpoint, as any real await (the
+                # benches' monitor: keep this path short).
+                await anyio.lowlevel.checkpoint()
+                if self._closed:
+                    raise self._closed_error(command)
+                return self._responder(command, _NO_ARGUMENTS if arguments is None else arguments)
+            return await self._run(index, command, arguments)
         finally:
-            self._calls.remove(command)
+            calls.remove(command)
 
-    async def _run(self, index: int, command: str, arguments: dict[str, Any]) -> Any:
-        fault = self._faults.get(index)
-        if fault is not None and fault.kind is FaultKind.DEATH:
+    async def _run(self, index: int, command: str, arguments: Mapping[str, Any] | None) -> Any:
+        fault = None if self._faults is None else self._faults.decide(command)
+        if isinstance(fault, Die):
             self.close()
         if self._closed:
             await anyio.lowlevel.checkpoint()
             raise self._closed_error(command)
         delay = self._latency[index % len(self._latency)]
-        if fault is not None and fault.kind is FaultKind.STALL:
+        if isinstance(fault, Latency | Stall):
             delay += fault.seconds
+        if delay or self._gate is not None or self._wire_busy_until != _NEVER:
+            await self._wait_for_reply(delay)
+        else:
+            await anyio.lowlevel.checkpoint()
+        if self._closed:
+            raise self._closed_error(command)
+        if isinstance(fault, ErrorReply):
+            self._errors += 1
+            raise ScriptedReplyError(command, fault.desc, fault.error_class)
+        given = _NO_ARGUMENTS if arguments is None else arguments
+        if isinstance(fault, Drop | Garbage):
+            if isinstance(fault, Garbage) or fault.execute:
+                self._responder(command, given)
+            self.close()
+            raise self._closed_error(command, "dropped" if isinstance(fault, Drop) else "garbled")
+        return self._responder(command, given)
+
+    async def _wait_for_reply(self, delay: float) -> None:
         with anyio.CancelScope() as scope:
             self._scopes[scope] = None
             try:
+                gate = self._gate
+                if gate is not None:
+                    try:
+                        await gate.wait()
+                    except BaseException:
+                        held = self._held_delay
+                        self._held_delay = delay if held is None else max(held, delay)
+                        raise
                 # A cancelled earlier command is still on the wire.
                 if self._wire_busy_until > anyio.current_time():
                     await anyio.sleep_until(self._wire_busy_until)
@@ -233,15 +319,7 @@ class ScriptedMonitor:
                     raise
             finally:
                 del self._scopes[scope]
-        if scope.cancelled_caught or self._closed:
-            raise self._closed_error(command)
-        if fault is not None and fault.kind is FaultKind.DROP:
-            self.close()
-            raise self._closed_error(command)
-        if fault is not None and fault.kind is FaultKind.ERROR:
-            self._errors += 1
-            raise ScriptedReplyError(command)
-        return self._responder(command, arguments)
+        # Only close() cancels this scope: the caller sees the monitor closed.
 
     def __repr__(self) -> str:
         return (

@@ -15,7 +15,7 @@ from typing import Any, final
 import attrs
 
 from jobctl._core._kinds import AsyncJob, Job
-from jobctl.testing._monitor import MonitorFault
+from simulators.qemu import FaultRule, Latency, Stall
 
 __all__ = [
     "AbortPlan",
@@ -117,8 +117,12 @@ def _latencies(latency: Iterable[float]) -> tuple[float, ...]:
     return result
 
 
-def _faults(faults: Iterable[MonitorFault]) -> tuple[MonitorFault, ...]:
+def _faults(faults: Iterable[FaultRule]) -> tuple[FaultRule, ...]:
     return tuple(faults)
+
+
+def _extra_delay(rule: FaultRule) -> float:
+    return rule.fault.seconds if isinstance(rule.fault, Latency | Stall) else 0.0
 
 
 def _domains(domains: Iterable[DomainPlan]) -> tuple[DomainPlan, ...]:
@@ -186,7 +190,7 @@ class Allow(_Readable):
 @final
 @attrs.frozen(repr=False)
 class Fail(_Readable):
-    """The async job's body raises :class:`FlowError`."""
+    """The async job's body raises :class:`PlannedFailure`."""
 
 
 #: One step of an async job's flow.
@@ -227,7 +231,9 @@ class AbortPlan(_Readable):
 @attrs.frozen(repr=False)
 class DomainPlan(_Readable):
     """One domain and everything that happens on it. The monitor answers
-    after ``latency`` (used command by command, in turn) with ``faults``."""
+    after ``latency`` (used command by command, in turn) with ``faults``
+    (:class:`~simulators.qemu.FaultRule` s: ``nth`` counts the domain's
+    commands from 1)."""
 
     _positional = 1
     name: str
@@ -235,7 +241,7 @@ class DomainPlan(_Readable):
     async_jobs: tuple[AsyncJobPlan, ...] = attrs.field(default=(), converter=_async_plans)
     aborts: tuple[AbortPlan, ...] = attrs.field(default=(), converter=_abort_plans)
     latency: tuple[float, ...] = attrs.field(default=(0.0,), converter=_latencies)
-    faults: tuple[MonitorFault, ...] = attrs.field(default=(), converter=_faults)
+    faults: tuple[FaultRule, ...] = attrs.field(default=(), converter=_faults)
     wait_timeout: float = attrs.field(default=30.0, validator=_non_negative)
     max_queued: int = attrs.field(default=0, validator=_non_negative)
 
@@ -254,7 +260,7 @@ class DomainPlan(_Readable):
     def horizon(self) -> float:
         """A time by which every actor must have finished, however the
         interleaving went (deadlock otherwise)."""
-        latency = max(self.latency) + max((f.seconds for f in self.faults), default=0.0)
+        latency = max(self.latency) + max(map(_extra_delay, self.faults), default=0.0)
         actors = len(self.jobs) + len(self.async_jobs) + len(self.aborts)
         work = sum(j.hold + j.commands * latency for j in self.jobs)
         for ajob in self.async_jobs:

@@ -11,6 +11,7 @@ import sniffio
 import trio
 import trio.testing
 
+from jobctl._core._fold import TracedDomain, fold_trace
 from jobctl._core._trace import TraceEvent, TraceHub, TraceKind, TraceSubscription
 from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
 from jobctl.testing._format import format_events
@@ -76,7 +77,16 @@ class TraceRecorder:
             if (not kinds or e.kind in kinds) and (domain is None or e.domain == domain)
         ]
 
+    def state(self, domain: str) -> TracedDomain:
+        """``domain`` as the recorded events tell it: the core's fold
+        (:func:`jobctl.fold_trace`) of its events, ``TracedDomain(domain)``
+        if none was recorded. It is the domain's state when the recording
+        started at the domain's start and was not cleared since. Raises what
+        the fold raises on a malformed event."""
+        return fold_trace(domain, self._events)
+
     def clear(self) -> None:
+        """Forget the events recorded so far (and with them :meth:`state`)."""
         self._events.clear()
 
     def check(

@@ -20,13 +20,16 @@ from jobctl._core._errors import (
     JobQueueFullError,
     JobStateError,
     JobTimeoutError,
-    MonitorClosedError,
-    MonitorError,
 )
 from jobctl._core._kinds import AsyncJob, Job
 from jobctl._core._trace import TraceEvent
+from jobctl.qmp import QMPClosedError, QMPError
 from jobctl.testing._invariants import InvariantChecker, InvariantViolation, Violation
-from jobctl.testing._monitor import ScriptedMonitor
+from jobctl.testing._monitor import (
+    ScriptedMonitor,
+    ScriptedMonitorClosedError,
+    ScriptedReplyError,
+)
 from jobctl.testing._plans import (
     AbortPlan,
     Allow,
@@ -47,7 +50,7 @@ __all__ = [
     "BACKENDS",
     "ActorOutcome",
     "Backend",
-    "FlowError",
+    "PlannedFailure",
     "ScenarioResult",
     "play_plan",
     "run_scenario",
@@ -66,8 +69,9 @@ BACKENDS: Final[tuple[Backend, ...]] = ("trio", "asyncio")
 _PROBE_TIME: Final = 5.0
 
 
-class FlowError(Exception):
-    """The error a :class:`~jobctl.testing.Fail` step raises in an async job's body."""
+class PlannedFailure(Exception):
+    """The error a :class:`~jobctl.testing.Fail` step raises in an async job's
+    body: a failure the plan asked for."""
 
 
 class _NoTarget(Exception):
@@ -103,11 +107,11 @@ def _classify(exc: BaseException) -> str | None:
         return "queue_full"
     if isinstance(exc, JobAbortedError):
         return exc.reason
-    if isinstance(exc, MonitorClosedError):
+    if isinstance(exc, QMPClosedError | ScriptedMonitorClosedError):
         return "monitor_closed"
-    if isinstance(exc, MonitorError):
+    if isinstance(exc, QMPError | ScriptedReplyError):
         return "monitor_error"
-    if isinstance(exc, FlowError):
+    if isinstance(exc, PlannedFailure):
         return "flow_error"
     if isinstance(exc, _NoTarget):
         return "no_target"
@@ -236,7 +240,7 @@ class _Play:
             ajob.set_allowed(step.kinds)
         elif isinstance(step, Fail):
             await self.cursor.point()
-            raise FlowError(f"{ajob.kind.name} flow failed on purpose")
+            raise PlannedFailure(f"{ajob.kind.name} flow failed on purpose")
         else:  # pragma: no cover - plans are typed
             raise TypeError(f"unknown step {step!r}")
 

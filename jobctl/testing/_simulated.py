@@ -14,13 +14,9 @@ import attrs
 from jobctl._core._domain import Domain
 from jobctl._core._trace import TraceHub
 from jobctl.qmp import QMPClient, open_qmp_stream
-from jobctl.testing._monitor import FaultKind, MonitorFault
 from jobctl.testing._plans import DomainPlan
 from simulators.qemu import (
-    Die,
     Disk,
-    Drop,
-    ErrorReply,
     Fault,
     FaultPlan,
     FaultRule,
@@ -66,25 +62,23 @@ class SimulatedVM:
     domain: Domain
 
 
-def fault_plan(latency: Iterable[float] = (0.0,), faults: Iterable[MonitorFault] = ()) -> FaultPlan:
+def fault_plan(latency: Iterable[float] = (0.0,), faults: Iterable[FaultRule] = ()) -> FaultPlan:
     """The simulator's :class:`~simulators.qemu.FaultPlan` for a scenario's
-    monitor: command ``n`` (counting from 0 after the handshake) answers
-    after ``latency[n % len(latency)]`` and suffers the fault scripted for it
-    (an error reply, a stall of the whole VM, a dropped connection, or the
-    VM's death)."""
+    monitor, which answers as a :class:`~jobctl.testing.ScriptedMonitor`
+    with this ``latency`` and ``faults`` would: command ``n`` (counting from
+    0 after the handshake) answers after ``latency[n % len(latency)]``, and
+    the rules count commands from the first after the handshake (for a rule
+    of any command, a rule without ``nth`` is one for each of the first 256
+    commands)."""
     latencies = tuple(latency)
     rules: list[FaultRule] = []
-    for fault in faults:
-        injected: Fault
-        if fault.kind is FaultKind.ERROR:
-            injected = ErrorReply("scripted error reply")
-        elif fault.kind is FaultKind.STALL:
-            injected = Stall(fault.seconds)
-        elif fault.kind is FaultKind.DROP:
-            injected = Drop()
+    for rule in faults:
+        if rule.command is not None:
+            rules.append(rule)
+        elif rule.nth is not None:
+            rules.append(attrs.evolve(rule, nth=rule.nth + 1))  # 1 is qmp_capabilities
         else:
-            injected = Die()
-        rules.append(FaultRule(injected, nth=fault.at + 2))  # 1 is qmp_capabilities
+            rules.extend(FaultRule(rule.fault, nth=n + 2) for n in range(_SCRIPTED_COMMANDS))
     if any(latencies):
         rules.extend(
             FaultRule(Latency(latencies[n % len(latencies)]), nth=n + 2)

@@ -15,7 +15,6 @@ import attrs
 from hypothesis import strategies as st
 
 from jobctl._core._kinds import AsyncJob, Job
-from jobctl.testing._monitor import FaultKind, MonitorFault
 from jobctl.testing._plans import (
     AbortPlan,
     Allow,
@@ -30,6 +29,7 @@ from jobctl.testing._plans import (
     Window,
 )
 from jobctl.testing._schedule import Schedule
+from simulators.qemu import Die, Drop, ErrorReply, Fault, FaultRule, Stall
 
 __all__ = [
     "abort_plans",
@@ -169,13 +169,31 @@ def abort_plans(*, max_at: float = 6.0) -> st.SearchStrategy[AbortPlan]:
     return st.builds(AbortPlan, at=_times(max_at), timeout=st.sampled_from((None, 1.0)))
 
 
+#: What :func:`monitor_faults` draws from, mildest first (it shrinks that way).
+_MONITOR_FAULTS: Final = ("error", "stall", "drop", "death")
+
+
+def _monitor_fault(kind: str, nth: int, seconds: float) -> FaultRule:
+    fault: Fault
+    if kind == "error":
+        fault = ErrorReply()
+    elif kind == "stall":
+        fault = Stall(seconds)
+    elif kind == "drop":
+        fault = Drop()
+    else:
+        fault = Die()
+    return FaultRule(fault, nth=nth)
+
+
 @functools.cache
-def monitor_faults(*, max_at: int = 8) -> st.SearchStrategy[MonitorFault]:
-    """A fault at a drawn command: error reply, stall, dropped connection, death."""
+def monitor_faults(*, max_nth: int = 9) -> st.SearchStrategy[FaultRule]:
+    """A fault at a drawn command (its ``nth``, from 1 to ``max_nth``): an
+    error reply, a stall (up to 4 s), a dropped connection or the VM's death."""
     return st.builds(
-        MonitorFault,
-        kind=st.sampled_from(tuple(FaultKind)),
-        at=st.integers(0, max_at),
+        _monitor_fault,
+        kind=st.sampled_from(_MONITOR_FAULTS),
+        nth=st.integers(1, max_nth),
         seconds=_times(4.0),
     )
 

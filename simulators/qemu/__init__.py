@@ -42,6 +42,15 @@ state machines and their events. Not modelled: postcopy, multifd, xbzrle,
 OOB commands (``oob`` can be negotiated, no command allows it), dirty
 bitmaps, block migration, real disk I/O; values (sizes, counters, times) are
 plausible, not measured.
+
+Inside, top to bottom (a module imports only modules below it): ``_cli``;
+``_vm`` (the process, which puts the rest together); ``_monitor``;
+``_session`` (the protocol on one connection); ``_commands``; ``_migration``;
+``_host``; then the parts (``_jobs``, ``_block``, ``_links``, ``_faults``,
+``_detector``, ``_json``, ``_qapi``, ``_schema``, ``_memory``, ``_ids``, ``_errors``).
+A module below ``_vm`` sees the VM through a protocol of what it needs
+(``HostedVm``, ``MigratingVm``, ``CommandedVm``, ``SessionVm``, ``MonitorVm``;
+:class:`SimulatedQemu` is each of them), never by importing ``_vm``.
 """
 
 from __future__ import annotations
@@ -49,12 +58,12 @@ from __future__ import annotations
 from ._block import Disk
 from ._cli import main
 from ._detector import (
-    CommandRecord,
     ConcurrencyDetector,
+    ConcurrencyViolation,
     DetectorStatistics,
-    Violation,
+    RequestRecord,
 )
-from ._errors import ConcurrencyViolationError, QmpError, SimulatorError
+from ._errors import CommandErrorReply, ConcurrencyViolationError, SimulatorError
 from ._faults import (
     Die,
     Drop,
@@ -67,7 +76,7 @@ from ._faults import (
     Latency,
     Stall,
 )
-from ._host import SimulatedHost
+from ._host import HostedVm, SimulatedHost
 from ._jobs import BackupModel
 from ._memory import MemoryByteStream, memory_stream_pair
 from ._migration import MigrationModel
@@ -83,8 +92,9 @@ __all__ = [
     "CRASH_STATUS",
     "QEMU_VERSION",
     "BackupModel",
-    "CommandRecord",
+    "CommandErrorReply",
     "ConcurrencyDetector",
+    "ConcurrencyViolation",
     "ConcurrencyViolationError",
     "DetectorStatistics",
     "Die",
@@ -96,16 +106,16 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "Garbage",
+    "HostedVm",
     "Latency",
     "MemoryByteStream",
     "MigrationModel",
-    "QmpError",
     "QmpMonitor",
+    "RequestRecord",
     "SimulatedHost",
     "SimulatedQemu",
     "SimulatorError",
     "Stall",
-    "Violation",
     "VmStatistics",
     "main",
     "memory_stream_pair",

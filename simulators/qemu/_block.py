@@ -22,7 +22,7 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._errors import QmpError
+from ._errors import CommandErrorReply
 from ._ids import id_wellformed
 
 __all__ = ["BlockNodes", "Disk", "ImageLocks"]
@@ -145,13 +145,13 @@ class ImageLocks:
 
     def acquire(self, owner: object, disks: Iterable[Disk]) -> None:
         """Lock every disk's image for ``owner``, all or none; raise
-        :class:`QmpError` (QEMU's text) if another node holds one."""
+        :class:`CommandErrorReply` (QEMU's text) if another node holds one."""
         disks = tuple(disks)
         wanted: dict[str, str] = {}
         for disk in disks:
             held = self._holders.get(disk.path)
             if disk.path in wanted or (held is not None and held != (owner, disk.node_name)):
-                raise QmpError(WRITE_LOCK_ERROR)
+                raise CommandErrorReply(WRITE_LOCK_ERROR)
             wanted[disk.path] = disk.node_name
         for path, node_name in wanted.items():
             self._holders[path] = (owner, node_name)
@@ -222,7 +222,7 @@ class BlockNodes:
 
     def activate(self) -> None:
         """Take every image's lock (QEMU's ``bdrv_activate_all``); raise
-        :class:`QmpError` if another node holds one."""
+        :class:`CommandErrorReply` if another node holds one."""
         if not self.active:
             self._locks.acquire(self._owner, self.disks.values())
             self.active = True
@@ -235,7 +235,7 @@ class BlockNodes:
         for disk in self.disks.values():
             try:
                 self._locks.acquire(self._owner, (disk,))
-            except QmpError:
+            except CommandErrorReply:
                 conflicts.append(disk.node_name)
         self.active = True
         return conflicts
@@ -258,34 +258,34 @@ class BlockNodes:
 
     def _check_new_name(self, name: str) -> None:
         if not id_wellformed(name):
-            raise QmpError("Invalid node-name: '" + name + "'")
+            raise CommandErrorReply("Invalid node-name: '" + name + "'")
         if self._name_taken(name):
-            raise QmpError(f"Duplicate nodes with node-name='{name}'")
+            raise CommandErrorReply(f"Duplicate nodes with node-name='{name}'")
 
     def add(self, options: dict[str, Any]) -> Disk:
         """``blockdev-add`` of a qcow2/raw node over an inline file node
         (``options`` already checked against the schema)."""
         name = options.get("node-name")
         if name is None:
-            raise QmpError("'node-name' must be specified for the root node")
+            raise CommandErrorReply("'node-name' must be specified for the root node")
         driver = options["driver"]
         if driver not in ("qcow2", "raw"):
-            raise QmpError(
+            raise CommandErrorReply(
                 f"the simulator's blockdev-add models qcow2 and raw nodes, not driver '{driver}'"
             )
         for member in ("backing", "data-file"):
             if options.get(member) is not None:
-                raise QmpError(f"the simulator's blockdev-add does not model '{member}'")
+                raise CommandErrorReply(f"the simulator's blockdev-add does not model '{member}'")
         file = options["file"]
         if isinstance(file, str):
             if not self._name_taken(file):
-                raise QmpError(f"Cannot find device='{file}' nor node-name='{file}'")
-            raise QmpError(
+                raise CommandErrorReply(f"Cannot find device='{file}' nor node-name='{file}'")
+            raise CommandErrorReply(
                 "the simulator's blockdev-add models an inline 'file' only, "
                 f"not a reference to '{file}'"
             )
         if file["driver"] != "file":
-            raise QmpError(
+            raise CommandErrorReply(
                 "the simulator's blockdev-add models 'file' children of driver 'file', "
                 f"not '{file['driver']}'"
             )
@@ -293,7 +293,7 @@ class BlockNodes:
         file_name = file.get("node-name")
         if file_name is not None:
             if file_name == name:
-                raise QmpError(f"Duplicate nodes with node-name='{name}'")
+                raise CommandErrorReply(f"Duplicate nodes with node-name='{name}'")
             self._check_new_name(file_name)
         path = file["filename"]
         disk = Disk(name, size=_image_size(path, driver), filename=path, format=driver)
@@ -304,15 +304,15 @@ class BlockNodes:
         return disk
 
     def removable(self, name: str) -> Disk:
-        """The node ``blockdev-del`` would remove; :class:`QmpError` (QEMU's
+        """The node ``blockdev-del`` would remove; :class:`CommandErrorReply` (QEMU's
         texts) if there is none or it is attached to a guest device."""
         disk = self.disks.get(name)
         if disk is None:
             if name in self.file_nodes.values():
-                raise QmpError(f"Node {name} is not owned by the monitor")
-            raise QmpError(f"Failed to find node with node-name='{name}'")
+                raise CommandErrorReply(f"Node {name} is not owned by the monitor")
+            raise CommandErrorReply(f"Failed to find node with node-name='{name}'")
         if disk.device is not None:
-            raise QmpError(f"Block device {name} is in use")
+            raise CommandErrorReply(f"Block device {name} is in use")
         return disk
 
     def remove(self, name: str) -> None:

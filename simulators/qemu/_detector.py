@@ -29,17 +29,17 @@ import attrs
 from ._errors import ConcurrencyViolationError
 
 __all__ = [
-    "CommandRecord",
     "ConcurrencyDetector",
+    "ConcurrencyViolation",
     "ConnectionLog",
     "DetectorStatistics",
-    "Violation",
+    "RequestRecord",
 ]
 
 
 @final
 @attrs.frozen
-class CommandRecord:
+class RequestRecord:
     """One request of one connection. Times are the event loop's clock."""
 
     connection: str
@@ -53,7 +53,7 @@ class CommandRecord:
 
 @final
 @attrs.frozen
-class Violation:
+class ConcurrencyViolation:
     """A request that arrived while ``pending`` was unanswered."""
 
     connection: str
@@ -82,8 +82,8 @@ class _Entry:
     answered_at: float | None = None
     overlapped: str | None = None
 
-    def freeze(self) -> CommandRecord:
-        return CommandRecord(
+    def freeze(self) -> RequestRecord:
+        return RequestRecord(
             self.connection,
             self.seq,
             self.command,
@@ -107,7 +107,7 @@ class ConcurrencyDetector:
             raise ValueError(f"max_records must be >= 0, got {max_records}")
         self.strict = strict
         self._records: collections.deque[_Entry] = collections.deque(maxlen=max_records)
-        self._violations: list[Violation] = []
+        self._violations: list[ConcurrencyViolation] = []
         self._connections = 0
         self._commands = 0
         self._answered = 0
@@ -118,10 +118,10 @@ class ConcurrencyDetector:
         """How many violations were seen so far."""
         return len(self._violations)
 
-    def violations(self) -> tuple[Violation, ...]:
+    def violations(self) -> tuple[ConcurrencyViolation, ...]:
         return tuple(self._violations)
 
-    def records(self, connection: str | None = None) -> tuple[CommandRecord, ...]:
+    def records(self, connection: str | None = None) -> tuple[RequestRecord, ...]:
         """The recorded requests, oldest first (of one connection if given)."""
         return tuple(
             entry.freeze()
@@ -148,7 +148,7 @@ class ConcurrencyDetector:
         self._records.append(entry)
         self._max_in_flight = max(self._max_in_flight, len(log.in_flight))
         if entry.overlapped is not None:
-            violation = Violation(
+            violation = ConcurrencyViolation(
                 entry.connection, entry.command, entry.overlapped, entry.arrived_at
             )
             self._violations.append(violation)

@@ -1,8 +1,8 @@
 """The simulator's exceptions.
 
 A QMP error *reply* is not an exception of the simulator: it is data sent to
-the client. :class:`QmpError` carries one from a command handler to the
-dispatcher. Everything else here is raised to the code that drives the
+the client. :class:`CommandErrorReply` carries one from a command handler to
+the dispatcher. Everything else here is raised to the code that drives the
 simulator (tests, the demo, the CLI).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CommandErrorReply",
     "ConcurrencyViolationError",
-    "QmpError",
     "SimulatorError",
 ]
 
@@ -45,8 +45,9 @@ class ConcurrencyViolationError(SimulatorError):
         self.at = at
 
 
-class QmpError(Exception):
-    """An error reply: ``{"error": {"class": error_class, "desc": desc}}``."""
+class CommandErrorReply(Exception):
+    """The error reply a simulated command returns, raised by its handler:
+    ``{"error": {"class": error_class, "desc": desc}}``."""
 
     def __init__(self, desc: str, error_class: str = GENERIC_ERROR) -> None:
         super().__init__(desc)

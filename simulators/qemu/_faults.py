@@ -21,6 +21,12 @@ The faults:
 * :class:`ErrorReply` - an error reply instead of running the command.
 * :class:`Die` - the QEMU process dies on receiving the command: every
   connection of the VM closes, and the CLI process exits.
+
+These values are the one vocabulary of faults: ``jobctl.testing``
+re-exports them, and its in-memory ``ScriptedMonitor`` takes the same rules
+(a monitor of one connection: a stall and a late reply look alike there).
+Each prints as the Python that builds it, leaving out fields at their
+defaults: ``FaultRule(Stall(0.35), command='migrate', nth=2)``.
 """
 
 from __future__ import annotations
@@ -49,30 +55,57 @@ __all__ = [
 ]
 
 
+class _Printed:
+    """Prints as the Python that builds it: the first ``_positional`` fields
+    by position, the others by name and only when they differ from their
+    defaults (Hypothesis's pretty printer too)."""
+
+    __slots__ = ()
+    _positional = 0
+
+    def __repr__(self) -> str:
+        parts: list[str] = []
+        cls: Any = type(self)  # an attrs class: every subclass is one
+        for index, field in enumerate(attrs.fields(cls)):
+            value = getattr(self, field.name)
+            if index < self._positional:
+                parts.append(repr(value))
+            elif field.default is attrs.NOTHING or value != field.default:
+                parts.append(f"{field.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
 @final
-@attrs.frozen
-class Latency:
+@attrs.frozen(repr=False)
+class Latency(_Printed):
     """Answer ``seconds`` late (the command itself runs at once)."""
 
+    _positional = 1
+
     seconds: float = attrs.field(validator=_non_negative)
 
 
 @final
-@attrs.frozen
-class Stall:
+@attrs.frozen(repr=False)
+class Stall(_Printed):
     """Freeze the whole VM for ``seconds`` before running the command."""
 
+    _positional = 1
+
     seconds: float = attrs.field(validator=_non_negative)
 
 
 @final
-@attrs.frozen
-class Drop:
+@attrs.frozen(repr=False)
+class Drop(_Printed):
     """Close the connection instead of answering; ``execute`` says whether the
     command ran first."""
 
@@ -80,8 +113,8 @@ class Drop:
 
 
 @final
-@attrs.frozen
-class Garbage:
+@attrs.frozen(repr=False)
+class Garbage(_Printed):
     """Send ``data`` instead of the reply (the command ran)."""
 
     data: bytes = b"\x00\xff garbage {\n"
@@ -92,8 +125,8 @@ class Garbage:
 
 
 @final
-@attrs.frozen
-class ErrorReply:
+@attrs.frozen(repr=False)
+class ErrorReply(_Printed):
     """Answer with this error instead of running the command."""
 
     desc: str = "injected fault"
@@ -101,8 +134,8 @@ class ErrorReply:
 
 
 @final
-@attrs.frozen
-class Die:
+@attrs.frozen(repr=False)
+class Die(_Printed):
     """The process dies. ``exit_status`` follows :mod:`subprocess`: negative
     means killed by that signal (the CLI really kills itself with it)."""
 
@@ -125,11 +158,13 @@ DEFAULT_RANDOM_FAULTS: Final[tuple[Fault, ...]] = (
 
 
 @final
-@attrs.frozen
-class FaultRule:
+@attrs.frozen(repr=False)
+class FaultRule(_Printed):
     """Inject ``fault`` into ``command`` (any command if None), on its
     ``nth`` occurrence (1-based, counted per VM among the commands this rule
     matches) or on every occurrence if ``nth`` is None."""
+
+    _positional = 1
 
     fault: Fault
     command: str | None = None
@@ -197,8 +232,8 @@ def _command_set(commands: Iterable[str] | None) -> frozenset[str] | None:
 
 
 @final
-@attrs.frozen
-class FaultPlan:
+@attrs.frozen(repr=False)
+class FaultPlan(_Printed):
     """Scripted rules, plus random faults with ``probability`` per command
     drawn from ``random.Random(seed)``. Random faults spare
     ``qmp_capabilities`` unless ``random_commands`` names it."""

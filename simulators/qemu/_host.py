@@ -5,19 +5,24 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, final
+from typing import Protocol, final
 
 import anyio
 
 from ._block import ImageLocks
 from ._detector import ConcurrencyDetector
-from ._errors import QmpError
+from ._errors import CommandErrorReply
+from ._links import IncomingEnd
 
-if TYPE_CHECKING:
-    from ._migration import _Incoming
-    from ._vm import SimulatedQemu
+__all__ = ["HostedVm", "SimulatedHost"]
 
-__all__ = ["SimulatedHost"]
+
+class HostedVm(Protocol):
+    """A VM as its host's registry knows it: by name.
+    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+
+    @property
+    def name(self) -> str: ...
 
 
 @final
@@ -50,15 +55,15 @@ class SimulatedHost:
         #: The image locks of this host's VMs (see :class:`ImageLocks`).
         self.image_locks = ImageLocks()
         self._epoch = epoch
-        self._vms: dict[str, SimulatedQemu] = {}
-        self._incoming: dict[str, _Incoming] = {}
+        self._vms: dict[str, HostedVm] = {}
+        self._incoming: dict[str, IncomingEnd] = {}
 
     @property
-    def vms(self) -> Mapping[str, SimulatedQemu]:
+    def vms(self) -> Mapping[str, HostedVm]:
         """The running VMs by name."""
         return MappingProxyType(self._vms)
 
-    def vm(self, name: str) -> SimulatedQemu:
+    def vm(self, name: str) -> HostedVm:
         """The running VM called ``name``."""
         try:
             return self._vms[name]
@@ -71,26 +76,26 @@ class SimulatedHost:
             self._epoch = time.time() - anyio.current_time()
         return self._epoch + anyio.current_time()
 
-    def _add_vm(self, vm: SimulatedQemu) -> None:
+    def _add_vm(self, vm: HostedVm) -> None:
         if vm.name in self._vms:
             raise ValueError(f"a simulated VM called {vm.name!r} already runs on this host")
         self._vms[vm.name] = vm
 
-    def _remove_vm(self, vm: SimulatedQemu) -> None:
+    def _remove_vm(self, vm: HostedVm) -> None:
         if self._vms.get(vm.name) is vm:
             del self._vms[vm.name]
 
-    def _listen_incoming(self, uri: str, incoming: _Incoming) -> None:
+    def _listen_incoming(self, uri: str, incoming: IncomingEnd) -> None:
         if uri in self._incoming:
-            raise QmpError("Failed to bind socket: Address already in use")
+            raise CommandErrorReply("Failed to bind socket: Address already in use")
         self._incoming[uri] = incoming
 
-    def _incoming_end(self, uri: str) -> _Incoming | None:
+    def _incoming_end(self, uri: str) -> IncomingEnd | None:
         incoming = self._incoming.get(uri)
-        if incoming is None or incoming.gone or incoming.state != "setup":
+        if incoming is None or not incoming.waiting:
             return None
         return incoming
 
-    def _forget_incoming(self, uri: str, incoming: _Incoming) -> None:
+    def _forget_incoming(self, uri: str, incoming: IncomingEnd) -> None:
         if self._incoming.get(uri) is incoming:
             del self._incoming[uri]

@@ -30,7 +30,7 @@ import anyio
 import attrs
 
 from ._block import BlockNodes, Disk
-from ._errors import DEVICE_NOT_ACTIVE, QmpError
+from ._errors import DEVICE_NOT_ACTIVE, CommandErrorReply
 from ._ids import id_wellformed
 
 __all__ = ["BackupModel", "BlockJob", "BlockJobs"]
@@ -104,7 +104,7 @@ class BlockJob:
 
     def _check_verb(self, verb: str) -> None:
         if self.status not in _VERBS[verb]:
-            raise QmpError(
+            raise CommandErrorReply(
                 f"Job '{self.id}' in state '{self.status}' cannot accept command verb '{verb}'"
             )
 
@@ -237,13 +237,13 @@ class BlockJobs:
     def _node(self, name: str) -> Disk:
         disk = self.disks.get(name)
         if disk is None:
-            raise QmpError(f"Cannot find device='{name}' nor node-name='{name}'")
+            raise CommandErrorReply(f"Cannot find device='{name}' nor node-name='{name}'")
         return disk
 
     def _busy_target(self, target: str) -> None:
         for job in self.jobs.values():
             if job.target == target and job.status not in ("concluded", "null"):
-                raise QmpError(
+                raise CommandErrorReply(
                     f"Node '{target}' is busy: block device is in use by block job: {job.type}"
                 )
 
@@ -252,7 +252,7 @@ class BlockJobs:
         self.nodes.removable(node_name)
         for job in self.jobs.values():
             if node_name in (job.source, job.target) and job.status not in ("concluded", "null"):
-                raise QmpError(
+                raise CommandErrorReply(
                     f"Node '{node_name}' is busy: block device is in use by block job: {job.type}"
                 )
         self.nodes.remove(node_name)
@@ -267,24 +267,24 @@ class BlockJobs:
             target = self._node(arguments["target"]).node_name
         sync = arguments["sync"]
         if sync in ("bitmap", "incremental") and "bitmap" not in arguments:
-            raise QmpError(f"must provide a valid bitmap name for '{sync}' sync mode")
+            raise CommandErrorReply(f"must provide a valid bitmap name for '{sync}' sync mode")
         if "bitmap" in arguments:
-            raise QmpError(f"Bitmap '{arguments['bitmap']}' could not be found")
+            raise CommandErrorReply(f"Bitmap '{arguments['bitmap']}' could not be found")
         if "bitmap-mode" in arguments:
-            raise QmpError("Cannot specify bitmap sync mode without a bitmap")
+            raise CommandErrorReply("Cannot specify bitmap sync mode without a bitmap")
         if target == source.node_name:
-            raise QmpError("Source and target cannot be the same")
+            raise CommandErrorReply("Source and target cannot be the same")
         self._busy_target(target)
         perf = arguments.get("x-perf", {})
         if not 1 <= perf.get("max-workers", 64) <= 2**31 - 1:
-            raise QmpError("max-workers must be between 1 and 2147483647")
+            raise CommandErrorReply("max-workers must be between 1 and 2147483647")
         if perf.get("max-chunk", 0) < 0:
-            raise QmpError("max-chunk must be zero (which means no limit) or positive")
+            raise CommandErrorReply("max-chunk must be zero (which means no limit) or positive")
         job_id = arguments.get("job-id", "")  # QEMU falls back to the device name: "" here
         if not id_wellformed(job_id):
-            raise QmpError(f"Invalid job ID '{job_id}'")
+            raise CommandErrorReply(f"Invalid job ID '{job_id}'")
         if job_id in self.jobs:
-            raise QmpError(f"Job ID '{job_id}' already in use")
+            raise CommandErrorReply(f"Job ID '{job_id}' already in use")
         job = BlockJob(
             self,
             job_id,
@@ -303,7 +303,7 @@ class BlockJobs:
         if job.speed < 0:
             job._transition("null")
             self._remove(job)
-            raise QmpError("Parameter 'speed' expects a non-negative value")
+            raise CommandErrorReply("Parameter 'speed' expects a non-negative value")
         job._transition("running")
         job._transition("paused")  # the drained section around job start
         job._transition("running")
@@ -312,11 +312,11 @@ class BlockJobs:
     def find(self, job_id: str) -> BlockJob:
         job = self.jobs.get(job_id)
         if job is None:
-            raise QmpError("Job not found")
+            raise CommandErrorReply("Job not found")
         return job
 
     def find_block_job(self, device: str) -> BlockJob:
         job = self.jobs.get(device)
         if job is None:
-            raise QmpError(f"Block job '{device}' not found", DEVICE_NOT_ACTIVE)
+            raise CommandErrorReply(f"Block job '{device}' not found", DEVICE_NOT_ACTIVE)
         return job

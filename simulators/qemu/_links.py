@@ -26,7 +26,7 @@ import attrs
 from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._errors import QmpError
+from ._errors import CommandErrorReply
 
 __all__ = [
     "IncomingEnd",
@@ -76,12 +76,12 @@ class MigrationAddress:
 def parse_migration_uri(uri: str) -> MigrationAddress | None:
     """Parse a migration URI; None for a protocol the simulator does not know.
 
-    Raises :class:`QmpError` with QEMU's text for a malformed address.
+    Raises :class:`CommandErrorReply` with QEMU's text for a malformed address.
     """
     if uri.startswith("unix:"):
         path = uri.removeprefix("unix:")
         if not path:
-            raise QmpError("invalid Unix socket address")
+            raise CommandErrorReply("invalid Unix socket address")
         return MigrationAddress(uri, "unix", path=path)
     if uri.startswith("tcp:"):
         address = uri.removeprefix("tcp:")
@@ -91,7 +91,7 @@ def parse_migration_uri(uri: str) -> MigrationAddress | None:
         else:
             host, _, port_text = address.rpartition(":")
         if not host or not port_text.isdigit() or int(port_text) > 65535:
-            raise QmpError(f"error parsing address '{address}'")
+            raise CommandErrorReply(f"error parsing address '{address}'")
         return MigrationAddress(uri, "tcp", host=host, port=int(port_text))
     return None
 
@@ -111,6 +111,11 @@ class IncomingEnd(Protocol):
     @property
     def gone(self) -> bool:
         """The destination is no longer listening (it exited)."""
+        ...
+
+    @property
+    def waiting(self) -> bool:
+        """No source connected yet, and the destination still listens."""
         ...
 
 

@@ -39,13 +39,16 @@ import contextlib
 import math
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Final, final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, Protocol, final
 
 import anyio
 import attrs
 from anyio.abc import ByteStream, Listener, TaskStatus
 
-from ._errors import QmpError, SimulatorError
+from ._errors import CommandErrorReply, SimulatorError
+from ._host import SimulatedHost
+from ._jobs import BlockJobs
 from ._links import (
     Link,
     LocalLink,
@@ -57,10 +60,7 @@ from ._links import (
 )
 from ._schema import MIGRATION_CAPABILITIES
 
-if TYPE_CHECKING:
-    from ._vm import SimulatedQemu
-
-__all__ = ["Migration", "MigrationModel"]
+__all__ = ["MigratingVm", "Migration", "MigrationModel"]
 
 MiB: Final = 1 << 20
 
@@ -129,8 +129,8 @@ class MigrationModel:
 def _check_parameters(p: dict[str, Any], page_size: int) -> None:
     """QEMU's ``migrate_params_check`` on the merged parameters."""
 
-    def bad(name: str, expects: str) -> QmpError:
-        return QmpError(f"Parameter '{name}' expects {expects}")
+    def bad(name: str, expects: str) -> CommandErrorReply:
+        return CommandErrorReply(f"Parameter '{name}' expects {expects}")
 
     if p["compress-level"] > 9:
         raise bad("compress_level", "a value between 0 and 9")
@@ -207,6 +207,52 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+class MigratingVm(Protocol):
+    """What a migration drives of its VM: the run state and the guest, the
+    images, the big lock, the VM's tasks and its host.
+    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+
+    autostart: bool
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> SimulatedHost: ...
+
+    @property
+    def block(self) -> BlockJobs: ...
+
+    @property
+    def bql(self) -> anyio.Lock: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def exit_status(self) -> int | None: ...
+
+    @property
+    def run_state(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def set_run_state(self, state: str) -> None: ...
+
+    def vm_stop(self, state: str = ..., *, force: bool = ...) -> None: ...
+
+    def vm_start(self) -> None: ...
+
+    def emit(self, event: str, data: dict[str, Any] | None = ...) -> None: ...
+
+    def request_exit(self, status: int, *, flush: bool = ...) -> None: ...
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None: ...
+
+    async def start_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None: ...
+
+
 @final
 class _Incoming:
     """The destination's side of one incoming migration."""
@@ -221,6 +267,10 @@ class _Incoming:
     def gone(self) -> bool:
         return self._migration.vm.exit_status is not None or self.state in ("completed", "failed")
 
+    @property
+    def waiting(self) -> bool:
+        return not self.gone and self.state == "setup"
+
     def connected(self, source: str) -> None:
         migration = self._migration
         migration.vm.host._forget_incoming(self.address.uri, self)
@@ -233,7 +283,7 @@ class _Incoming:
         vm = self._migration.vm
         try:
             vm.block.nodes.activate()
-        except QmpError:
+        except CommandErrorReply:
             vm.autostart = False  # QEMU: "just don't restart the VM yet"
         if running and vm.autostart:
             vm.vm_start()
@@ -262,7 +312,7 @@ class Migration:
     """A VM's migration: capabilities, parameters, one outgoing and one
     incoming migration. Command methods run under the VM's big lock."""
 
-    def __init__(self, vm: SimulatedQemu, model: MigrationModel) -> None:
+    def __init__(self, vm: MigratingVm, model: MigrationModel) -> None:
         self.vm = vm
         self.model = model
         self.capabilities = dict.fromkeys(MIGRATION_CAPABILITIES, False)
@@ -317,7 +367,7 @@ class Migration:
 
     def set_capabilities(self, capabilities: list[dict[str, Any]]) -> None:
         if self.is_running:
-            raise QmpError("There's a migration process in progress")
+            raise CommandErrorReply("There's a migration process in progress")
         for item in capabilities:
             self.capabilities[item["capability"]] = item["state"]
 
@@ -339,13 +389,15 @@ class Migration:
         """``migrate``."""
         vm = self.vm
         if resume:
-            raise QmpError("Cannot resume if there is no paused migration")
+            raise CommandErrorReply("Cannot resume if there is no paused migration")
         if self.is_running:
-            raise QmpError("There's a migration process in progress")
+            raise CommandErrorReply("There's a migration process in progress")
         if vm.run_state == "inmigrate":
-            raise QmpError("Guest is waiting for an incoming migration")
+            raise CommandErrorReply("Guest is waiting for an incoming migration")
         if vm.run_state == "postmigrate":
-            raise QmpError("Can't migrate the vm that was paused due to previous migration")
+            raise CommandErrorReply(
+                "Can't migrate the vm that was paused due to previous migration"
+            )
         self._reset_counters()
         self.error_desc = None
         self._cancel_scope = anyio.CancelScope()
@@ -354,13 +406,13 @@ class Migration:
         self._set_status("setup")
         try:
             address = parse_migration_uri(uri)
-        except QmpError as exc:
+        except CommandErrorReply as exc:
             self.error_desc = exc.desc
             self._set_status("failed")
             raise
         if address is None:
             self._set_status("failed")
-            raise QmpError("Parameter 'uri' expects a valid migration protocol")
+            raise CommandErrorReply("Parameter 'uri' expects a valid migration protocol")
         vm.spawn(self._outgoing, address)
 
     def cancel(self) -> None:
@@ -372,7 +424,7 @@ class Migration:
     def resume_switchover(self, state: str) -> None:
         """``migrate-continue``."""
         if self.status != state:
-            raise QmpError(f"Migration not in expected state: {self.status}")
+            raise CommandErrorReply(f"Migration not in expected state: {self.status}")
         if state == "pre-switchover":
             self._continue.set()
 
@@ -467,7 +519,7 @@ class Migration:
     def _restart_guest(self) -> None:
         if not self._stopped:
             return
-        with contextlib.suppress(QmpError):  # QEMU reports it, and so would cont
+        with contextlib.suppress(CommandErrorReply):  # QEMU reports it, and so would cont
             self.vm.block.nodes.activate()
         if self._was_running:
             self.vm.vm_start()
@@ -552,14 +604,14 @@ class Migration:
     async def start_incoming(self, uri: str) -> None:
         """``migrate-incoming`` (and ``-incoming URI`` at start)."""
         if self.incoming is not None:
-            raise QmpError("The incoming migration has already been started")
+            raise CommandErrorReply("The incoming migration has already been started")
         if self.vm.run_state != "inmigrate":
-            raise QmpError("'-incoming' was not specified on the command line")
+            raise CommandErrorReply("'-incoming' was not specified on the command line")
         if uri == "defer":
-            raise QmpError("Incoming migration already deferred")
+            raise CommandErrorReply("Incoming migration already deferred")
         address = parse_migration_uri(uri)
         if address is None:
-            raise QmpError(f"unknown migration protocol: {uri}")
+            raise CommandErrorReply(f"unknown migration protocol: {uri}")
         incoming = _Incoming(self, address)
         host = self.vm.host
         host._listen_incoming(uri, incoming)
@@ -568,7 +620,7 @@ class Migration:
                 await self._listen(incoming)
         except OSError as exc:
             host._forget_incoming(uri, incoming)
-            raise QmpError(f"Failed to bind socket: {exc.strerror or exc}") from None
+            raise CommandErrorReply(f"Failed to bind socket: {exc.strerror or exc}") from None
         except BaseException:
             host._forget_incoming(uri, incoming)
             raise

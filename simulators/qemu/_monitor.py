@@ -10,19 +10,33 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, final
 
 import anyio
 from anyio.abc import ByteStream, Listener, TaskStatus
 
 from ._errors import SimulatorError
 from ._memory import MemoryByteStream, memory_stream_pair
-from ._session import QmpSession
+from ._session import Connections, QmpSession, SessionVm
 
-if TYPE_CHECKING:
-    from ._vm import SimulatedQemu
+__all__ = ["MonitorVm", "QmpMonitor"]
 
-__all__ = ["QmpMonitor"]
+
+class MonitorVm(SessionVm, Protocol):
+    """What a monitor needs of its VM besides what its sessions do: the
+    name, whether the process runs, and its tasks.
+    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None: ...
+
+    async def start_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None: ...
 
 
 async def _close(stream: ByteStream) -> None:
@@ -46,9 +60,10 @@ class QmpMonitor:
     one-client-at-a-time queue (FIFO).
     """
 
-    def __init__(self, vm: SimulatedQemu, name: str) -> None:
+    def __init__(self, vm: MonitorVm, name: str, connections: Connections) -> None:
         self.vm = vm
         self.name = name
+        self._vm_connections = connections
         self._lock = anyio.Lock()
         self._connections = 0
         #: Addresses this monitor listens on (``unix:PATH``, ``tcp:HOST:PORT``).
@@ -122,6 +137,6 @@ class QmpMonitor:
             async with self._lock:
                 self._connections += 1
                 label = f"{self.vm.name}/{self.name}#{self._connections}"
-                await QmpSession(self.vm, stream, label).run()
+                await QmpSession(self.vm, self._vm_connections, stream, label).run()
         finally:
             await _close(stream)

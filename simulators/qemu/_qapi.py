@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol, final
 
 import attrs
 
-from ._errors import QmpError
+from ._errors import CommandErrorReply
 
 __all__ = [
     "Alternate",
@@ -62,8 +62,10 @@ def _bare_name(path: _Path) -> str:
     return path[-1] if path and isinstance(path[-1], str) else "null"
 
 
-def _wrong_type(path: _Path, expected: str) -> QmpError:
-    return QmpError(f"Invalid parameter type for '{_full_name(path)}', expected: {expected}")
+def _wrong_type(path: _Path, expected: str) -> CommandErrorReply:
+    return CommandErrorReply(
+        f"Invalid parameter type for '{_full_name(path)}', expected: {expected}"
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -79,7 +81,7 @@ class QType(Protocol):
         ...
 
     def check(self, value: object, path: _Path) -> Any:
-        """Return ``value`` if it conforms; raise :class:`QmpError` otherwise."""
+        """Return ``value`` if it conforms; raise :class:`CommandErrorReply` otherwise."""
         ...
 
 
@@ -128,11 +130,11 @@ class UInt:
 
     def check(self, value: object, path: _Path) -> Any:
         if not _is_int(value) or not _INT64_MIN <= value <= _UINT64_MAX:  # type: ignore[operator]
-            raise QmpError(f"Parameter '{_full_name(path)}' expects uint64")
+            raise CommandErrorReply(f"Parameter '{_full_name(path)}' expects uint64")
         assert isinstance(value, int)
         wrapped = value & _UINT64_MAX
         if wrapped >= 1 << self.bits:
-            raise QmpError(f"Parameter '{_bare_name(path)}' expects uint{self.bits}_t")
+            raise CommandErrorReply(f"Parameter '{_bare_name(path)}' expects uint{self.bits}_t")
         return wrapped
 
 
@@ -147,7 +149,9 @@ class Enum:
         if not isinstance(value, str):
             raise _wrong_type(path, "string")
         if value not in self.values:
-            raise QmpError(f"Parameter '{_bare_name(path)}' does not accept value '{value}'")
+            raise CommandErrorReply(
+                f"Parameter '{_bare_name(path)}' does not accept value '{value}'"
+            )
         return value
 
 
@@ -168,7 +172,9 @@ class Alternate:
             return value
         if self.object_type is not None and isinstance(value, dict):
             return self.object_type.check(value, path)
-        raise QmpError(f"Invalid parameter type for '{_bare_name(path)}', expected: {self.name}")
+        raise CommandErrorReply(
+            f"Invalid parameter type for '{_bare_name(path)}', expected: {self.name}"
+        )
 
 
 @final
@@ -180,7 +186,7 @@ class Unmodelled:
     json_type: str = "unmodelled"
 
     def check(self, value: object, path: _Path) -> Any:
-        raise QmpError(f"the simulator does not model '{_full_name(path)}'")
+        raise CommandErrorReply(f"the simulator does not model '{_full_name(path)}'")
 
 
 @final
@@ -231,11 +237,13 @@ class Struct:
             if member.name not in value:
                 if member.optional:
                     continue
-                raise QmpError(f"Parameter '{_full_name((*path, member.name))}' is missing")
+                raise CommandErrorReply(
+                    f"Parameter '{_full_name((*path, member.name))}' is missing"
+                )
             result[member.name] = member.type.check(value[member.name], (*path, member.name))
         for key in value:
             if key not in result:
-                raise QmpError(f"Parameter '{_full_name((*path, key))}' is unexpected")
+                raise CommandErrorReply(f"Parameter '{_full_name((*path, key))}' is unexpected")
         return result
 
     def names(self) -> Sequence[str]:
@@ -264,7 +272,9 @@ class Union:
         if variant is None:
             checked = Struct(tuple(m for m in self.base.members if m.name == self.tag))
             checked.check({self.tag: tag} if self.tag in value else {}, path)
-            raise QmpError(f"the simulator does not model {self.tag} '{tag}' of {self.name}")
+            raise CommandErrorReply(
+                f"the simulator does not model {self.tag} '{tag}' of {self.name}"
+            )
         return Struct((*self.base.members, *variant.members)).check(value, path)
 
 

@@ -13,6 +13,9 @@ Three tasks per connection, like QEMU's monitor I/O and dispatcher:
 
 A client EOF lets the running command finish and drops the queued ones, as
 QEMU does. Events reach a connection only after ``qmp_capabilities``.
+
+A session sees its VM through :class:`SessionVm`; the VM keeps its sessions
+in :class:`Connections`.
 """
 
 from __future__ import annotations
@@ -20,24 +23,21 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import anyio
 import attrs
 from anyio.abc import ByteStream
 
-from . import _commands
-from ._detector import ConnectionLog, _Entry
-from ._errors import COMMAND_NOT_FOUND, QmpError, SimulatorError
-from ._faults import Die, Drop, ErrorReply, Fault, Garbage, Latency, Stall
+from ._commands import HANDLERS, CommandedVm
+from ._detector import ConcurrencyDetector, ConnectionLog, _Entry
+from ._errors import COMMAND_NOT_FOUND, CommandErrorReply, SimulatorError
+from ._faults import Die, Drop, ErrorReply, Fault, FaultInjector, Garbage, Latency, Stall
 from ._json import JsonParseError, JsonStreamer, encode_message
 from ._qapi import check_arguments
 from ._schema import COMMAND_ARGUMENTS
 
-if TYPE_CHECKING:
-    from ._vm import SimulatedQemu
-
-__all__ = ["QmpSession"]
+__all__ = ["Connections", "QmpSession", "SessionVm"]
 
 _STREAM_ERRORS: Final = (
     anyio.EndOfStream,
@@ -72,7 +72,7 @@ def _request_name(message: object) -> str:
     return "<invalid>"
 
 
-def _error_reply(error: QmpError, message: object) -> dict[str, Any]:
+def _error_reply(error: CommandErrorReply, message: object) -> dict[str, Any]:
     reply: dict[str, Any] = {}
     if isinstance(message, dict) and "id" in message:
         reply["id"] = message["id"]
@@ -80,17 +80,79 @@ def _error_reply(error: QmpError, message: object) -> dict[str, Any]:
     return reply
 
 
+class SessionVm(CommandedVm, Protocol):
+    """What a session needs of its VM besides what the commands touch: the
+    concurrency detector, the big lock, the faults, the command latency,
+    the greeting, whether the process exits, and killing it.
+    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+
+    @property
+    def detector(self) -> ConcurrencyDetector: ...
+
+    @property
+    def bql(self) -> anyio.Lock: ...
+
+    @property
+    def faults(self) -> FaultInjector: ...
+
+    @property
+    def command_latency(self) -> float: ...
+
+    @property
+    def exiting(self) -> bool: ...
+
+    def greeting(self) -> dict[str, Any]: ...
+
+    def kill(self, exit_status: int = ...) -> None: ...
+
+
+@final
+class Connections:
+    """The client connections of one VM: the open ones (which the VM closes
+    when it exits), the ones that get events (past ``qmp_capabilities``, in
+    the order they negotiated), and how many commands they ran."""
+
+    def __init__(self) -> None:
+        self._open: set[QmpSession] = set()
+        self._subscribers: dict[QmpSession, None] = {}
+        #: Commands the sessions dispatched (a fault may still drop them).
+        self.commands = 0
+
+    @property
+    def open(self) -> list[QmpSession]:
+        """The open sessions (a copy)."""
+        return list(self._open)
+
+    def opened(self, session: QmpSession) -> None:
+        self._open.add(session)
+
+    def closed(self, session: QmpSession) -> None:
+        self._open.discard(session)
+        self._subscribers.pop(session, None)
+
+    def subscribe(self, session: QmpSession) -> None:
+        self._subscribers[session] = None
+
+    def send_event(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` on every subscribed session."""
+        for session in self._subscribers:
+            session.send_event(message)
+
+
 @final
 class QmpSession:
     """The QMP protocol over one client stream (one monitor, one client)."""
 
-    def __init__(self, vm: SimulatedQemu, stream: ByteStream, label: str) -> None:
+    def __init__(
+        self, vm: SessionVm, connections: Connections, stream: ByteStream, label: str
+    ) -> None:
         self._vm = vm
+        self._connections = connections
         self._stream = stream
         self.label = label
         self.negotiated = False
         self.oob = False
-        self._log: ConnectionLog = vm.host.detector.open(label)
+        self._log: ConnectionLog = vm.detector.open(label)
         self._out_send, self._out_receive = anyio.create_memory_object_stream[_Out](math.inf)
         self._requests_send, self._requests_receive = anyio.create_memory_object_stream[_Request](
             math.inf
@@ -123,14 +185,14 @@ class QmpSession:
         """``qmp_capabilities`` succeeded: command mode, events from now on."""
         self.negotiated = True
         self.oob = oob
-        self._vm._subscribe(self)
+        self._connections.subscribe(self)
 
     # -- the connection's life -------------------------------------------------
 
     async def run(self) -> None:
         """Serve the client until EOF, a broken stream, a drop or VM exit."""
         vm = self._vm
-        vm._sessions.add(self)
+        self._connections.opened(self)
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
@@ -147,8 +209,7 @@ class QmpSession:
                     self.close_after_flush()
                     await anyio.sleep_forever()  # until the writer is done
         finally:
-            vm._sessions.discard(self)
-            vm._unsubscribe(self)
+            self._connections.closed(self)
             self._out_send.close()
             self._out_receive.close()
             self._requests_send.close()
@@ -201,46 +262,48 @@ class QmpSession:
         for key, value in message.items():
             if key == "execute" or (key == "exec-oob" and self.oob):
                 if not isinstance(value, str):
-                    raise QmpError(f"QMP input member '{key}' must be a string")
+                    raise CommandErrorReply(f"QMP input member '{key}' must be a string")
                 if command is not None:
-                    raise QmpError(f"QMP input member '{key}' clashes with '{exec_key}'")
+                    raise CommandErrorReply(f"QMP input member '{key}' clashes with '{exec_key}'")
                 command = (value, key == "exec-oob")
                 exec_key = key
             elif key == "arguments":
                 if not isinstance(value, dict):
-                    raise QmpError("QMP input member 'arguments' must be an object")
+                    raise CommandErrorReply("QMP input member 'arguments' must be an object")
             elif key != "id":
-                raise QmpError(f"QMP input member '{key}' is unexpected")
+                raise CommandErrorReply(f"QMP input member '{key}' is unexpected")
         if command is None:
-            raise QmpError("QMP input lacks member 'execute'")
+            raise CommandErrorReply("QMP input lacks member 'execute'")
         return command
 
     def _lookup(self, name: str, oob: bool) -> None:
         if not self.negotiated and name != "qmp_capabilities":
-            raise QmpError(
+            raise CommandErrorReply(
                 "Expecting capabilities negotiation with 'qmp_capabilities'", COMMAND_NOT_FOUND
             )
         if name not in COMMAND_ARGUMENTS:
-            raise QmpError(f"The command {name} has not been found", COMMAND_NOT_FOUND)
+            raise CommandErrorReply(f"The command {name} has not been found", COMMAND_NOT_FOUND)
         if oob:
-            raise QmpError(f"The command {name} does not support OOB")
+            raise CommandErrorReply(f"The command {name} does not support OOB")
 
     async def _dispatch(self, request: _Request) -> None:
         message, entry = request.message, request.entry
         if isinstance(message, JsonParseError):
-            self._reply({"error": QmpError(message.desc).to_json()}, entry)
+            self._reply({"error": CommandErrorReply(message.desc).to_json()}, entry)
             return
         if not isinstance(message, dict):
-            self._reply({"error": QmpError("QMP input must be a JSON object").to_json()}, entry)
+            self._reply(
+                {"error": CommandErrorReply("QMP input must be a JSON object").to_json()}, entry
+            )
             return
         try:
             name, oob = self._check_request(message)
             self._lookup(name, oob)
-        except QmpError as error:
+        except CommandErrorReply as error:
             self._reply(_error_reply(error, message), entry)
             return
         vm = self._vm
-        vm._count_command()
+        self._connections.commands += 1
         fault = vm.faults.decide(name)
         if isinstance(fault, Die):
             vm.kill(fault.exit_status)
@@ -278,11 +341,11 @@ class QmpSession:
     ) -> dict[str, Any] | None:
         """Run the command; its reply, or None if the VM began to exit."""
         if isinstance(fault, ErrorReply):
-            return _error_reply(QmpError(fault.desc, fault.error_class), message)
+            return _error_reply(CommandErrorReply(fault.desc, fault.error_class), message)
         try:
             arguments = check_arguments(COMMAND_ARGUMENTS[name], message.get("arguments", {}))
-            value = await _commands.HANDLERS[name](self._vm, self, arguments)
-        except QmpError as error:
+            value = await HANDLERS[name](self._vm, self, arguments)
+        except CommandErrorReply as error:
             return _error_reply(error, message)
         except SimulatorError:
             return None  # the VM began to exit while the command ran

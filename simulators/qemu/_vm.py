@@ -14,13 +14,13 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._block import BlockNodes, Disk, file_node_stats
 from ._detector import ConcurrencyDetector
-from ._errors import ConcurrencyViolationError, QmpError, SimulatorError
+from ._errors import CommandErrorReply, ConcurrencyViolationError, SimulatorError
 from ._faults import FaultInjector, FaultPlan
 from ._host import SimulatedHost
 from ._jobs import BackupModel, BlockJob, BlockJobs
 from ._migration import Migration, MigrationModel
 from ._monitor import QmpMonitor
-from ._session import QmpSession
+from ._session import Connections
 
 __all__ = ["QEMU_VERSION", "SimulatedQemu", "VmStatistics"]
 
@@ -110,10 +110,8 @@ class SimulatedQemu:
         self.bql = anyio.Lock()
         self._exit_flush_timeout = exit_flush_timeout
         self._monitors: dict[str, QmpMonitor] = {}
-        self._sessions: set[QmpSession] = set()
-        self._subscribers: dict[QmpSession, None] = {}
+        self._connections = Connections()
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._commands = 0
         self._events = 0
         self._tg: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -184,16 +182,16 @@ class SimulatedQemu:
                 if self._incoming_uri not in (None, "defer"):
                     try:
                         await self.migration.start_incoming(self._incoming_uri)
-                    except QmpError as exc:
+                    except CommandErrorReply as exc:
                         raise SimulatorError(f"-incoming {self._incoming_uri}: {exc.desc}") from exc
                 task_status.started()
                 await self._exit_requested.wait()
                 self.exiting = True
                 if self._flush_on_exit:
                     with anyio.move_on_after(self._exit_flush_timeout):
-                        for session in list(self._sessions):
+                        for session in self._connections.open:
                             session.close_after_flush()
-                        for session in list(self._sessions):
+                        for session in self._connections.open:
                             await session.closed.wait()
                 self.exit_status = self._requested_status
                 tg.cancel_scope.cancel()
@@ -278,7 +276,7 @@ class SimulatedQemu:
         name = name if name is not None else f"qmp{len(self._monitors)}"
         if name in self._monitors:
             raise ValueError(f"VM {self.name!r} already has a monitor {name!r}")
-        monitor = QmpMonitor(self, name)
+        monitor = QmpMonitor(self, name, self._connections)
         self._monitors[name] = monitor
         return monitor
 
@@ -309,19 +307,9 @@ class SimulatedQemu:
         if data is not None:
             message["data"] = data
         self._events += 1
-        for session in self._subscribers:
-            session.send_event(message)
+        self._connections.send_event(message)
         for listener in list(self._event_listeners):
             listener(message)
-
-    def _subscribe(self, session: QmpSession) -> None:
-        self._subscribers[session] = None
-
-    def _unsubscribe(self, session: QmpSession) -> None:
-        self._subscribers.pop(session, None)
-
-    def _count_command(self) -> None:
-        self._commands += 1
 
     # -- run state --------------------------------------------------------------
 
@@ -375,8 +363,8 @@ class SimulatedQemu:
             run_state=self._run_state,
             monitors=len(self._monitors),
             connections=sum(monitor.connections for monitor in self._monitors.values()),
-            open_connections=len(self._sessions),
-            commands=self._commands,
+            open_connections=len(self._connections.open),
+            commands=self._connections.commands,
             events=self._events,
             faults_injected=self.faults.injected_total,
         )

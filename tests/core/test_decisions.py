@@ -14,9 +14,15 @@ import sniffio
 
 import jobctl
 from jobctl import AsyncJob, Job, TraceKind
-from jobctl.testing import InvariantChecker
+from jobctl.testing import (
+    ErrorReply,
+    FaultRule,
+    InvariantChecker,
+    ScriptedMonitor,
+    ScriptedReplyError,
+)
 
-from ._support import MemoryMonitor, Recorder
+from ._support import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +73,7 @@ async def test_destroy_preempts_an_async_job_granted_from_the_queue(delay: int) 
     """The async job waits behind MODIFY; MODIFY ends (granting it) and
     DESTROY is requested before the async job's task has run again."""
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub, wait_timeout=10)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub, wait_timeout=10)
     queued = anyio.Event()
     body_done = False
     outcome: list[BaseException] = []
@@ -116,7 +122,7 @@ async def test_destroy_preempts_an_async_job_granted_on_the_fast_path(delay: int
             granted.set()
 
     recorder.hub.subscribe(on_grant)
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
     body_done = False
     reasons: list[str] = []
 
@@ -162,7 +168,7 @@ async def test_a_query_that_may_begin_is_not_refused_behind_a_parked_waiter() ->
     """The exporter case: ``nowait`` and ``max_queued=1`` with a MODIFY
     parked behind the async job, inside an open section."""
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub, max_queued=1)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub, max_queued=1)
     ready, release = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(section_with_a_parked_modify, dom, ready, release)
@@ -279,7 +285,7 @@ async def sits_in_a_section(
 
 async def test_statistics_count_destroys_and_aborts() -> None:
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
     for end in ("abort", "destroy"):
         ready = anyio.Event()
         async with anyio.create_task_group() as tg:
@@ -357,16 +363,10 @@ async def test_closing_one_subscription_keeps_the_others() -> None:
 # -- bug 6: an abort whose hook fails --------------------------------------------
 
 
-class RefusingMonitor(MemoryMonitor):
-    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        if command == "migrate_cancel":
-            raise jobctl.MonitorError("migrate_cancel refused")
-        return await super().execute(command, arguments)
-
-
 async def test_an_abort_whose_hook_fails_aborts_nothing() -> None:
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=RefusingMonitor(), trace=recorder.hub)
+    refusing = ScriptedMonitor(faults=[FaultRule(ErrorReply("refused"), command="migrate_cancel")])
+    dom = jobctl.Domain("vm", monitor=refusing, trace=recorder.hub)
     ready, go_on = anyio.Event(), anyio.Event()
     finished = False
 
@@ -387,7 +387,7 @@ async def test_an_abort_whose_hook_fails_aborts_nothing() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(migrate)
         await ready.wait()
-        with pytest.raises(jobctl.MonitorError, match="refused"):
+        with pytest.raises(ScriptedReplyError, match="refused"):
             await dom.abort("user")
         go_on.set()
     assert finished
@@ -404,8 +404,8 @@ async def test_an_abort_whose_hook_fails_aborts_nothing() -> None:
 
 async def test_the_monitor_goes_to_its_waiters_in_arrival_order() -> None:
     recorder = Recorder()
-    monitor = MemoryMonitor()
-    monitor.gate = anyio.Event()  # every command waits until the gate opens
+    monitor = ScriptedMonitor()
+    monitor.hold()  # every command waits until the gate opens
     dom = jobctl.Domain("vm", monitor=monitor, trace=recorder.hub)
     order: list[str] = []
 
@@ -419,7 +419,7 @@ async def test_the_monitor_goes_to_its_waiters_in_arrival_order() -> None:
         for name in "abcdef":
             tg.start_soon(query, name)
             await anyio.wait_all_tasks_blocked()
-        monitor.gate.set()
+        monitor.release()
     assert order == list("abcdef")
     assert len(recorder.of(TraceKind.MONITOR_WAIT)) == 5
     checked(recorder, dom)
@@ -427,7 +427,7 @@ async def test_the_monitor_goes_to_its_waiters_in_arrival_order() -> None:
 
 async def test_a_nowait_monitor_entry_is_refused_with_a_trace_event() -> None:
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
     async with anyio.create_task_group() as tg:
         async with dom.job(Job.QUERY, owner="a") as job, job.monitor():
 
@@ -446,7 +446,7 @@ async def test_a_nowait_monitor_entry_is_refused_with_a_trace_event() -> None:
 
 async def test_a_job_ending_while_holding_the_monitor_releases_it() -> None:
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
     job = dom.job(Job.QUERY, owner="sloppy")
     async with job:
         session = job.monitor()
@@ -492,7 +492,7 @@ async def test_a_barrier_cut_short_by_an_outer_scope_holds_the_next_entries() ->
     leaves; its next section and its next monitor entry still wait for the
     job that began inside."""
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
     began, release, cut_short = anyio.Event(), anyio.Event(), anyio.Event()
     events: list[str] = []
 

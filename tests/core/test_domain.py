@@ -11,8 +11,10 @@ import sniffio
 
 import jobctl
 from jobctl import AsyncJob, Job, TraceKind
+from jobctl.qmp import QMPClosedError
+from jobctl.testing import ScriptedMonitor, ScriptedMonitorClosedError
 
-from ._support import MemoryMonitor, Recorder
+from ._support import Recorder, echo
 
 pytestmark = pytest.mark.anyio
 
@@ -250,7 +252,7 @@ async def test_set_allowed_admits_waiters_at_once() -> None:
 
 
 async def test_sections_do_not_nest_and_monitor_is_closed_inside() -> None:
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor())
     async with dom.async_job(AsyncJob.BACKUP) as ajob:
         async with ajob.interruptible():
             with pytest.raises(jobctl.JobStateError, match="already inside"):
@@ -270,7 +272,7 @@ async def test_sections_do_not_nest_and_monitor_is_closed_inside() -> None:
 
 
 async def test_monitor_one_holder_one_command() -> None:
-    mon = MemoryMonitor(latency=0.5 * unit())
+    mon = ScriptedMonitor(latency=0.5 * unit())
     dom = jobctl.Domain("vm", monitor=mon)
 
     async def query(i: int) -> None:
@@ -281,14 +283,14 @@ async def test_monitor_one_holder_one_command() -> None:
     async with anyio.create_task_group() as tg:
         for i in range(5):
             tg.start_soon(query, i)
-    assert mon.max_in_flight == 1
-    assert len(mon.commands) == 10
+    assert mon.statistics().max_in_flight == 1
+    assert len(mon.log) == 10
     # Each holder's two commands are adjacent.
-    assert mon.commands == ["query-status", "query-blockstats"] * 5
+    assert mon.log == ["query-status", "query-blockstats"] * 5
 
 
 async def test_monitor_misuse_raises_instead_of_deadlocking() -> None:
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(responder=echo))
     async with dom.job(Job.QUERY) as job:
         async with job.monitor() as mon:
             with pytest.raises(jobctl.JobStateError, match="already holds the monitor"):
@@ -318,7 +320,7 @@ async def test_monitor_misuse_raises_instead_of_deadlocking() -> None:
 
 
 async def test_concurrent_commands_on_one_session_are_refused() -> None:
-    mon = MemoryMonitor(latency=unit())
+    mon = ScriptedMonitor(latency=unit())
     dom = jobctl.Domain("vm", monitor=mon)
     errors: list[BaseException] = []
     async with dom.job(Job.QUERY) as job, job.monitor() as session:
@@ -334,16 +336,16 @@ async def test_concurrent_commands_on_one_session_are_refused() -> None:
             await settle()
             tg.start_soon(second)
     assert len(errors) == 1 and "already in flight" in str(errors[0])
-    assert mon.max_in_flight == 1
+    assert mon.statistics().max_in_flight == 1
 
 
 async def test_monitor_errors_propagate_and_release() -> None:
-    mon = MemoryMonitor()
-    mon.closed = True
+    mon = ScriptedMonitor()
+    mon.close()
     dom = jobctl.Domain("vm", monitor=mon)
     rec = Recorder()
     dom = jobctl.Domain("vm", monitor=mon, trace=rec.hub)
-    with pytest.raises(jobctl.MonitorClosedError):
+    with pytest.raises(ScriptedMonitorClosedError):
         async with dom.job(Job.QUERY) as job, job.monitor() as m:
             await m.execute("query-status")
     (answered,) = rec.of(TraceKind.COMMAND_ANSWERED)
@@ -438,8 +440,8 @@ def _set_event() -> anyio.Event:
 
 async def test_destroy_preempts_async_job() -> None:
     rec = Recorder()
-    mon = MemoryMonitor()
-    mon.gate = anyio.Event()  # the async job's command never answers
+    mon = ScriptedMonitor()
+    mon.hold()  # the async job's command never answers
     dom = jobctl.Domain("vm", monitor=mon, trace=rec.hub)
     outcome: list[BaseException] = []
 
@@ -481,7 +483,7 @@ async def test_destroy_goes_first_in_the_queue() -> None:
 
 
 async def test_abort_calls_hook_and_async_job_fails_with_aborted() -> None:
-    mon = MemoryMonitor()
+    mon = ScriptedMonitor()
     dom = jobctl.Domain("vm", monitor=mon)
     hooked: list[str] = []
     outcome: list[BaseException] = []
@@ -504,7 +506,7 @@ async def test_abort_calls_hook_and_async_job_fails_with_aborted() -> None:
         await settle()
         await dom.abort("operator")
     assert hooked == ["ABORT"]
-    assert mon.commands == ["migrate_cancel"]
+    assert mon.log == ["migrate_cancel"]
     assert len(outcome) == 1 and "operator" in str(outcome[0])
     assert dom.info(keep_completed=True).completed_async_job is not None
     info = dom.info()
@@ -571,8 +573,8 @@ async def test_cancel_while_waiting_unblocks_those_behind() -> None:
 
 
 async def test_cancel_inside_monitor_and_barrier() -> None:
-    mon = MemoryMonitor()
-    mon.gate = anyio.Event()
+    mon = ScriptedMonitor()
+    mon.hold()
     dom = jobctl.Domain("vm", monitor=mon)
 
     async def stuck_query() -> None:
@@ -592,8 +594,8 @@ async def test_cancel_inside_monitor_and_barrier() -> None:
 
 
 async def test_cancel_waiting_for_monitor() -> None:
-    mon = MemoryMonitor()
-    mon.gate = anyio.Event()
+    mon = ScriptedMonitor()
+    mon.hold()
     dom = jobctl.Domain("vm", monitor=mon)
 
     async def query() -> None:
@@ -643,7 +645,7 @@ async def test_trace_costs_nothing_without_listeners() -> None:
     seen: list[jobctl.TraceEvent] = []
     with hub.subscribe(seen.append):
         assert hub.active
-        dom = jobctl.Domain("vm", trace=hub, monitor=MemoryMonitor())
+        dom = jobctl.Domain("vm", trace=hub, monitor=ScriptedMonitor())
         async with dom.job(Job.QUERY, owner="o") as job, job.monitor() as m:
             await m.execute("query-status")
     assert not hub.active
@@ -697,18 +699,23 @@ async def test_persister_sees_every_phase() -> None:
 def test_error_hierarchy() -> None:
     for name in (
         "JobTimeoutError",
+        "JobBusyError",
         "JobQueueFullError",
         "JobStateError",
         "JobAbortedError",
-        "MonitorClosedError",
     ):
-        assert issubclass(getattr(jobctl, name), jobctl.JobError)
-    assert issubclass(jobctl.JobBusyError, jobctl.JobTimeoutError)
+        assert getattr(jobctl, name).__bases__[0] is jobctl.JobError
+    # Waiting too long is a timeout; being refused at once is not.
+    assert issubclass(jobctl.JobTimeoutError, TimeoutError)
+    assert not issubclass(jobctl.JobBusyError, TimeoutError | jobctl.JobTimeoutError)
+    # What the monitor raises is the monitor's, not the core's.
+    assert not issubclass(QMPClosedError, jobctl.JobError)
+    assert not hasattr(jobctl, "MonitorError") and not hasattr(jobctl, "MonitorClosedError")
 
 
 async def test_monitor_nowait() -> None:
-    mon = MemoryMonitor()
-    mon.gate = anyio.Event()
+    mon = ScriptedMonitor()
+    mon.hold()
     dom = jobctl.Domain("vm", monitor=mon)
     errors: list[BaseException] = []
 
@@ -726,5 +733,5 @@ async def test_monitor_nowait() -> None:
         tg.start_soon(query, True)
         await settle()
         assert len(errors) == 1 and "is held by" in str(errors[0])
-        mon.gate.set()
+        mon.release()
     assert dom.info().idle

@@ -1,4 +1,4 @@
-"""Edges that mutation testing found unpinned: the wait queue on its own,
+"""Edges that mutation testing found unpinned: the wait queue seen through a domain,
 counters that add up over several events, abort corner cases, messages and
 reprs. On trio (virtual time, exact values) and asyncio."""
 
@@ -14,9 +14,9 @@ import sniffio
 
 import jobctl
 from jobctl import AsyncJob, Job, TraceKind
-from jobctl._core._queue import WaitQueue
+from jobctl.testing import ScriptedMonitor
 
-from ._support import MemoryMonitor, Recorder
+from ._support import Recorder, echo
 from .test_decisions import checked, destroy_quietly, elsewhere
 
 pytestmark = pytest.mark.anyio
@@ -29,32 +29,41 @@ def virtual() -> bool:
 # -- the wait queue ---------------------------------------------------------------
 
 
-def test_the_wait_queue_keeps_arrival_order_across_lanes() -> None:
-    queue: WaitQueue[str, str] = WaitQueue()
-    assert not queue and len(queue) == 0
-    assert queue.count("a") == 0
-    assert queue.first(["a", "b"]) is None
-    assert queue.first_in("a") is None
-    queue.push("a", "a1")
-    queue.push("b", "b1")
-    queue.push("a", "a2")
-    queue.push("c", "c1")
-    assert queue and len(queue) == 4
-    assert (queue.count("a"), queue.count("b"), queue.count("z")) == (2, 1, 0)
-    assert list(queue) == ["a1", "b1", "a2", "c1"]
-    assert queue.first(["a", "b"]) == "a1"
-    assert queue.first(["c", "b"]) == "b1"
-    assert queue.first(["c"]) == "c1"
-    assert queue.first_in("a") == "a1"
-    with pytest.raises(ValueError, match="queued already"):
-        queue.push("a", "a1")
-    assert queue.remove("a", "a1")
-    assert not queue.remove("a", "a1")
-    assert not queue.remove("z", "a2")
-    assert queue.first(["a", "b"]) == "b1"
-    assert queue.first_in("a") == "a2"
-    assert list(queue) == ["b1", "a2", "c1"]
-    assert len(queue) == 3
+async def test_the_wait_queue_keeps_arrival_order_across_kinds() -> None:
+    """The domain's wait queue: waiters of every kind are listed in arrival
+    order and begin in that order, whatever their kinds; one that gives up
+    leaves the others in place."""
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", trace=recorder.hub)
+    quitter = anyio.CancelScope()
+
+    async def gives_up() -> None:
+        with quitter:
+            async with dom.job(Job.MODIFY, owner="m1"):
+                pass
+
+    async with anyio.create_task_group() as tg:
+        async with dom.job(Job.MODIFY, owner="holder"):
+            assert not dom.info().waiters and dom.statistics().waiting == 0
+            for owner, kind in (("s1", Job.SUSPEND), ("m1", None), ("q1", Job.QUERY)):
+                if kind is None:
+                    tg.start_soon(gives_up)
+                else:
+                    tg.start_soon(elsewhere, dom.job(kind, owner=owner))
+                await anyio.wait_all_tasks_blocked()
+            for owner, kind in (("q2", Job.QUERY), ("s2", Job.SUSPEND)):
+                tg.start_soon(elsewhere, dom.job(kind, owner=owner))
+                await anyio.wait_all_tasks_blocked()
+            assert [w.owner for w in dom.info().waiters] == ["s1", "m1", "q1", "q2", "s2"]
+            assert dom.statistics().waiting == 5
+            quitter.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert [w.owner for w in dom.info().waiters] == ["s1", "q1", "q2", "s2"]
+            assert dom.statistics().waiting == 4
+    began = [e.owner for e in recorder.of(TraceKind.JOB_BEGIN)]
+    assert began == ["holder", "s1", "q1", "q2", "s2"]
+    assert not dom.info().waiters and dom.statistics().waiting == 0
+    checked(recorder, dom)
 
 
 async def test_destroy_waiters_queue_behind_earlier_destroys_only() -> None:
@@ -81,7 +90,7 @@ async def test_destroy_waiters_queue_behind_earlier_destroys_only() -> None:
 
 async def test_counters_add_up() -> None:
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
 
     async def hook(mon: jobctl.MonitorSession) -> None:
         await mon.execute("migrate_cancel")
@@ -193,7 +202,7 @@ async def test_an_abort_outliving_its_target_aborts_nothing_else() -> None:
     """The abort waits while its target runs outside sections; the target
     ends and another async job opens a section: the abort must not hit it."""
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub, wait_timeout=None)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub, wait_timeout=None)
     first_started, first_done, second_open = anyio.Event(), anyio.Event(), anyio.Event()
     second_aborted = False
 
@@ -231,7 +240,7 @@ async def test_an_abort_outliving_its_target_aborts_nothing_else() -> None:
 
 async def test_an_abort_whose_target_is_destroyed_during_the_hook_aborts_nothing() -> None:
     recorder = Recorder()
-    monitor = MemoryMonitor()
+    monitor = ScriptedMonitor()
     dom = jobctl.Domain("vm", monitor=monitor, trace=recorder.hub)
     in_section, in_hook = anyio.Event(), anyio.Event()
 
@@ -255,7 +264,7 @@ async def test_an_abort_whose_target_is_destroyed_during_the_hook_aborts_nothing
     async with anyio.create_task_group() as tg:
         tg.start_soon(migrate)
         await in_section.wait()
-        monitor.gate = anyio.Event()
+        monitor.hold()
         tg.start_soon(abort)
         await in_hook.wait()
         await anyio.wait_all_tasks_blocked()
@@ -263,7 +272,7 @@ async def test_an_abort_whose_target_is_destroyed_during_the_hook_aborts_nothing
         await anyio.wait_all_tasks_blocked()
         # DESTROY pre-empted the migration, which ended (its barrier abandoned).
         assert dom.info().async_job is None
-        monitor.gate.set()
+        monitor.release()
     assert dom.statistics().aborts == 0
     assert "abort.delivered" not in recorder.kinds()
     checked(recorder, dom)
@@ -343,8 +352,8 @@ async def test_holder_times_count_from_each_jobs_start() -> None:
 
 async def test_a_cancelled_command_is_traced_as_cancelled() -> None:
     recorder = Recorder()
-    monitor = MemoryMonitor()
-    monitor.gate = anyio.Event()  # the command never answers
+    monitor = ScriptedMonitor()
+    monitor.hold()  # the command never answers
     dom = jobctl.Domain("vm", monitor=monitor, trace=recorder.hub)
     with anyio.move_on_after(1.0):
         async with dom.job(Job.QUERY, owner="q") as job, job.monitor() as mon:
@@ -354,7 +363,7 @@ async def test_a_cancelled_command_is_traced_as_cancelled() -> None:
     assert answered.detail["command"] == "query-status"
     (end,) = recorder.of(TraceKind.JOB_END)
     assert end.detail["outcome"] == "cancelled"
-    monitor.gate.set()
+    monitor.release()
     async with dom.job(Job.QUERY) as job, job.monitor() as mon:
         await mon.execute("query-status")  # the session is usable again
     checked(recorder, dom)
@@ -370,7 +379,7 @@ async def test_a_session_whose_job_ended_while_it_waited_is_dropped() -> None:
     waiter gets the monitor. A dropped session that was cancelled at the
     same time just ends cancelled."""
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub)
     errors: list[str] = []
     cancelled = anyio.CancelScope()
 
@@ -422,7 +431,7 @@ async def test_a_session_whose_job_ended_while_it_waited_is_dropped() -> None:
 
 async def test_an_async_job_ending_while_holding_the_monitor_releases_it() -> None:
     recorder = Recorder()
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(responder=echo), trace=recorder.hub)
     async with dom.async_job(AsyncJob.SAVE, owner="sloppy") as ajob:
         session = ajob.monitor()
         await session.__aenter__()
@@ -439,7 +448,7 @@ async def test_an_async_job_ending_while_holding_the_monitor_releases_it() -> No
 
 
 async def test_monitor_misuse_messages() -> None:
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor())
     async with dom.job(Job.QUERY, owner="q") as job:
         session = job.monitor()
         async with session:
@@ -484,7 +493,7 @@ class Persister:
 async def test_outcomes_and_their_errors() -> None:
     recorder = Recorder()
     persister = Persister()
-    dom = jobctl.Domain("vm7", monitor=MemoryMonitor(), trace=recorder.hub, persister=persister)
+    dom = jobctl.Domain("vm7", monitor=ScriptedMonitor(), trace=recorder.hub, persister=persister)
     with pytest.raises(ValueError, match="flow failed"):
         async with dom.async_job(AsyncJob.SAVE, owner="failing") as ajob:
             assert ajob.preempted is False
@@ -540,7 +549,7 @@ async def test_a_persister_failing_at_begin_fails_the_job() -> None:
 
 
 async def test_a_destroyed_job_says_why() -> None:
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor())
     ready = anyio.Event()
     messages: list[str] = []
 
@@ -562,7 +571,7 @@ async def test_a_destroyed_job_says_why() -> None:
 
 
 async def test_a_task_holding_the_monitor_cannot_enter_it_for_another_job() -> None:
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor())
     other_ready, release = anyio.Event(), anyio.Event()
     jobs: list[jobctl.ActiveJob] = []
 
@@ -586,7 +595,7 @@ async def test_a_task_holding_the_monitor_cannot_enter_it_for_another_job() -> N
 
 
 async def test_a_refused_or_cancelled_session_is_closed() -> None:
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor())
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor())
     async with anyio.create_task_group() as tg:
         async with dom.job(Job.QUERY, owner="holder") as job, job.monitor():
             sessions: list[jobctl.MonitorSession] = []

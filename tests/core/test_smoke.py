@@ -5,15 +5,16 @@ import pytest
 
 import jobctl
 from jobctl import AsyncJob, Job
+from jobctl.testing import ScriptedMonitor
 
-from ._support import MemoryMonitor, Recorder
+from ._support import Recorder
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_query_during_interruptible_migration() -> None:
     rec = Recorder()
-    mon = MemoryMonitor(latency=0.001)
+    mon = ScriptedMonitor(latency=0.001)
     dom = jobctl.Domain("vm1", monitor=mon, trace=rec.hub)
     results: list[object] = []
 
@@ -34,7 +35,7 @@ async def test_query_during_interruptible_migration() -> None:
             assert results
             async with ajob.monitor() as m:
                 await m.execute("query-migrate")
-    assert mon.max_in_flight == 1
+    assert mon.statistics().max_in_flight == 1
     assert dom.info().idle
     assert "barrier.start" not in rec.kinds()
     assert rec.kinds().count("gate.open") == 1

@@ -9,7 +9,6 @@ Also pinned: the holder descriptions in wait errors, ``info()`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -19,8 +18,9 @@ import sniffio
 
 import jobctl
 from jobctl import AsyncJob, Job, TraceKind
+from jobctl.testing import ErrorReply, FaultRule, ScriptedMonitor, ScriptedReplyError
 
-from ._support import MemoryMonitor, Recorder
+from ._support import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -47,26 +47,16 @@ def shape(recorder: Recorder) -> list[str]:
     return lines
 
 
-class Gated(MemoryMonitor):
-    """Commands wait for ``release`` when ``hold`` is set; migrate_cancel may fail."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refuse_cancel = False
-
-    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        if command == "migrate_cancel" and self.refuse_cancel:
-            raise jobctl.MonitorError("migrate_cancel refused")
-        return await super().execute(command, arguments)
-
-
 async def cancel_hook(mon: jobctl.MonitorSession) -> None:
     await mon.execute("migrate_cancel")
 
 
 async def busy_domain(recorder: Recorder) -> jobctl.Domain:
     """One domain through every kind of decision, each step forced in order."""
-    monitor = Gated()
+    # The first abort's migrate_cancel is refused, the second's is not.
+    monitor = ScriptedMonitor(
+        faults=[FaultRule(ErrorReply("refused"), command="migrate_cancel", nth=1)]
+    )
     dom = jobctl.Domain("vm", monitor=monitor, trace=recorder.hub, wait_timeout=None, max_queued=2)
     in_section, leave, phase_two = anyio.Event(), anyio.Event(), anyio.Event()
 
@@ -127,17 +117,15 @@ async def busy_domain(recorder: Recorder) -> jobctl.Domain:
         hold.set()  # ... then the mask lets MODIFY in
         await phase_two.wait()
         await anyio.wait_all_tasks_blocked()
-        monitor.refuse_cancel = True
-        with pytest.raises(jobctl.MonitorError):
+        with pytest.raises(ScriptedReplyError):
             await dom.abort("refused")
-        monitor.refuse_cancel = False
         await dom.abort("user")
     return dom
 
 
 async def destroy_domain(recorder: Recorder) -> jobctl.Domain:
     """Pre-emption, the monitor's refusals and give-ups, a failing listener."""
-    dom = jobctl.Domain("vm", monitor=MemoryMonitor(), trace=recorder.hub, wait_timeout=None)
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=recorder.hub, wait_timeout=None)
     started = anyio.Event()
 
     def broken(event: jobctl.TraceEvent) -> None:
@@ -252,9 +240,9 @@ vm abort.request #1 MIGRATION_OUT migrate reason='refused'
 vm job.begin #10 ABORT abort:refused in_section=True waited=False
 vm monitor.enter #10 ABORT abort:refused waited=False
 vm command.sent #10 ABORT abort:refused command='migrate_cancel'
-vm command.answered #10 ABORT abort:refused command='migrate_cancel' error='MonitorError: migrate_cancel refused' outcome='error'
+vm command.answered #10 ABORT abort:refused command='migrate_cancel' error="ScriptedReplyError: scripted error reply to 'migrate_cancel': refused" outcome='error'
 vm monitor.exit #10 ABORT abort:refused
-vm abort.failed #1 MIGRATION_OUT migrate error='MonitorError: migrate_cancel refused' reason='refused'
+vm abort.failed #1 MIGRATION_OUT migrate error="ScriptedReplyError: scripted error reply to 'migrate_cancel': refused" reason='refused'
 vm job.end #10 ABORT abort:refused outcome='error'
 vm abort.request #1 MIGRATION_OUT migrate reason='user'
 vm job.begin #11 ABORT abort:user in_section=True waited=False
@@ -323,7 +311,7 @@ async def raised(job: Any) -> str:
 
 @pytest.mark.parametrize("anyio_backend", ["trio"], indirect=True)
 async def test_wait_errors_name_the_holders_and_info_shows_the_state() -> None:
-    dom = jobctl.Domain("vm1", monitor=MemoryMonitor(), wait_timeout=3.0, max_queued=1)
+    dom = jobctl.Domain("vm1", monitor=ScriptedMonitor(), wait_timeout=3.0, max_queued=1)
     in_section, leave, done = anyio.Event(), anyio.Event(), anyio.Event()
 
     async def migrate() -> None:

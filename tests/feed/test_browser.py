@@ -1,4 +1,5 @@
-"""The timeline page in headless Chromium, over a live feed of real domains.
+"""The timeline page in headless Chromium, over a live feed of real domains
+(:func:`jobctl.demo.simulated_workload`: the QEMU flows on simulated hosts).
 
 Needs Debian's ``chromium``: skipped with the reason when it is missing,
 except under ``CI=true``, where it fails instead.
@@ -14,7 +15,8 @@ import pytest
 import trio
 
 from jobctl import TraceHub
-from jobctl.feed import serve_feed, simulated_workload
+from jobctl.demo import simulated_workload
+from jobctl.feed import serve_feed
 
 from .._requires import require_chromium
 from ._chromium import Page, open_page
@@ -88,8 +90,10 @@ async def test_lanes_and_events_appear_for_running_migrations() -> None:
         address = await nursery.start(partial(serve_feed, hub))
         nursery.start_soon(partial(simulated_workload, hub, domains=2, seed=3))
         async with open_page(chromium, address.page_url) as page:
+            # Each VM is a domain on each simulated host; it migrates back and forth.
+            lanes = ["vm-1@host-a", "vm-1@host-b", "vm-2@host-a", "vm-2@host-b"]
             view = await wait_for_view(
-                page, lanes_drawn(["vm-1", "vm-2"]), "a lane per domain with migrations"
+                page, lanes_drawn(lanes), "a lane per domain with migrations"
             )
             assert all(lane["events"] > 0 for lane in view["lanes"])
             assert view["events"] == sum(lane["events"] for lane in view["lanes"])
@@ -109,7 +113,8 @@ async def test_the_page_presents_the_token_from_its_address() -> None:
             )
             assert "token" in view["status"]
         async with open_page(chromium, address.page_url + "#token=s3cret") as page:
-            await wait_for_view(page, lanes_drawn(["vm-1"]), "the lane, with the token")
+            lanes = ["vm-1@host-a", "vm-1@host-b"]
+            await wait_for_view(page, lanes_drawn(lanes), "the lanes, with the token")
             assert page.exceptions == []
         nursery.cancel_scope.cancel()
 

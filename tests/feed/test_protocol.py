@@ -1,37 +1,65 @@
-"""Client message parsing and message encoding."""
+"""The feed's messages as a client meets them: what it may send, what it is
+answered, and that what it receives is strict JSON."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from jobctl import TRACE_SCHEMA_VERSION, TraceEvent, TraceKind
-from jobctl.feed import FeedProtocolError, Subscription
-from jobctl.feed._protocol import ResyncRequest, encode, events_message, parse_client_message
+from jobctl import TRACE_SCHEMA_VERSION, TraceEvent, TraceHub, TraceKind
+from jobctl.feed import Feed, Subscription
+
+from ._support import connected, emit, receive, receive_type
+
+pytestmark = pytest.mark.anyio
 
 
-def test_subscribe_and_resync_parse() -> None:
-    assert parse_client_message('{"type": "resync"}') == ResyncRequest()
-    assert parse_client_message('{"type": "subscribe"}') == Subscription()
-    assert parse_client_message(
-        '{"v": 1, "type": "subscribe", "domains": ["a", "b"], "kinds": ["job.begin", "gate.open"]}'
-    ) == Subscription(frozenset({"a", "b"}), frozenset({TraceKind.JOB_BEGIN, TraceKind.GATE_OPEN}))
+async def answers(*messages: str) -> list[dict[str, Any]]:
+    """What a fresh client of a feed is answered to each of ``messages``."""
+    answered = []
+    with Feed(TraceHub()) as feed:
+        async with connected(feed) as ws:
+            await receive_type(ws, "hello")
+            await receive_type(ws, "snapshot")
+            for message in messages:
+                await ws.send_message(message)
+                answered.append(await receive(ws))
+    return answered
 
 
-def test_unknown_kinds_are_named() -> None:
-    with pytest.raises(FeedProtocolError, match=r"'job\.nope'") as info:
-        parse_client_message('{"type": "subscribe", "kinds": ["job.nope"]}')
-    assert info.value.code == "unknown_kind"
+async def test_subscribe_and_resync_are_understood() -> None:
+    resync, everything, some = await answers(
+        '{"type": "resync"}',
+        '{"type": "subscribe"}',
+        '{"v": 1, "type": "subscribe", "domains": ["b", "a"], "kinds": ["job.begin", "gate.open"]}',
+    )
+    assert resync["type"] == everything["type"] == some["type"] == "snapshot"
+    assert resync["subscription"] == everything["subscription"] == {"domains": None, "kinds": None}
+    assert some["subscription"] == {"domains": ["a", "b"], "kinds": ["gate.open", "job.begin"]}
 
 
-def test_filters_are_bounded() -> None:
-    many = json.dumps({"type": "subscribe", "domains": [f"d{i}" for i in range(1025)]})
-    with pytest.raises(FeedProtocolError, match="more than 1024"):
-        parse_client_message(many)
-    long = json.dumps({"type": "subscribe", "domains": ["x" * 257]})
-    with pytest.raises(FeedProtocolError, match="1 to 256"):
-        parse_client_message(long)
+async def test_unknown_kinds_are_named() -> None:
+    (error,) = await answers('{"type": "subscribe", "kinds": ["job.nope"]}')
+    assert (error["type"], error["code"]) == ("error", "unknown_kind")
+    assert "'job.nope'" in error["message"]
+
+
+async def test_filters_are_bounded() -> None:
+    def subscribe(domains: list[str]) -> str:
+        return json.dumps({"type": "subscribe", "domains": domains})
+
+    most, too_many, longest, too_long = await answers(
+        subscribe([f"d{i}" for i in range(1024)]),
+        subscribe([f"d{i}" for i in range(1025)]),
+        subscribe(["x" * 256]),
+        subscribe(["x" * 257]),
+    )
+    assert most["type"] == longest["type"] == "snapshot"
+    assert (too_many["code"], too_long["code"]) == ("bad_message", "bad_message")
+    assert "more than 1024" in too_many["message"]
+    assert "1 to 256" in too_long["message"]
 
 
 def test_subscription_matching() -> None:
@@ -42,24 +70,33 @@ def test_subscription_matching() -> None:
     assert not Subscription(kinds=frozenset({TraceKind.GATE_CLOSE})).matches(event)
 
 
-def test_encoding_is_strict_json_whatever_the_detail_holds() -> None:
-    event = TraceEvent(
-        7,
-        1.5,
-        "vm",
-        TraceKind.ASYNC_PROGRESS,
-        1,
-        "SAVE",
-        None,
-        {"progress": {"rate": float("inf"), "parts": (1, float("nan")), "obj": object}},
-    )
-    text = encode(events_message([event.to_json()]))
+def strict_json(text: str | bytes) -> dict[str, Any]:
+    assert isinstance(text, str), "the feed sends text messages"
     message = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert isinstance(message, dict)
+    return message
+
+
+async def test_what_a_client_receives_is_strict_json_whatever_the_detail_holds() -> None:
+    hub = TraceHub()
+    progress = {"rate": float("inf"), "parts": (1, float("nan")), "obj": object}
+    with Feed(hub) as feed:
+        async with connected(feed) as ws:
+            await receive_type(ws, "hello")
+            await receive_type(ws, "snapshot")
+            emit(hub, "vm", TraceKind.ASYNC_BEGIN, 1, "SAVE", allowed=["QUERY"], waited=False)
+            emit(hub, "vm", TraceKind.ASYNC_PROGRESS, 1, "SAVE", progress=progress)
+            message = strict_json(await ws.get_message())
+            while len(message["events"]) < 2:  # the events may come in two messages
+                message["events"] += strict_json(await ws.get_message())["events"]
+            await ws.send_message('{"type": "resync"}')
+            snapshot = strict_json(await ws.get_message())
     assert message["type"] == "events"
-    (sent,) = message["events"]
+    sent = message["events"][-1]
     assert sent["v"] == TRACE_SCHEMA_VERSION
-    assert sent["seq"] == 7
-    progress = sent["detail"]["progress"]
-    assert progress["rate"] == "inf"
-    assert progress["parts"] == [1, "nan"]
-    assert progress["obj"] == str(object)
+    assert sent["kind"] == "async.progress"
+    expected = {"rate": "inf", "parts": [1, "nan"], "obj": str(object)}
+    assert sent["detail"]["progress"] == expected
+    assert snapshot["type"] == "snapshot"
+    (vm,) = snapshot["domains"]
+    assert vm["async_job"]["progress"] == expected

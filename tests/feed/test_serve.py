@@ -16,7 +16,8 @@ import trio
 from trio_websocket import open_websocket_url
 
 from jobctl import TraceHub, TraceKind
-from jobctl.feed import FeedAddress, FeedConfigError, _serve_cli, check_listen, serve_feed
+from jobctl.cli import build_parser, main
+from jobctl.feed import FeedAddress, FeedConfigError, check_listen, serve_feed
 
 from ._support import refused
 
@@ -143,24 +144,26 @@ def test_addresses_print_as_urls() -> None:
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="jobctl serve")
-    _serve_cli.add_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(["serve", *argv])
 
 
 def test_serve_refuses_to_listen_off_loopback_without_a_token(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("JOBCTL_FEED_TOKEN", raising=False)
-    assert _serve_cli.run(parse("--listen", "0.0.0.0")) == 2
+    assert main(["serve", "--listen", "0.0.0.0"]) == 2
     assert "needs a token" in capsys.readouterr().err
 
 
-def test_the_token_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_token_may_come_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("JOBCTL_FEED_TOKEN", "from-env")
-    options = _serve_cli.feed_options(parse("--listen", "0.0.0.0"))
-    assert options["token"] == "from-env"
-    assert options["host"] == "0.0.0.0"
+    argv = ["--listen", "0.0.0.0", "--ws-port", "0", "--http-port", "0", "--duration", "0.2"]
+    assert main(["serve", *argv, "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "needs a token" not in captured.err
+    assert "#token=YOUR-TOKEN" in captured.out  # the page asks for it
 
 
 @pytest.mark.parametrize(
@@ -182,8 +185,8 @@ def test_bad_options_are_refused(argv: tuple[str, ...], capsys: pytest.CaptureFi
 
 
 def test_serve_runs_for_its_duration(capsys: pytest.CaptureFixture[str]) -> None:
-    args = parse("--ws-port", "0", "--http-port", "0", "--duration", "0.5", "--seed", "1")
-    assert _serve_cli.run(args) == 0
+    argv = ["--ws-port", "0", "--http-port", "0", "--duration", "0.5", "--seed", "1"]
+    assert main(["serve", *argv]) == 0
     out = capsys.readouterr().out
     assert "timeline page http://127.0.0.1:" in out
     assert "websocket feed ws://127.0.0.1:" in out

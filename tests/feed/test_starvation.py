@@ -8,8 +8,13 @@ while a normal client still connects and gets its snapshot.
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -19,7 +24,7 @@ import trio.testing
 from trio_websocket import open_websocket_url
 
 from jobctl import TraceHub, TraceKind
-from jobctl.feed import UNRESPONSIVE_AFTER, Feed, FeedAddress, PageServer, _serve_cli, serve_feed
+from jobctl.feed import UNRESPONSIVE_AFTER, Feed, FeedAddress, PageServer, serve_feed
 
 from ._support import connected, receive_events, receive_type, refusal, refused
 
@@ -332,36 +337,63 @@ async def test_a_storm_of_idle_and_deaf_clients_cannot_starve_a_normal_one(
     print(f"normal client's snapshot after {took:.2f} s; {stats}")
 
 
+@asynccontextmanager
+async def jobctl_serve(*options: str) -> AsyncIterator[int]:
+    """``jobctl serve OPTIONS`` in a process of its own; its websocket port.
+    Stopped by SIGINT at the end, which is a normal stop (status 0)."""
+    command = [sys.executable, "-m", "jobctl", "serve", "--ws-port", "0", "--http-port", "0"]
+    process = await trio.lowlevel.open_process(
+        [*command, *options],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    try:
+        out = b""
+        with trio.fail_after(60):
+            while not (found := re.search(rb"websocket feed ws://127\.0\.0\.1:(\d+)/feed\n", out)):
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"jobctl serve said only {out!r}"
+                out += chunk
+        yield int(found.group(1))
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stdout.aclose()
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # real sockets: the real clock
 async def test_the_command_line_limits_reach_the_running_feed(anyio_backend: Any) -> None:
-    parser = argparse.ArgumentParser(prog="jobctl serve")
-    _serve_cli.add_arguments(parser)
-    argv = "--ws-port 0 --http-port 0 --max-clients 1 --buffer 7 --handshake-timeout 0.2"
-    argv += " --max-handshakes 3 --ping-interval 0.2 --ping-timeout 0.3"
-    args = parser.parse_args(argv.split())
-    options = _serve_cli.feed_options(args)
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(partial(serve_feed, TraceHub(), **options))
-            feed = address.feed
-            assert feed is not None
-            async with open_websocket_url(address.ws_url) as ws:
-                assert json.loads(await ws.get_message())["buffer"] == 7
-                # It answers its pings (every 0.2 s) all along: it keeps its slot.
-                stream = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
+    options = "--max-clients 1 --buffer 7 --handshake-timeout 1.5 --max-handshakes 3"
+    options += " --ping-interval 0.2 --ping-timeout 0.3"
+    async with jobctl_serve(*options.split()) as port:
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/feed") as ws:
+            assert json.loads(await ws.get_message())["buffer"] == 7
+            async with trio.open_nursery() as nursery:
+                # It reads all along, so it answers its pings (every 0.2 s)
+                # and keeps its slot.
+                nursery.start_soon(_read_all, ws, "-", trio.Event())
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
                 rejected = await refused(stream)
                 assert rejected.status_code == 503
                 assert rejected.body is not None and b"at most 1)" in rejected.body
-            # A silent connection is cut after 0.2 s, not the default 3 s.
-            silent = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
-            with trio.fail_after(2):
-                assert await read_to_eof(silent) == b""
-            await silent.aclose()
-            # Four silent ones: the pool of three drops the first at once.
-            streams = await _open_many(address.ws_port, 4, b"")
-            with trio.fail_after(2):
-                assert await read_to_eof(streams[0]) == b""
-            for stream in streams:
-                await stream.aclose()
-            assert feed.statistics().handshakes_evicted >= 1
-            nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        # A silent connection is cut after 1.5 s, not the default 3 s.
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        start = trio.current_time()
+        with trio.fail_after(10):
+            assert await read_to_eof(silent) == b""
+        assert 1.4 <= trio.current_time() - start < 2.9
+        await silent.aclose()
+        # Four silent ones: the pool of three drops the first at once, long
+        # before its handshake time is up.
+        streams = await _open_many(port, 4, b"")
+        with trio.fail_after(1.0):
+            assert await read_to_eof(streams[0]) == b""
+        for stream in streams:
+            await stream.aclose()

@@ -3,29 +3,16 @@ async job on its VM's domain."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import anyio
-import anyio.lowlevel
 import pytest
 
 from jobctl import AsyncJob, AsyncJobInfo, Domain, JobTimeoutError
-from jobctl.host import Command, CommandContext, CommandExecutor, CommandState, Entity, Need
+from jobctl.host import Command, CommandContext, CommandExecutor, Entity, ExecutionState, Need
+from jobctl.testing import ScriptedMonitor
 
 from ._support import virtual_time
 
 pytestmark = pytest.mark.anyio
-
-
-class _Monitor:
-    def __init__(self) -> None:
-        self.log: list[str] = []
-
-    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        await anyio.lowlevel.checkpoint()
-        self.log.append(command)
-        return {}
 
 
 def _async_job_command(
@@ -49,7 +36,7 @@ def _async_job_command(
 
 @virtual_time
 async def test_backup_and_restore_are_async_jobs_serialized_by_the_entity_locks() -> None:
-    dom = Domain("vm-07", monitor=_Monitor())
+    dom = Domain("vm-07", monitor=ScriptedMonitor())
     vm, chain = Entity("vm", "vm-07"), Entity("chain", "vm-07")
     seen: list[AsyncJobInfo] = []
     async with CommandExecutor(workers=4) as ex:
@@ -61,7 +48,7 @@ async def test_backup_and_restore_are_async_jobs_serialized_by_the_entity_locks(
         restore = ex.submit(
             _async_job_command(dom, AsyncJob.RESTORE, "restore", [vm.exclusive()], seen)
         )
-    assert backup.state is restore.state is CommandState.SUCCEEDED
+    assert backup.state is restore.state is ExecutionState.SUCCEEDED
     assert [(i.kind, i.owner) for i in seen] == [
         (AsyncJob.BACKUP, "backup #1"),
         (AsyncJob.RESTORE, "restore #2"),
@@ -73,14 +60,14 @@ async def test_backup_and_restore_are_async_jobs_serialized_by_the_entity_locks(
 
 @virtual_time
 async def test_without_declared_entities_the_domain_refuses_and_only_that_command_fails() -> None:
-    dom = Domain("vm-07", monitor=_Monitor())
+    dom = Domain("vm-07", monitor=ScriptedMonitor())
     seen: list[AsyncJobInfo] = []
     async with CommandExecutor(workers=4) as ex:
         backup = ex.submit(_async_job_command(dom, AsyncJob.BACKUP, "backup", [], seen))
         restore = ex.submit(_async_job_command(dom, AsyncJob.RESTORE, "restore", [], seen))
     # Both start at once; whichever reaches the domain second is refused.
-    winner, loser = sorted([backup, restore], key=lambda h: h.state is CommandState.FAILED)
-    assert (winner.state, loser.state) == (CommandState.SUCCEEDED, CommandState.FAILED)
+    winner, loser = sorted([backup, restore], key=lambda h: h.state is ExecutionState.FAILED)
+    assert (winner.state, loser.state) == (ExecutionState.SUCCEEDED, ExecutionState.FAILED)
     error = loser.report().error
     assert isinstance(error, JobTimeoutError)
     assert winner.report().label in str(error)  # the domain names the holder command

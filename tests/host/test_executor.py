@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from jobctl import JobQueueFullError, JobStateError
+from jobctl import JobError
 from jobctl.host import (
     Command,
     CommandCancelledError,
@@ -13,11 +13,11 @@ from jobctl.host import (
     CommandExecutor,
     CommandNotRunError,
     CommandQueueFullError,
-    CommandState,
     Entity,
     EntityLockBusyError,
     EntityLocks,
     EntityLockTimeoutError,
+    ExecutionState,
     ExecutorClosedError,
 )
 
@@ -152,14 +152,14 @@ async def test_a_full_queue_refuses_with_a_clear_error() -> None:
         queued = [ex.submit(Command(f"q{n}", gated(gate))) for n in range(2)]
         with pytest.raises(CommandQueueFullError) as caught:
             ex.submit(Command("one too many", gated(gate)))
-        assert isinstance(caught.value, JobQueueFullError)
+        assert not isinstance(caught.value, JobError)  # the executor's own, not the core's
         assert str(caught.value) == (
             "executor 'host-3' refused 'one too many': 2 commands are queued "
             "(max_queued=2), 1 running"
         )
         assert ex.statistics().rejected == 1
         gate.set()
-    assert all(h.state is CommandState.SUCCEEDED for h in queued)
+    assert all(h.state is ExecutionState.SUCCEEDED for h in queued)
     assert ex.summary().submitted == 3 and "1 refused (queue full)" in ex.summary().format()
 
 
@@ -181,7 +181,7 @@ async def test_one_failure_does_not_lose_the_other_results() -> None:
     ]
     summary = ex.summary()
     assert (summary.succeeded, summary.failed, summary.ok) == (4, 1, False)
-    [failure] = summary.in_state(CommandState.FAILED)
+    [failure] = summary.in_state(ExecutionState.FAILED)
     assert failure.name == "delete 2" and isinstance(failure.error, OSError)
     assert "delete 2 #3 [command] failed" in summary.format()
     assert "OSError: chain vm-03: parent file missing" in summary.format()
@@ -196,8 +196,8 @@ async def test_stop_waits_for_running_and_reports_what_never_ran() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ex.stop)
             await anyio.wait_all_tasks_blocked()
-            assert [h.state for h in queued] == [CommandState.NOT_RUN] * 3
-            assert running.state is CommandState.RUNNING
+            assert [h.state for h in queued] == [ExecutionState.NOT_RUN] * 3
+            assert running.state is ExecutionState.RUNNING
             with pytest.raises(ExecutorClosedError, match="stopping: cannot submit 'late'"):
                 ex.submit(Command("late", gated(gate)))
             gate.set()
@@ -224,9 +224,9 @@ async def test_stop_cancels_what_outlives_the_grace_period() -> None:
         slow = ex.submit(Command("stubborn", stubborn, [VM.exclusive()]))
         summary = await ex.stop(grace=5)
         assert anyio.current_time() == 5.0
-    assert quick.state is CommandState.SUCCEEDED
+    assert quick.state is ExecutionState.SUCCEEDED
     report = slow.report()
-    assert (report.state, report.ran_for) == (CommandState.CANCELLED, 5.0)
+    assert (report.state, report.ran_for) == (ExecutionState.CANCELLED, 5.0)
     with pytest.raises(CommandCancelledError, match="stubborn #2 was cancelled while running"):
         await slow.result()
     assert summary.cancelled == 1 and ex.locks.holders(VM) == ()
@@ -242,15 +242,15 @@ async def test_cancel_a_queued_and_a_running_command() -> None:
         behind.cancel()
         running.cancel()
         await anyio.wait_all_tasks_blocked()
-        assert after.state is CommandState.RUNNING
+        assert after.state is ExecutionState.RUNNING
         gate.set()
-    assert running.state is CommandState.CANCELLED
-    assert behind.state is CommandState.NOT_RUN
+    assert running.state is ExecutionState.CANCELLED
+    assert behind.state is ExecutionState.NOT_RUN
     with pytest.raises(CommandNotRunError, match="cancelled before it started"):
         await behind.result()
-    assert after.state is CommandState.SUCCEEDED
+    assert after.state is ExecutionState.SUCCEEDED
     after.cancel()  # over: no-op
-    assert after.state is CommandState.SUCCEEDED
+    assert after.state is ExecutionState.SUCCEEDED
 
 
 async def test_lock_timeout_zero_fails_at_once_naming_the_holder() -> None:
@@ -259,7 +259,7 @@ async def test_lock_timeout_zero_fails_at_once_naming_the_holder() -> None:
             handle = ex.submit(
                 Command("backup", gated(anyio.Event()), [VM.shared()], lock_timeout=0)
             )
-            assert handle.state is CommandState.FAILED
+            assert handle.state is ExecutionState.FAILED
     with pytest.raises(EntityLockBusyError) as caught:
         await handle.result()
     assert "'backup #1' could not lock vm:vm-07 (shared) at once (lock_timeout=0)" in str(
@@ -278,11 +278,11 @@ async def test_lock_timeout_expires_and_the_group_moves_on() -> None:
         )
         nxt = ex.submit(Command("list", sleeping(1), group="g"))
     report = waiting.report()
-    assert (report.state, report.finished_at) == (CommandState.FAILED, 30.0)
+    assert (report.state, report.finished_at) == (ExecutionState.FAILED, 30.0)
     assert isinstance(report.error, EntityLockTimeoutError)
     assert "vm:vm-07 is held exclusive by 'restore #1' for 30.0s" in str(report.error)
     assert nxt.report().started_at == 30.0
-    assert holder.state is CommandState.SUCCEEDED
+    assert holder.state is ExecutionState.SUCCEEDED
 
 
 @virtual_time
@@ -290,7 +290,7 @@ async def test_lock_timeout_does_not_count_the_wait_for_a_worker() -> None:
     async with CommandExecutor(workers=1) as ex:
         ex.submit(Command("long", sleeping(100)))
         patient = ex.submit(Command("free entity", sleeping(1), [VM.shared()], lock_timeout=1))
-    assert patient.state is CommandState.SUCCEEDED
+    assert patient.state is ExecutionState.SUCCEEDED
     assert patient.report().started_at == 100.0
 
 
@@ -329,12 +329,12 @@ async def test_an_outside_waiter_queues_behind_a_waiting_command() -> None:
 
             tg.start_soon(outsider)
             await anyio.wait_all_tasks_blocked()
-            assert got == [] and command.state is CommandState.QUEUED
+            assert got == [] and command.state is ExecutionState.QUEUED
             locks.release(holder)
             await anyio.wait_all_tasks_blocked()
-            assert command.state is CommandState.RUNNING
+            assert command.state is ExecutionState.RUNNING
             gate.set()
-    assert got == [CommandState.SUCCEEDED]
+    assert got == [ExecutionState.SUCCEEDED]
 
 
 async def test_leaving_the_block_with_an_error_cancels_everything() -> None:
@@ -345,8 +345,8 @@ async def test_leaving_the_block_with_an_error_cancels_everything() -> None:
             queued = ex.submit(Command("queued", gated(gate), [VM.exclusive()]))
             await anyio.wait_all_tasks_blocked()
             raise RuntimeError("manager bug")
-    assert running.state is CommandState.CANCELLED
-    assert queued.state is CommandState.NOT_RUN
+    assert running.state is ExecutionState.CANCELLED
+    assert queued.state is ExecutionState.NOT_RUN
     assert "the executor's block raised" in str(queued.report().error)
     assert ex.locks.statistics().grants == ex.locks.statistics().waiting == 0
     with pytest.raises(ExecutorClosedError, match="stopped"):
@@ -361,7 +361,7 @@ async def test_an_outer_cancel_ends_every_command() -> None:
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
     assert scope.cancelled_caught
-    assert [h.state for h in handles] == [CommandState.CANCELLED] + [CommandState.NOT_RUN] * 3
+    assert [h.state for h in handles] == [ExecutionState.CANCELLED] + [ExecutionState.NOT_RUN] * 3
     assert ex.locks.statistics().grants == ex.locks.statistics().waiting == 0
 
 
@@ -378,7 +378,7 @@ async def test_reports_time_the_queue_and_the_run_and_keep_progress() -> None:
         handle = ex.submit(Command("backup", backup, [VM.shared()], kind="backup"))
         await anyio.sleep(16)
         assert handle.progress == {"copied": 25}
-        assert handle.state is CommandState.RUNNING
+        assert handle.state is ExecutionState.RUNNING
     report = await handle.wait()
     assert (report.submitted_at, report.started_at, report.finished_at) == (0.0, 5.0, 35.0)
     assert (report.queued_for, report.ran_for) == (5.0, 30.0)
@@ -451,7 +451,7 @@ async def test_bad_configuration_and_commands_are_named() -> None:
     with pytest.raises(ExecutorClosedError, match="entered once"):
         async with ex:
             pass  # pragma: no cover
-    assert issubclass(ExecutorClosedError, JobStateError)
+    assert issubclass(ExecutorClosedError, RuntimeError)  # as concurrent.futures has it
 
 
 async def test_a_group_member_cannot_deadlock_its_group_by_priority() -> None:
@@ -467,7 +467,7 @@ async def test_a_group_member_cannot_deadlock_its_group_by_priority() -> None:
             )
             ex.locks.release(holder)
     assert first.report().finished_at is not None
-    assert first.state is urgent.state is CommandState.SUCCEEDED
+    assert first.state is urgent.state is ExecutionState.SUCCEEDED
 
 
 async def test_nowait_group_member_is_judged_after_its_predecessor_let_go() -> None:
@@ -478,9 +478,9 @@ async def test_nowait_group_member_is_judged_after_its_predecessor_let_go() -> N
             Command("second", gated(gate), [VM.exclusive()], group="g", lock_timeout=0)
         )
         await anyio.wait_all_tasks_blocked()
-        assert second.state is CommandState.QUEUED  # behind its group: no verdict yet
+        assert second.state is ExecutionState.QUEUED  # behind its group: no verdict yet
         gate.set()
-    assert first.state is second.state is CommandState.SUCCEEDED
+    assert first.state is second.state is ExecutionState.SUCCEEDED
 
 
 @virtual_time
@@ -488,5 +488,5 @@ async def test_nowait_does_not_fail_a_command_that_only_waits_for_a_worker() -> 
     async with CommandExecutor(workers=1) as ex:
         ex.submit(Command("long", sleeping(100)))
         patient = ex.submit(Command("free entity", sleeping(1), [VM.shared()], lock_timeout=0))
-    assert patient.state is CommandState.SUCCEEDED
+    assert patient.state is ExecutionState.SUCCEEDED
     assert patient.report().started_at == 100.0

@@ -13,8 +13,8 @@ from jobctl.host import (
     Command,
     CommandContext,
     CommandExecutor,
-    CommandState,
     Entity,
+    ExecutionState,
     LockMode,
     Need,
     normalize_needs,
@@ -90,7 +90,7 @@ def test_random_mixes_keep_every_guarantee(
     async def check_no_command_waits_needlessly(ex: CommandExecutor) -> None:
         while True:
             await anyio.wait_all_tasks_blocked()
-            for item in ex._waiting.values():
+            for item in ex._waiting:
                 if item.request is not None and item.request.queued:
                     blocked = (
                         ex.locks._conflicts(item.request)
@@ -100,7 +100,7 @@ def test_random_mixes_keep_every_guarantee(
                     assert blocked, f"{item.label} waits though it could start"
             await anyio.sleep(0.5)
 
-    async def main() -> list[CommandState]:
+    async def main() -> list[ExecutionState]:
         limits = None if cap is None else {"a": cap}
         with anyio.fail_after(10_000):
             async with anyio.create_task_group() as tg:
@@ -118,7 +118,7 @@ def test_random_mixes_keep_every_guarantee(
 
     # Every command ran to its own end; failures stayed their own.
     assert states == [
-        CommandState.FAILED if fails else CommandState.SUCCEEDED for *_, fails in specs
+        ExecutionState.FAILED if fails else ExecutionState.SUCCEEDED for *_, fails in specs
     ]
     # Bounds: no conflicting overlap, at most `workers`, kind caps.
     assert overlaps.conflicts == []

@@ -22,11 +22,10 @@ from typing import Any
 import anyio
 import attrs
 
-from jobctl import AsyncJob, Job
+from jobctl import AsyncJob, Entity, Job, LockMode, Need
 from jobctl.journal import (
     AsyncJobRecord,
     EndContext,
-    EntityRef,
     Journal,
     JournalError,
     TaskSpec,
@@ -52,6 +51,11 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def _entity_key(need: Mapping[str, Any]) -> str:
+    """``type/id`` of a need as :func:`to_json` gives it."""
+    return f"{need['entity']['type']}/{need['entity']['id']}"
+
+
 async def dump(journal: Journal, expected: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything the read API serves: each command by id, the unfinished
     ones, the async jobs and each entity's active commands (the ids and
@@ -59,14 +63,12 @@ async def dump(journal: Journal, expected: Mapping[str, Any] | None = None) -> d
     unfinished = [to_json(c) for c in await journal.unfinished_commands()]
     if expected is None:
         ids = sorted({c["id"] for c in unfinished} | {f"cmd-{c:02d}" for c in range(COMMANDS)})
-        entities = sorted({f"{e['type']}/{e['id']}" for c in unfinished for e in c["entities"]})
+        entities = sorted({_entity_key(n) for c in unfinished for n in c["entities"]})
     else:
         ids, entities = sorted(expected["commands"]), sorted(expected["active"])
     commands = {command_id: to_json(await journal.command(command_id)) for command_id in ids}
     if expected is None:
-        entities = sorted(
-            {f"{e['type']}/{e['id']}" for c in commands.values() for e in c["entities"]}
-        )
+        entities = sorted({_entity_key(n) for c in commands.values() for n in c["entities"]})
     active = {}
     for entity in entities:
         type_, id_ = entity.split("/")
@@ -99,7 +101,9 @@ async def corpus(workdir: Path, scenario: Any) -> None:
                 )
                 for i in range(rng.randint(0, 4))
             ]
-            entities = [EntityRef("vm", f"vm{c % 5}", shared=c % 2 == 1), EntityRef("disk", f"{c}")]
+            vm_mode = LockMode.SHARED if c % 2 == 1 else LockMode.EXCLUSIVE
+            vm, disk = Entity("vm", f"vm{c % 5}"), Entity("disk", str(c))
+            entities = [Need(vm, vm_mode), disk.exclusive()]
             command = await journal.begin_command(
                 "remove_vm", specs, entities=entities, data={"c": c}, command_id=f"cmd-{c:02d}"
             )

@@ -18,13 +18,13 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
-from jobctl import AsyncJob, Domain, MonitorClosedError
+from jobctl import AsyncJob, Domain
 from jobctl.journal import (
     AsyncJobRecord,
     open_journal,
     recover,
 )
-from jobctl.qmp import EventSubscription, QMPClient, open_qmp_unix
+from jobctl.qmp import EventSubscription, QMPClient, QMPClosedError, open_qmp_unix
 
 from ._killpoint import KillPointMonitor
 
@@ -96,7 +96,7 @@ async def run_migration(workdir: Path, scenario: Any) -> None:
                             await mon.execute("cont")
             await out.set_phase("confirm")
             async with out.monitor() as mon:
-                with suppress(MonitorClosedError):
+                with suppress(QMPClosedError):
                     await mon.execute("quit")
 
 
@@ -106,13 +106,13 @@ async def _connect(path: str) -> AsyncIterator[KillPointMonitor | None]:
     async with AsyncExitStack() as stack:
         try:
             qmp: QMPClient | None = await stack.enter_async_context(open_qmp_unix(path))
-        except (OSError, MonitorClosedError):
+        except (OSError, QMPClosedError):
             qmp = None
         yield None if qmp is None else KillPointMonitor(qmp)
 
 
 async def _quit(mon: KillPointMonitor) -> None:
-    with suppress(MonitorClosedError):
+    with suppress(QMPClosedError):
         await mon.execute("quit")
 
 

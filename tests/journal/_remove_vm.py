@@ -15,11 +15,11 @@ from typing import Any, Final
 
 import anyio
 
+from jobctl import Entity
 from jobctl.journal import (
     BackendState,
     BackendStatus,
     EndContext,
-    EntityRef,
     TaskSpec,
     TaskState,
     follow_command,
@@ -172,7 +172,8 @@ async def run_command(workdir: Path, scenario: Mapping[str, Any]) -> None:
         )
         for i in range(scenario["disks"])
     ]
-    entities = [EntityRef("vm", "vm1")] + [EntityRef("disk", f"d{i}") for i in range(len(specs))]
+    entities = [Entity("vm", "vm1").exclusive()]
+    entities += [Entity("disk", f"d{i}").exclusive() for i in range(len(specs))]
     try:
         async with open_journal(workdir / "journal.db", synchronous=SYNCHRONOUS) as journal:
             command = await journal.begin_command(

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
+from jobctl import Entity
 from jobctl.journal import (
     JournalCorruptError,
     JournalNotFoundError,
@@ -34,11 +35,11 @@ from jobctl.journal import (
     open_journal,
     recover,
 )
-from jobctl.journal._schema import _SCHEMA_1
 
 from ._corpus import dump
 from ._forkserver import DONE, KILLED, ForkServer
 from ._support import raw
+from ._version_1 import SCHEMA_1
 
 
 def page_of(path: Path, name: str) -> tuple[int, int]:
@@ -177,7 +178,7 @@ async def test_a_version_1_journal_is_migrated_with_checksums(tmp_path: Path) ->
     path = tmp_path / "j.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    for statement in _SCHEMA_1:
+    for statement in SCHEMA_1:
         conn.execute(statement)
     conn.execute(
         "INSERT INTO commands VALUES ('c1', 'k', 'running', NULL, '{}', NULL, NULL, 0, 1.0, 1.0)"
@@ -191,6 +192,7 @@ async def test_a_version_1_journal_is_migrated_with_checksums(tmp_path: Path) ->
     async with open_journal(path) as journal:
         (command,) = await journal.unfinished_commands()
         assert (command.id, command.tasks[0].backend_id) == ("c1", "j1")
+        assert command.entities == (Entity("vm", "vm1").exclusive(),)  # shared = 0
         assert await journal.active_commands("vm", "vm1") == ("c1",)
     assert raw(path, "PRAGMA user_version") == [(2,)]
     # Migrated rows carry checksums like new ones.

@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
+from jobctl import Entity
 from jobctl.journal import (
     CommandState,
     EndContext,
-    EntityRef,
     JournalNotFoundError,
     JournalStateError,
     TaskSpec,
@@ -55,7 +55,7 @@ async def test_all_tasks_are_recorded_together_before_any_starts(tmp_path: Path)
         command = await journal.begin_command(
             "remove_vm",
             disks(4),
-            entities=[EntityRef("vm", "vm1"), EntityRef("storage_domain", "sd1", shared=True)],
+            entities=[Entity("vm", "vm1").exclusive(), Entity("storage_domain", "sd1").shared()],
             data={"vm": "vm1"},
             command_id="rm-vm1",
         )
@@ -68,6 +68,15 @@ async def test_all_tasks_are_recorded_together_before_any_starts(tmp_path: Path)
         assert stored.task("disk-2").params == {"disk": "d2"}
         assert stored.task("disk-2").backend_id == "rm-2"
     assert raw(path, "SELECT count(*) FROM tasks WHERE command_id = 'rm-vm1'") == [(4,)]
+    # On disk a need is its entity and a `shared` flag: 1 SHARED, 0 EXCLUSIVE.
+    assert raw(path, "SELECT type, id, shared FROM entities ORDER BY type") == [
+        ("storage_domain", "sd1", 1),
+        ("vm", "vm1", 0),
+    ]
+    assert stored.entities == (
+        Entity("storage_domain", "sd1").shared(),
+        Entity("vm", "vm1").exclusive(),
+    )
 
 
 async def test_bad_commands_are_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -80,8 +89,10 @@ async def test_bad_commands_are_refused_before_anything_is_written(tmp_path: Pat
             )
         with pytest.raises(ValueError, match="entity 'vm/v' twice"):
             await journal.begin_command(
-                "k", [], entities=[EntityRef("vm", "v"), EntityRef("vm", "v", shared=True)]
+                "k", [], entities=[Entity("vm", "v").exclusive(), Entity("vm", "v").shared()]
             )
+        with pytest.raises(TypeError, match=r"Need values.*use entity\.shared\(\)"):
+            await journal.begin_command("k", [], entities=[Entity("vm", "v")])  # type: ignore[list-item]
         with pytest.raises(ValueError, match="kind"):
             await journal.begin_command("", [])
         with pytest.raises(TypeError, match="TaskSpec"):
@@ -248,16 +259,18 @@ async def test_a_cancelled_end_action_is_claimed_and_runs_again(tmp_path: Path) 
 
 async def test_entity_queries_see_only_unfinished_commands(tmp_path: Path) -> None:
     async with open_journal(tmp_path / "j.db") as journal:
-        vm = EntityRef("vm", "vm1")
+        vm = Entity("vm", "vm1").exclusive()
         await journal.begin_command("remove", [], entities=[vm], command_id="a")
         await journal.begin_command(
-            "stats", [], entities=[EntityRef("vm", "vm1", shared=True)], command_id="b"
+            "stats", [], entities=[Entity("vm", "vm1").shared()], command_id="b"
         )
-        await journal.begin_command("other", [], entities=[EntityRef("vm", "vm2")], command_id="c")
+        await journal.begin_command(
+            "other", [], entities=[Entity("vm", "vm2").exclusive()], command_id="c"
+        )
         assert await journal.active_commands("vm", "vm1") == ("a", "b")
         assert await journal.entity_busy("vm", "vm1")
         assert not await journal.entity_busy("disk", "vm1")
-        assert (await journal.command("b")).entities == (EntityRef("vm", "vm1", shared=True),)
+        assert (await journal.command("b")).entities == (Entity("vm", "vm1").shared(),)
         await journal.end_command("a", EndLog())
         assert await journal.active_commands("vm", "vm1") == ("b",)
         await journal.end_command("b", EndLog())

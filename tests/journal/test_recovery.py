@@ -19,8 +19,6 @@ from jobctl.journal import (
     BackendStatus,
     CommandState,
     EndContext,
-    EntityRef,
-    HostEntityLocker,
     Journal,
     JournalStateError,
     RecoveryError,
@@ -55,7 +53,7 @@ async def crashed_run(journal: Journal, backend: MemoryBackend) -> None:
     await journal.begin_command(
         "remove_vm",
         [spec("d0", "mem", backend_id="fresh-0"), spec("d1", "mem", backend_id="fresh-1")],
-        entities=[EntityRef("vm", "fresh")],
+        entities=[Entity("vm", "fresh").exclusive()],
         command_id="fresh",
     )
     # Handed to a backend that assigns ids, but the id was never recorded.
@@ -65,7 +63,7 @@ async def crashed_run(journal: Journal, backend: MemoryBackend) -> None:
     adopt = await journal.begin_command(
         "remove_vm",
         [spec("d0", "mem", backend_id="adopt-0"), spec("d1", "mem", backend_id="adopt-1")],
-        entities=[EntityRef("vm", "adopt"), EntityRef("sd", "sd1", shared=True)],
+        entities=[Entity("vm", "adopt").exclusive(), Entity("sd", "sd1").shared()],
         command_id="adopt",
     )
     for task in adopt.tasks:
@@ -113,7 +111,7 @@ async def test_recovery_applies_each_rule(tmp_path: Path, tick: float) -> None:
                 journal,
                 backends={"mem": backend},
                 end_actions={"remove_vm": ends, "snapshot": ends},
-                locker=HostEntityLocker(locks),
+                locker=locks,
                 poll_interval=tick,
             )
         )
@@ -332,7 +330,7 @@ async def test_commands_that_conflict_on_an_entity_are_recovered_in_turn(
 ) -> None:
     path = tmp_path / "j.db"
     backend = DoneAtSecondLook()
-    vm = EntityRef("vm", "vm1")
+    vm = Entity("vm", "vm1").exclusive()
     async with open_journal(path) as journal:
         first = await journal.begin_command(
             "k", [TaskSpec("t", "mem", backend_id="first")], entities=[vm], command_id="first"
@@ -351,7 +349,7 @@ async def test_commands_that_conflict_on_an_entity_are_recovered_in_turn(
                 journal,
                 backends={"mem": backend},
                 end_actions={"k": ends},
-                locker=HostEntityLocker(locks),
+                locker=locks,
                 poll_interval=0.001,
             )
     assert report.adopted == (first.tasks[0].id,)

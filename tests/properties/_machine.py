@@ -38,12 +38,13 @@ from jobctl import (
     JobAbortedError,
     JobError,
     JobStateError,
-    MonitorError,
 )
 from jobctl.testing import (
     InvariantChecker,
     InvariantViolation,
     ScriptedMonitor,
+    ScriptedMonitorClosedError,
+    ScriptedReplyError,
     SteppedRun,
     TraceRecorder,
     Violation,
@@ -88,7 +89,7 @@ class Flow:
             self.result = "ok"
         except JobAbortedError as exc:
             self.result = exc.reason
-        except (JobError, MonitorError, _Failed) as exc:
+        except (JobError, ScriptedReplyError, ScriptedMonitorClosedError, _Failed) as exc:
             self.result = type(exc).__name__
         finally:
             self.state = "done"
@@ -179,7 +180,7 @@ class DomainMachine(RuleBasedStateMachine):
                             for i in range(commands):
                                 await mon.execute(f"{name}-{i}")
                     await trio.sleep(hold)
-            except (JobError, MonitorError):
+            except (JobError, ScriptedReplyError, ScriptedMonitorClosedError):
                 pass
 
     def request_job(self, kind: Job, hold: float, commands: int, nowait: bool) -> str:
@@ -212,7 +213,7 @@ class DomainMachine(RuleBasedStateMachine):
         if what == "abort":
 
             async def abort() -> None:
-                with contextlib.suppress(JobError, MonitorError):
+                with contextlib.suppress(JobError, ScriptedReplyError, ScriptedMonitorClosedError):
                     await self.dom.abort("machine")
 
             self.start(f"abort{next(self.names)}", abort)

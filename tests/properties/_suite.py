@@ -18,7 +18,7 @@ from jobctl.testing import (
     AsyncJobPlan,
     Commands,
     DomainPlan,
-    FaultKind,
+    ErrorReply,
     RegularJobPlan,
     Scenario,
     Schedule,
@@ -97,10 +97,10 @@ _ABORTS_UNDER_FAULTS: Final = st.builds(
     ),
     aborts=st.lists(abort_plans(max_at=3.0), min_size=1, max_size=3),
     faults=st.lists(
-        monitor_faults(max_at=3).filter(lambda f: f.kind is FaultKind.ERROR),
+        monitor_faults(max_nth=4).filter(lambda f: isinstance(f.fault, ErrorReply)),
         min_size=1,
         max_size=3,
-        unique_by=lambda f: f.at,
+        unique_by=lambda f: f.nth,
     ),
 ).map(lambda plan: Scenario((plan,)))
 

@@ -35,28 +35,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobctl import AsyncJob, Domain, Job, MonitorError, TraceKind
+from jobctl import AsyncJob, Domain, Job, TraceKind
+from jobctl.qmp import QMPError
 from jobctl.testing import (
     BACKENDS,
     AsyncJobPlan,
     Backend,
     Commands,
     DomainPlan,
-    FaultKind,
-    MonitorFault,
+    ErrorReply,
+    FaultRule,
     RegularJobPlan,
     Scenario,
+    ScriptedMonitor,
+    ScriptedReplyError,
     SimulatedVM,
     VirtualEventLoop,
     Window,
     drawn_monitor_faults,
+    fault_plan,
     open_simulated_vm,
     run_scenario,
     run_virtual,
     virtual_backend,
 )
 from jobctl.testing.pytest_plugin import simulated_faults
-from simulators.qemu import FaultPlan, FaultRule, Latency, Stall
+from simulators.qemu import FaultPlan, Latency, Stall
 
 from ._suite import PROPERTIES, normalized
 
@@ -316,7 +320,7 @@ async def command_times(dom: Domain, count: int) -> list[float | str]:
             start = anyio.current_time()
             try:
                 await mon.execute("query-status")
-            except MonitorError as exc:
+            except QMPError as exc:
                 times.append(type(exc).__name__)
             else:
                 times.append(round(anyio.current_time() - start, 9))
@@ -328,7 +332,7 @@ async def test_load_gives_the_vm_the_loads_monitor_and_queue_limits() -> None:
     load = DomainPlan(
         "vm",
         latency=(0.5, 1.0),
-        faults=(MonitorFault(FaultKind.ERROR, at=2),),
+        faults=(FaultRule(ErrorReply(), nth=3),),
         wait_timeout=5.0,
         max_queued=2,
     )
@@ -338,6 +342,43 @@ async def test_load_gives_the_vm_the_loads_monitor_and_queue_limits() -> None:
     async with open_simulated_vm("vm") as vm:  # no load: answers at once, the defaults
         assert (vm.domain.wait_timeout, vm.domain.max_queued) == (30.0, 0)
         assert await command_times(vm.domain, 2) == [0.0, 0.0]
+
+
+async def replies(dom: Domain, commands: list[str]) -> list[float | str]:
+    """How long each command took, or the kind of error it raised."""
+    times: list[float | str] = []
+    async with dom.job(Job.QUERY, owner="timer") as job, job.monitor() as mon:
+        for command in commands:
+            start = anyio.current_time()
+            try:
+                await mon.execute(command)
+            except (QMPError, ScriptedReplyError):
+                times.append("error")
+            else:
+                times.append(round(anyio.current_time() - start, 9))
+    return times
+
+
+@pytest.mark.anyio
+async def test_a_plans_faults_hit_the_same_commands_on_both_monitors() -> None:
+    load = DomainPlan(
+        "vm",
+        faults=(
+            FaultRule(ErrorReply(), command="query-status", nth=2),
+            FaultRule(Stall(1.0), nth=2),
+        ),
+    )
+    commands = ["query-status", "query-version", "query-version", "query-status", "query-status"]
+    expected = [0.0, 1.0, 0.0, "error", 0.0]
+    async with open_simulated_vm("vm", load=load) as vm:
+        assert await replies(vm.domain, commands) == expected
+    monitor = ScriptedMonitor(latency=load.latency, faults=load.faults)
+    assert await replies(Domain("vm", monitor=monitor), commands) == expected
+
+
+def test_a_rule_of_every_command_spares_the_simulators_handshake() -> None:
+    plan = fault_plan(faults=[FaultRule(Stall(1.0))])
+    assert [rule.nth for rule in plan.rules] == list(range(2, 258))
 
 
 @pytest.mark.anyio

@@ -344,7 +344,7 @@ def test_an_aborted_end_needs_a_delivered_abort_8() -> None:
         if delivered:
             b.add(TraceKind.ABORT_DELIVERED, 1, M, reason="user")
         else:
-            b.add(TraceKind.ABORT_FAILED, 1, M, reason="user", error="MonitorError: no")
+            b.add(TraceKind.ABORT_FAILED, 1, M, reason="user", error="ScriptedReplyError: no")
         b.end(2, "ABORT").add(TraceKind.GATE_CLOSE, 1, M)
         return b.async_end(1, outcome="aborted")
 

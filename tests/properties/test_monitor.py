@@ -5,8 +5,21 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from jobctl import Monitor, MonitorClosedError, MonitorError
-from jobctl.testing import FaultKind, MonitorFault, ScriptedMonitor, ScriptedReplyError
+from jobctl import JobError, Monitor
+from jobctl.testing import (
+    Die,
+    Drop,
+    ErrorReply,
+    Fault,
+    FaultPlan,
+    FaultRule,
+    Garbage,
+    Latency,
+    ScriptedMonitor,
+    ScriptedMonitorClosedError,
+    ScriptedReplyError,
+    Stall,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -35,28 +48,129 @@ async def test_latencies_are_used_in_turn() -> None:
 
 
 async def test_an_error_reply() -> None:
-    mon = ScriptedMonitor(faults=[MonitorFault(FaultKind.ERROR, at=1)])
+    mon = ScriptedMonitor(faults=[FaultRule(ErrorReply(), nth=2)])
     assert await mon.execute("a") == {}
     with pytest.raises(ScriptedReplyError, match="'b'") as info:
         await mon.execute("b")
-    assert isinstance(info.value, MonitorError)
+    assert not isinstance(info.value, JobError)  # the monitor's own error, not the core's
     assert await mon.execute("c") == {}
     assert mon.statistics().errors == 1
 
 
+async def test_an_error_reply_says_what_its_fault_says() -> None:
+    refusal = FaultRule(ErrorReply("refused", "DeviceNotActive"), command="migrate_cancel")
+    mon = ScriptedMonitor(faults=[refusal])
+    assert await mon.execute("query-status") == {}
+    for _ in range(2):  # a rule without nth: every time
+        with pytest.raises(ScriptedReplyError, match="refused") as info:
+            await mon.execute("migrate_cancel")
+        assert (info.value.command, info.value.error_class) == ("migrate_cancel", "DeviceNotActive")
+
+
+async def test_rules_count_the_commands_they_name() -> None:
+    mon = ScriptedMonitor(faults=[FaultRule(ErrorReply(), command="b", nth=2)])
+    for command in ("b", "a", "a"):
+        await mon.execute(command)
+    with pytest.raises(ScriptedReplyError):
+        await mon.execute("b")
+    assert await mon.execute("b") == {}
+
+
+async def test_a_plan_with_random_faults_is_a_monitors_faults_too() -> None:
+    plan = FaultPlan.random(seed=1, probability=1.0, faults=[ErrorReply()])
+    mon = ScriptedMonitor(faults=plan)
+    for _ in range(3):
+        with pytest.raises(ScriptedReplyError):
+            await mon.execute("query-status")
+    assert mon.statistics().errors == 3
+
+
+@pytest.mark.parametrize("fault", [Latency(SHORT), Stall(SHORT)])
+async def test_a_late_reply(fault: Fault) -> None:
+    mon = ScriptedMonitor(faults=[FaultRule(fault, nth=2)])
+    start = anyio.current_time()
+    await mon.execute("a")
+    middle = anyio.current_time()
+    await mon.execute("b")
+    assert anyio.current_time() - middle >= SHORT
+    assert middle - start < SHORT
+
+
+@pytest.mark.parametrize(
+    ("fault", "ran"), [(Drop(), True), (Drop(execute=False), False), (Garbage(), True)]
+)
+async def test_a_dropped_or_garbled_reply_closes_the_channel(fault: Fault, ran: bool) -> None:
+    seen: list[str] = []
+    mon = ScriptedMonitor(faults=[FaultRule(fault, nth=1)], responder=lambda c, a: seen.append(c))
+    with pytest.raises(ScriptedMonitorClosedError, match="'stop'"):
+        await mon.execute("stop")
+    assert mon.closed
+    assert seen == (["stop"] if ran else [])
+
+
+async def test_a_held_command_waits_for_the_release() -> None:
+    mon = ScriptedMonitor(latency=SHORT)
+    mon.hold()
+    assert mon.held
+    replies: list[object] = []
+
+    async def call() -> None:
+        replies.append(await mon.execute("query-status"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.sleep(SHORT * 3)
+        assert replies == []
+        released = anyio.current_time()
+        mon.release()
+    assert replies == [{}]
+    assert anyio.current_time() - released >= SHORT
+    assert not mon.held
+
+
+async def test_a_cancelled_held_command_keeps_the_wire_busy_after_the_release() -> None:
+    mon = ScriptedMonitor(latency=(SHORT * 5, 0.0))
+    mon.hold()
+    with anyio.move_on_after(SHORT):
+        await mon.execute("held")
+    mon.release()
+    released = anyio.current_time()
+    # The reply to "held" is due its latency after the release.
+    await mon.execute("next")
+    assert anyio.current_time() - released >= SHORT * 5
+    assert mon.overlaps == ()
+
+
+async def test_close_fails_a_held_command() -> None:
+    mon = ScriptedMonitor()
+    mon.hold()
+    failures: list[BaseException] = []
+
+    async def call() -> None:
+        with pytest.raises(ScriptedMonitorClosedError) as info:
+            await mon.execute("held")
+        failures.append(info.value)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.wait_all_tasks_blocked()
+        mon.close()
+    assert len(failures) == 1
+
+
 async def test_a_stall_delays_one_reply() -> None:
-    mon = ScriptedMonitor(faults=[MonitorFault(FaultKind.STALL, at=0, seconds=SHORT)])
+    mon = ScriptedMonitor(faults=[FaultRule(Stall(SHORT), nth=1)])
     start = anyio.current_time()
     await mon.execute("a")
     assert anyio.current_time() - start >= SHORT
 
 
-@pytest.mark.parametrize("kind", [FaultKind.DROP, FaultKind.DEATH])
-async def test_a_dropped_or_dead_channel_stays_closed(kind: FaultKind) -> None:
-    mon = ScriptedMonitor(faults=[MonitorFault(kind, at=0)])
-    with pytest.raises(MonitorClosedError):
+@pytest.mark.parametrize("fault", [Drop(), Die()])
+async def test_a_dropped_or_dead_channel_stays_closed(fault: Fault) -> None:
+    mon = ScriptedMonitor(faults=[FaultRule(fault, nth=1)])
+    with pytest.raises(ScriptedMonitorClosedError):
         await mon.execute("a")
-    with pytest.raises(MonitorClosedError):
+    with pytest.raises(ScriptedMonitorClosedError):
         await mon.execute("b")
     assert mon.closed
 
@@ -68,7 +182,7 @@ async def test_close_fails_the_command_in_flight() -> None:
     async def call() -> None:
         try:
             await mon.execute("slow")
-        except MonitorClosedError as exc:
+        except ScriptedMonitorClosedError as exc:
             failures.append(exc)
 
     async with anyio.create_task_group() as tg:
@@ -107,8 +221,8 @@ async def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="latency"):
         ScriptedMonitor(latency=())
     with pytest.raises(ValueError, match="two faults"):
-        ScriptedMonitor(faults=[MonitorFault(FaultKind.ERROR, 0), MonitorFault(FaultKind.DROP, 0)])
-    with pytest.raises(ValueError, match=">= 0"):
-        MonitorFault(FaultKind.ERROR, at=-1)
+        ScriptedMonitor(faults=[FaultRule(ErrorReply(), nth=1), FaultRule(Drop(), nth=1)])
+    with pytest.raises(ValueError, match="counts from 1"):
+        FaultRule(ErrorReply(), nth=0)
     with pytest.raises(TypeError, match="non-empty string"):
         await ScriptedMonitor().execute("")

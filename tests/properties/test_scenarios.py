@@ -15,14 +15,15 @@ from jobctl.testing import (
     Backend,
     Commands,
     DomainPlan,
+    Drop,
     Fail,
-    FaultKind,
+    FaultRule,
     InvariantViolation,
-    MonitorFault,
     Phase,
     RegularJobPlan,
     Scenario,
     Schedule,
+    Stall,
     Window,
     run_scenario,
     scenarios,
@@ -100,7 +101,7 @@ def test_faults_end_in_typed_errors(backend: Backend) -> None:
         "vm",
         jobs=(RegularJobPlan("q", Job.QUERY, commands=2),),
         async_jobs=(AsyncJobPlan("m", AsyncJob.SAVE, start=1.0, steps=(Commands(1), Fail())),),
-        faults=(MonitorFault(FaultKind.DROP, at=1),),
+        faults=(FaultRule(Drop(), nth=2),),
     )
     got = outcomes(Scenario((plan,)), backend)
     assert got["q"][1] == "monitor_closed"
@@ -163,14 +164,14 @@ def test_plans_print_as_python() -> None:
         "vm",
         jobs=(RegularJobPlan("q", Job.QUERY, start=1.0, commands=2),),
         async_jobs=(AsyncJobPlan("m", AsyncJob.SAVE, steps=(Window(1.0),), allowed={Job.QUERY}),),
-        faults=(MonitorFault(FaultKind.STALL, at=2, seconds=1.0),),
+        faults=(FaultRule(Stall(1.0), nth=3),),
     )
     text = repr(Scenario((plan,)))
     assert text == (
         "Scenario((DomainPlan('vm', jobs=(RegularJobPlan('q', Job.QUERY, start=1.0, commands=2),), "
         "async_jobs=(AsyncJobPlan('m', AsyncJob.SAVE, steps=(Window(1.0),), "
         "allowed=frozenset({Job.QUERY})),), "
-        "faults=(MonitorFault(FaultKind.STALL, at=2, seconds=1.0),)),))"
+        "faults=(FaultRule(Stall(1.0), nth=3),)),))"
     )
     namespace: dict[str, object] = {}
     exec("from jobctl import *\nfrom jobctl.testing import *", namespace)

@@ -11,10 +11,11 @@ from jobctl import AsyncJob, Job
 from jobctl.testing import (
     AsyncJobPlan,
     Commands,
+    Die,
     DomainPlan,
-    FaultKind,
+    ErrorReply,
+    FaultRule,
     InvariantViolation,
-    MonitorFault,
     RegularJobPlan,
     Scenario,
     Window,
@@ -38,7 +39,7 @@ def test_faults_reach_the_jobs_as_typed_errors() -> None:
             RegularJobPlan("second", Job.QUERY, start=1.0, commands=1),
             RegularJobPlan("third", Job.QUERY, start=2.0, commands=1),
         ),
-        faults=(MonitorFault(FaultKind.ERROR, at=0), MonitorFault(FaultKind.DEATH, at=1)),
+        faults=(FaultRule(ErrorReply(), nth=1), FaultRule(Die(), nth=2)),
     )
     result = run_scenario(Scenario((plan,)), simulated=True)
     got = {o.owner: o.result for o in result.outcomes}

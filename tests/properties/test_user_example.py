@@ -30,7 +30,8 @@ import anyio
 import pytest
 from hypothesis import example, given, settings
 
-from jobctl import AsyncJob, Domain, Job, JobAbortedError, JobTimeoutError, MonitorError
+from jobctl import AsyncJob, Domain, Job, JobAbortedError, JobTimeoutError
+from jobctl.qmp import QMPError
 from jobctl.testing import (
     BACKENDS,
     AbortPlan,
@@ -154,7 +155,7 @@ def test_migration_under_any_load(backend: Backend, load: DomainPlan, schedule: 
                         outcome.append(await migrate(src.domain, URI))
                     except JobAbortedError as exc:
                         outcome.append(exc.reason)  # an abort or a destroy in the load
-                    except (MigrationFailed, MonitorError):
+                    except (MigrationFailed, QMPError):
                         outcome.append("failed")  # a monitor fault in the load
             assert host.detector.violation_count == 0, host.detector.violations()
         check_invariants(recorder.events, max_wait=load.max_wait())

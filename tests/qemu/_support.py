@@ -11,11 +11,12 @@ from jobctl import Domain
 from jobctl.qemu import (
     VM,
     MachineSpec,
+    QemuHost,
     start,
 )
 from jobctl.testing import (
     FaultPolicy,
-    SimulatedQemuHost,
+    SimulatedBackend,
     TraceRecorder,
     open_simulated_host,
 )
@@ -27,8 +28,8 @@ FAST = MigrationModel(link_speed=float(1 << 30))
 
 @attrs.define
 class Cluster:
-    a: SimulatedQemuHost
-    b: SimulatedQemuHost
+    a: QemuHost[SimulatedBackend]
+    b: QemuHost[SimulatedBackend]
     sim: SimulatedHost
     trace: TraceRecorder
 

@@ -53,7 +53,7 @@ async def test_a_backup_copies_the_disk_and_dismisses_its_job() -> None:
 async def test_domstats_runs_during_a_backup() -> None:
     slow = BackupModel(throughput=float(512 * MiB))
     async with cluster() as c:
-        c.a.backup_model = slow
+        c.a.backend.backup_model = slow
         vm, _ = await c.started()
         seen: list[str | None] = []
         done = anyio.Event()
@@ -76,7 +76,7 @@ async def test_domstats_runs_during_a_backup() -> None:
 
 async def test_abort_cancels_and_dismisses_the_job() -> None:
     async with cluster() as c:
-        c.a.backup_model = BackupModel(throughput=float(16 * MiB))
+        c.a.backend.backup_model = BackupModel(throughput=float(16 * MiB))
         vm, _ = await c.started()
         assert vm.machine is not None
         with vm.machine.qmp.subscribe("JOB_STATUS_CHANGE") as events:

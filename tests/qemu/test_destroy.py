@@ -19,14 +19,7 @@ import sniffio
 import trio
 import trio.testing
 
-from jobctl import (
-    Job,
-    JobAbortedError,
-    JobTimeoutError,
-    MonitorClosedError,
-    TraceEvent,
-    TraceKind,
-)
+from jobctl import Job, JobAbortedError, JobTimeoutError, TraceEvent, TraceKind
 from jobctl.qemu import (
     VM,
     BackupTarget,
@@ -40,6 +33,7 @@ from jobctl.qemu import (
     restore,
     save,
 )
+from jobctl.qmp import QMPClosedError
 from jobctl.testing import (
     INSTANT,
     REAL_TIME_INSTANT,
@@ -99,7 +93,7 @@ def hangs(c: Cluster, vm: VM, command: str, stall: Stall = STOPPED) -> Iterator[
     and a domain has one command in flight: it hits exactly that command.
     """
     assert vm.machine is not None
-    qemu = c.a.qemu(vm.machine)
+    qemu = c.a.backend.qemu(vm.machine)
     event = anyio.Event()
 
     def listener(e: TraceEvent) -> None:
@@ -146,7 +140,7 @@ async def test_destroy_kills_a_stopped_qemu_under_a_stuck_query() -> None:
 
         async def stuck() -> None:
             # Its own timeout is far beyond destroy's: only the kill can end it.
-            with pytest.raises(MonitorClosedError) as info:
+            with pytest.raises(QMPClosedError) as info:
                 await domstats(vm.domain, timeout=600)
             errors.append(info.value)
 
@@ -226,7 +220,7 @@ async def test_domstats_timeout_bounds_the_wait_for_the_monitor() -> None:
         errors: list[BaseException] = []
 
         async def first() -> None:
-            with pytest.raises(MonitorClosedError) as info:
+            with pytest.raises(QMPClosedError) as info:
                 await domstats(vm.domain, timeout=600)
             errors.append(info.value)
 
@@ -247,7 +241,7 @@ async def test_domstats_timeout_bounds_the_wait_for_the_monitor() -> None:
 
 async def test_destroy_preempts_a_backup_stuck_in_a_command() -> None:
     async with cluster() as c:
-        c.a.backup_model = BackupModel(throughput=float(16 * MiB))  # 4 s for 64 MiB
+        c.a.backend.backup_model = BackupModel(throughput=float(16 * MiB))  # 4 s for 64 MiB
         vm, _ = await c.started()
         machine = vm.machine
         assert machine is not None
@@ -289,7 +283,7 @@ async def test_destroy_preempts_a_migration_while_a_query_is_stuck() -> None:
             outcome["migrate"] = info.value
 
         async def query() -> None:
-            with pytest.raises(MonitorClosedError) as info:
+            with pytest.raises(QMPClosedError) as info:
                 await domstats(src.domain, timeout=600)
             outcome["domstats"] = info.value
 
@@ -305,7 +299,7 @@ async def test_destroy_preempts_a_migration_while_a_query_is_stuck() -> None:
                 await destroy(src, timeout=10)
         error = outcome["migrate"]
         assert isinstance(error, JobAbortedError) and error.reason == "destroyed"
-        assert isinstance(outcome["domstats"], MonitorClosedError)
+        assert isinstance(outcome["domstats"], QMPClosedError)
         assert machine.exit_status == -9
         reaped(c, src)
         assert dst.machine is None and c.b.machines == () and dst.domain.info().idle
@@ -336,14 +330,14 @@ async def test_restore_timeout_bounds_its_commands(anyio_backend: Any, tmp_path:
         spec = vm.machine.spec
         await save(vm, path)
         stalls = FaultPlan((FaultRule(Stall(2.0), "migrate-incoming"),))
-        c.a.faults = lambda name, incoming: stalls if incoming else None
+        c.a.backend.faults = lambda name, incoming: stalls if incoming else None
         with anyio.fail_after(60):
             with pytest.raises(
                 RestoreError, match=r"migrate-incoming did not answer within 0\.5 s"
             ):
                 await restore(vm, spec, path, timeout=0.5)
         assert vm.machine is None and c.a.machines == () and vm.domain.info().idle
-        c.a.faults = None
+        c.a.backend.faults = None
         assert (await restore(vm, spec, path)).running
         await destroy(vm)
     check(c)

@@ -7,7 +7,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from jobctl import AsyncJob, Domain, JobTimeoutError, MonitorClosedError
+from jobctl import AsyncJob, Domain, JobTimeoutError
 from jobctl.qemu import (
     VM,
     DiskImage,
@@ -20,6 +20,7 @@ from jobctl.qemu import (
     open_qemu_host,
     start,
 )
+from jobctl.qmp import QMPClosedError
 
 from ._support import cluster
 
@@ -63,10 +64,10 @@ async def test_a_machine_that_dies_closes_its_monitor() -> None:
         vm, _ = await c.started()
         machine = vm.machine
         assert machine is not None
-        c.a.qemu(machine).kill()
+        c.a.backend.qemu(machine).kill()
         await machine.wait_stopped()
         assert machine.exit_status == -9
-        with pytest.raises(MonitorClosedError):
+        with pytest.raises(QMPClosedError):
             await domstats(vm.domain)
         vm.detach()
 

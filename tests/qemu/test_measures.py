@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobctl.qemu._latency import LatencyHistogram, LatencySummary, percentile
+from jobctl.qemu import LatencyHistogram, LatencySummary, percentile
 
 latencies = st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=1, max_size=200)
 

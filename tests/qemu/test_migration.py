@@ -160,7 +160,7 @@ async def test_the_destination_dies_during_perform() -> None:
 
         async def kill() -> None:
             assert dst.machine is not None
-            c.b.qemu(dst.machine).kill()
+            c.b.backend.qemu(dst.machine).kill()
             await anyio.lowlevel.checkpoint()
 
         error = await migrate_and_act(src, dst, kill, MigrationError)

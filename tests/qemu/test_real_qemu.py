@@ -19,7 +19,6 @@ from jobctl import (
     Domain,
     JobAbortedError,
     JobTimeoutError,
-    MonitorClosedError,
     TraceEvent,
     TraceHub,
     TraceKind,
@@ -41,6 +40,7 @@ from jobctl.qemu import (
     save,
     start,
 )
+from jobctl.qmp import QMPClosedError
 from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker, TraceRecorder
 from tests._requires import require_qemu
 
@@ -221,7 +221,7 @@ async def test_destroy_kills_a_sigstopped_qemu_under_a_stuck_query(tmp_path: Pat
 
             async def stuck() -> None:
                 # Its own timeout is far beyond destroy's: only the kill ends it.
-                with pytest.raises(MonitorClosedError) as info:
+                with pytest.raises(QMPClosedError) as info:
                     await domstats(vm.domain, timeout=120)
                 errors.append(info.value)
 

@@ -36,32 +36,30 @@ from jobctl.journal import (
     recover,
 )
 from jobctl.qemu import (
+    DESTINATION_PROCESS,
     DESTINATION_QMP,
+    PROCESS,
     QMP,
+    SOURCE_PROCESS,
     SOURCE_QMP,
     VM,
     BackupTarget,
     MachineSpec,
     MigrationOptions,
+    QemuProcess,
     QemuRecovery,
     QemuRecoveryError,
     QemuRef,
+    QemuUnreachableError,
     attach_unix,
     backup,
     destroy,
     migrate,
     open_qemu_host,
+    process_record,
     qcow2_target,
     save,
     start,
-)
-from jobctl.qemu._recovery import (
-    DESTINATION_PROCESS,
-    PROCESS,
-    SOURCE_PROCESS,
-    QemuProcess,
-    QemuUnreachableError,
-    process_record,
 )
 from jobctl.qmp import QMPClient, QMPConnectTimeoutError, open_qmp_stream
 from simulators.qemu import BackupModel, Disk, MigrationModel, SimulatedHost, SimulatedQemu

@@ -21,8 +21,10 @@ from jobctl.qmp import (
     GenericError,
     KVMMissingCapError,
     QMPClient,
+    QMPClosedError,
     QMPCommandError,
     QMPConnectTimeoutError,
+    QMPError,
     QMPGreeting,
     QMPProtocolError,
     QMPStatistics,
@@ -169,8 +171,8 @@ async def test_error_replies_are_typed(error_class: str, error_type: type[Except
         with pytest.raises(QMPCommandError) as info:
             await client.execute("device_del", {"id": "nic0"})
         assert type(info.value) is error_type
-        assert isinstance(info.value, jobctl.MonitorError)
-        assert not isinstance(info.value, jobctl.MonitorClosedError)
+        assert isinstance(info.value, QMPError)
+        assert not isinstance(info.value, QMPClosedError)
         assert (info.value.command, info.value.error_class, info.value.desc) == (
             "device_del",
             error_class,
@@ -241,7 +243,7 @@ async def test_negotiation_refused() -> None:
             async with open_qmp_unix(path):
                 pytest.fail("opened")
     assert isinstance(info.value.__cause__, GenericError)
-    assert isinstance(info.value, jobctl.MonitorClosedError)
+    assert isinstance(info.value, QMPClosedError)
 
 
 async def test_end_of_stream_before_greeting() -> None:
@@ -249,7 +251,7 @@ async def test_end_of_stream_before_greeting() -> None:
         pass
 
     async with fake_qmp(script) as path:
-        with pytest.raises(jobctl.MonitorClosedError, match="closed the connection"):
+        with pytest.raises(QMPClosedError, match="closed the connection"):
             async with open_qmp_unix(path):
                 pytest.fail("opened")
 
@@ -390,7 +392,7 @@ async def test_calls_after_the_block_raise_closed() -> None:
     async with fake_qmp(script) as path:
         async with open_qmp_unix(path) as client:
             pass
-        with pytest.raises(jobctl.MonitorClosedError, match="client was closed"):
+        with pytest.raises(QMPClosedError, match="client was closed"):
             await client.execute("query-status")
         assert client.statistics().closed
 
@@ -527,7 +529,7 @@ async def _run_three(client: QMPClient) -> list[BaseException]:
     async def run(n: int) -> None:
         try:
             await client.execute("echo", {"n": n})
-        except jobctl.MonitorClosedError as exc:
+        except QMPClosedError as exc:
             errors.append(exc)
 
     async with anyio.create_task_group() as tg:
@@ -550,13 +552,13 @@ async def test_end_of_stream_fails_every_waiter_at_once() -> None:
             errors = await _run_three(client)
             assert anyio.current_time() - started < 1
             assert len(errors) == 3
-            assert {type(e) for e in errors} == {jobctl.MonitorClosedError}
+            assert {type(e) for e in errors} == {QMPClosedError}
             assert all("peer closed the connection" in str(e) for e in errors)
             assert len({id(e) for e in errors}) == 3  # one exception object each
             assert events.receive_nowait().name == "LAST"  # buffered events still come
-            with pytest.raises(jobctl.MonitorClosedError):
+            with pytest.raises(QMPClosedError):
                 await events.receive()
-        with pytest.raises(jobctl.MonitorClosedError, match="peer closed"):
+        with pytest.raises(QMPClosedError, match="peer closed"):
             await client.execute("query-status")
         statistics = client.statistics()
         assert statistics.closed
@@ -571,7 +573,7 @@ async def test_reset_fails_every_waiter() -> None:
     async with fake_qmp(script) as path, open_qmp_unix(path) as client:
         errors = await _run_three(client)
         assert len(errors) == 3
-        assert {type(e) for e in errors} == {jobctl.MonitorClosedError}
+        assert {type(e) for e in errors} == {QMPClosedError}
         assert all("ConnectionResetError" in str(e) for e in errors), errors
 
 
@@ -582,7 +584,7 @@ async def test_stream_ending_inside_a_message() -> None:
         await peer.send(b'{"return": {')
 
     async with fake_qmp(script) as path, open_qmp_unix(path) as client:
-        with pytest.raises(jobctl.MonitorClosedError, match="ended inside a message"):
+        with pytest.raises(QMPClosedError, match="ended inside a message"):
             await client.execute("query-status")
 
 
@@ -718,7 +720,7 @@ async def test_abandoned_command_holds_back_the_next_one(give_up: str, timeout: 
                 await client.execute("slow", timeout=timeout)
             assert (info.value.command, info.value.sent) == ("slow", True)
             assert isinstance(info.value, TimeoutError)
-            assert isinstance(info.value, jobctl.MonitorError)
+            assert isinstance(info.value, QMPError)
         else:
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:

@@ -11,9 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobctl import MonitorClosedError
-from jobctl.qmp import QMPProtocolError
-from jobctl.qmp._framing import MAX_COMMAND_BYTES, LineReader, encode_command
+from jobctl.qmp import (
+    MAX_COMMAND_BYTES,
+    LineReader,
+    QMPClosedError,
+    QMPProtocolError,
+    encode_command,
+)
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -57,7 +61,7 @@ def test_any_chunking_yields_the_same_messages(
 @pytest.mark.parametrize(
     ("chunks", "error", "match"),
     [
-        ([b'{"a": 1}\r\n{"b"'], MonitorClosedError, "ended inside a message"),
+        ([b'{"a": 1}\r\n{"b"'], QMPClosedError, "ended inside a message"),
         ([b"  \r\n"], None, None),
         ([b'{"a": 1}\r\n', b"x" * 40], QMPProtocolError, "32-byte limit"),
         ([b'{"a": "' + b"x" * 40 + b'"}\n'], QMPProtocolError, "32-byte limit"),

@@ -5,7 +5,7 @@ split at drawn points, waits for the client's next request, an end of
 stream or a connection kept open) to the real client on the other end,
 which opens, runs one command and reads events. Whatever the server sends,
 every run ends in a reply, an event or a typed error (a
-:class:`QMPProtocolError` or another :class:`jobctl.MonitorClosedError`,
+:class:`QMPProtocolError` or another :class:`QMPClosedError`,
 :class:`QMPCommandError`, :class:`QMPTimeoutError`,
 :class:`QMPConnectTimeoutError`) whose message is of bounded length, within
 a generous bound on time, and with bounded memory: a line longer than
@@ -32,8 +32,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from hypothesis import given
 from hypothesis import strategies as st
 
-import jobctl
 from jobctl.qmp import (
+    LineReader,
+    QMPClosedError,
     QMPCommandError,
     QMPConnectTimeoutError,
     QMPEvent,
@@ -41,7 +42,6 @@ from jobctl.qmp import (
     QMPTimeoutError,
     open_qmp_stream,
 )
-from jobctl.qmp._framing import LineReader
 
 from ._fake import GREETING
 
@@ -289,7 +289,7 @@ class Outcome:
     events: list[QMPEvent] = attrs.Factory(list)
 
 
-ALLOWED = (jobctl.MonitorClosedError, QMPCommandError, QMPTimeoutError, QMPConnectTimeoutError)
+ALLOWED = (QMPClosedError, QMPCommandError, QMPTimeoutError, QMPConnectTimeoutError)
 
 
 async def serve(stream: SocketStream, script: Script) -> None:
@@ -332,7 +332,7 @@ async def run(script: Script, call_timeout: float) -> Outcome:
                             while True:
                                 try:
                                     outcome.events.append(events.receive_nowait())
-                                except (anyio.WouldBlock, jobctl.MonitorClosedError):
+                                except (anyio.WouldBlock, QMPClosedError):
                                     break
             except ALLOWED as exc:
                 outcome.error = exc

@@ -10,8 +10,13 @@ import logging
 
 import pytest
 
-import jobctl
-from jobctl.qmp import MAX_NUMBER_CHARS, QMPCommandError, QMPProtocolError, open_qmp_unix
+from jobctl.qmp import (
+    MAX_NUMBER_CHARS,
+    QMPClosedError,
+    QMPCommandError,
+    QMPProtocolError,
+    open_qmp_unix,
+)
 
 from ._fake import Peer, fake_qmp
 
@@ -213,5 +218,5 @@ async def test_end_of_stream_after_a_bad_line_is_still_the_bad_line() -> None:
     async with fake_qmp(script) as path, open_qmp_unix(path) as client:
         with pytest.raises(QMPProtocolError, match="'data' is int 7"):
             await client.execute("query-status")
-        with pytest.raises(jobctl.MonitorClosedError, match="'data' is int 7"):
+        with pytest.raises(QMPClosedError, match="'data' is int 7"):
             await client.execute("query-status")

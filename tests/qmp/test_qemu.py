@@ -14,6 +14,7 @@ from jobctl.qmp import (
     DeviceNotActiveError,
     DeviceNotFoundError,
     GenericError,
+    QMPClosedError,
     open_qmp_stream,
     open_qmp_unix,
 )
@@ -120,8 +121,8 @@ async def test_quit_ends_the_session() -> None:
             await qmp.execute("quit")
             event = await shutdown.receive()
             assert event.data["reason"] == "host-qmp-quit"
-            with pytest.raises(jobctl.MonitorClosedError):
+            with pytest.raises(QMPClosedError):
                 await shutdown.receive()
-        with pytest.raises(jobctl.MonitorClosedError):
+        with pytest.raises(QMPClosedError):
             await qmp.execute("query-status")
         assert await process.wait() == 0

@@ -9,8 +9,14 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-import jobctl
-from jobctl.qmp import GenericError, QMPClient, QMPProtocolError, QMPTimeoutError, open_qmp_stream
+from jobctl.qmp import (
+    GenericError,
+    QMPClient,
+    QMPClosedError,
+    QMPProtocolError,
+    QMPTimeoutError,
+    open_qmp_stream,
+)
 from simulators.qemu import ConcurrencyDetector, FaultPlan, SimulatedHost, SimulatedQemu
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +61,7 @@ async def test_timed_out_command_holds_back_the_next() -> None:
     [
         ("query-status=error:boom", GenericError, "boom"),
         ("query-status=garbage", QMPProtocolError, "bad JSON"),
-        ("query-status=drop", jobctl.MonitorClosedError, "closed the connection"),
+        ("query-status=drop", QMPClosedError, "closed the connection"),
     ],
 )
 async def test_faults(fault: str, error: type[Exception], match: str) -> None:

@@ -7,9 +7,9 @@ import pytest
 
 from jobctl import AsyncJob, Domain, Job, JobAbortedError, TraceEvent, TraceHub, TraceKind
 from jobctl.restore import (
+    DiskRestoreError,
     MemoryTarget,
     RestoreConfigError,
-    RestoreError,
     RestoreReport,
     SimulatedChunkStore,
     restore_disk,
@@ -141,7 +141,7 @@ async def test_failing_chunk_fails_the_job() -> None:
             await anyio.lowlevel.checkpoint()
             raise ConnectionResetError(f"lost chunk {index}")
 
-    with pytest.raises(RestoreError, match="ConnectionResetError: lost chunk"):
+    with pytest.raises(DiskRestoreError, match="ConnectionResetError: lost chunk"):
         await restore_disk(dom, Broken(), MemoryTarget(4 * CHUNK), concurrency=1)
     done = dom.info().completed_async_job
     assert done is not None

@@ -13,14 +13,14 @@ from jobctl.restore import (
     MAX_BUFFERED_ENV,
     ChunkMap,
     ChunkSizeError,
+    DiskRestoreError,
     FileTarget,
     MemoryTarget,
     RestoreConfigError,
-    RestoreError,
     RestorePipeline,
     RestoreStatistics,
     SimulatedChunkStore,
-    restore,
+    restore_image,
 )
 
 from ._support import GatedSource, GatedTarget, make_image
@@ -36,7 +36,7 @@ async def test_restores_every_byte(skip_zeros: bool) -> None:
     image = make_image(10, CHUNK, zero, tail=5)
     source = SimulatedChunkStore(image, CHUNK, latency=lambda i: 0.001 * (i % 3))
     target = MemoryTarget(len(image), skip_zeros=skip_zeros)
-    report = await restore(source, target, concurrency=3, max_buffered=4)
+    report = await restore_image(source, target, concurrency=3, max_buffered=4)
 
     assert bytes(target.data) == image
     assert source.chunk_map.zero == frozenset(zero)
@@ -63,7 +63,7 @@ async def test_restores_into_a_real_file(tmp_path: Path, fresh: bool) -> None:
         path.write_bytes(b"\xee" * len(image))  # old contents, zero chunks included
     source = SimulatedChunkStore(image, 4096, latency=0.001)
     with FileTarget.create(path, len(image)) if fresh else FileTarget.open(path) as target:
-        report = await restore(source, target, concurrency=4)
+        report = await restore_image(source, target, concurrency=4)
     assert path.read_bytes() == image
     assert report.zero_chunks_written == (0 if fresh else 3)
 
@@ -73,7 +73,7 @@ async def test_zero_chunks_are_written_when_the_target_cannot_skip() -> None:
     source = SimulatedChunkStore(image, CHUNK)
     target = MemoryTarget(len(image), skip_zeros=False)
     target.data[:] = b"\xff" * len(image)  # old contents must be overwritten
-    report = await restore(source, target)
+    report = await restore_image(source, target)
     assert bytes(target.data) == image
     assert source.statistics().fetches == {}
     assert report.bound == "write"
@@ -82,7 +82,7 @@ async def test_zero_chunks_are_written_when_the_target_cannot_skip() -> None:
 async def test_empty_image() -> None:
     source = SimulatedChunkStore(b"", CHUNK)
     target = MemoryTarget(0)
-    report = await restore(source, target)
+    report = await restore_image(source, target)
     assert report.chunks == 0
     assert report.bound is None
     assert target.statistics().flushes == 1
@@ -92,7 +92,7 @@ async def test_all_zero_image_on_a_sparse_target_does_no_io() -> None:
     source = SimulatedChunkStore(bytes(5 * CHUNK), CHUNK)
     target = MemoryTarget(5 * CHUNK)
     seen: list[RestoreStatistics] = []
-    report = await restore(source, target, on_progress=seen.append)
+    report = await restore_image(source, target, on_progress=seen.append)
     assert target.statistics().writes == 0
     assert report.chunks == 5
     assert report.bound is None
@@ -135,7 +135,7 @@ async def test_bad_settings_fail_before_anything_runs(monkeypatch: pytest.Monkey
         RestorePipeline(source, MemoryTarget(2 * CHUNK), concurrency=-2)
     monkeypatch.setenv(MAX_BUFFERED_ENV, "lots")
     with pytest.raises(RestoreConfigError, match=MAX_BUFFERED_ENV):
-        await restore(source, MemoryTarget(2 * CHUNK))
+        await restore_image(source, MemoryTarget(2 * CHUNK))
     assert source.started == []
 
 
@@ -170,7 +170,7 @@ async def test_progress_counts_chunks_and_bytes() -> None:
     zero = {2}
     image = make_image(5, CHUNK, zero, tail=10)
     seen: list[RestoreStatistics] = []
-    await restore(
+    await restore_image(
         SimulatedChunkStore(image, CHUNK), MemoryTarget(len(image)), on_progress=seen.append
     )
     # the zero chunk is done at once, then one step per written chunk
@@ -205,13 +205,13 @@ async def test_first_fetch_error_cancels_the_rest() -> None:
     boom = OSError("store unreachable")
     source = FailingStore(image, bad=5, error=boom)
     start = anyio.current_time()
-    with pytest.raises(RestoreError, match="at chunk 5: OSError: store unreachable") as info:
-        await restore(source, MemoryTarget(len(image)), concurrency=8)
+    with pytest.raises(DiskRestoreError, match="at chunk 5: OSError: store unreachable") as info:
+        await restore_image(source, MemoryTarget(len(image)), concurrency=8)
     assert anyio.current_time() - start < 1000
     assert info.value.index == 5
     assert info.value.cause is boom
     assert info.value.__cause__ is boom
-    assert isinstance(info.value, JobError)
+    assert not isinstance(info.value, JobError)  # the pipeline's own, not the job core's
     stats = source.inner.statistics()
     assert stats.in_flight == 0  # every other fetch was cancelled, none left behind
     assert 5 not in stats.fetches  # chunk 5 was asked for but never reached the store
@@ -226,8 +226,8 @@ async def test_wrong_size_chunk_is_a_typed_error() -> None:
             await anyio.lowlevel.checkpoint()
             return bytes(CHUNK - 1) if index == 1 else b"\1" * CHUNK
 
-    with pytest.raises(RestoreError, match="at chunk 1") as info:
-        await restore(ShortStore(), MemoryTarget(3 * CHUNK), concurrency=1)
+    with pytest.raises(DiskRestoreError, match="at chunk 1") as info:
+        await restore_image(ShortStore(), MemoryTarget(3 * CHUNK), concurrency=1)
     cause = info.value.cause
     assert isinstance(cause, ChunkSizeError)
     assert (cause.index, cause.expected, cause.actual) == (1, CHUNK, CHUNK - 1)
@@ -252,8 +252,8 @@ async def test_write_error_names_the_chunk() -> None:
             raise AssertionError("a failed restore must not flush")
 
     source = SimulatedChunkStore(image, CHUNK)
-    with pytest.raises(RestoreError, match="at chunk 4: OSError") as info:
-        await restore(source, BadDisk(), concurrency=1, max_buffered=1)
+    with pytest.raises(DiskRestoreError, match="at chunk 4: OSError") as info:
+        await restore_image(source, BadDisk(), concurrency=1, max_buffered=1)
     assert info.value.index == 4
     assert isinstance(info.value.cause, OSError)
     # with one chunk held at a time nothing past chunk 4 was fetched
@@ -271,8 +271,8 @@ async def test_flush_error_has_no_chunk() -> None:
             raise OSError(5, "Input/output error")
 
     source = SimulatedChunkStore(make_image(2, CHUNK, set()), CHUNK)
-    with pytest.raises(RestoreError, match="at the final flush: OSError") as info:
-        await restore(source, NoSync())
+    with pytest.raises(DiskRestoreError, match="at the final flush: OSError") as info:
+        await restore_image(source, NoSync())
     assert info.value.index is None
 
 
@@ -283,8 +283,8 @@ async def test_failing_progress_callback_fails_the_restore() -> None:
         if stats.chunks_done == 2:
             raise RuntimeError("listener broke")
 
-    with pytest.raises(RestoreError, match="listener broke") as info:
-        await restore(
+    with pytest.raises(DiskRestoreError, match="listener broke") as info:
+        await restore_image(
             SimulatedChunkStore(image, CHUNK), MemoryTarget(len(image)), on_progress=on_progress
         )
     assert info.value.index is not None
@@ -299,7 +299,7 @@ async def test_cancellation_leaves_no_fetch_behind() -> None:
     target = MemoryTarget(len(image))
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(restore, source, target)
+            tg.start_soon(restore_image, source, target)
             await anyio.wait_all_tasks_blocked()
             assert source.in_flight == 16
             scope.cancel()
@@ -315,7 +315,7 @@ async def test_cancellation_waits_for_the_write_in_progress() -> None:
 
     async def run() -> None:
         with scope:
-            await restore(SimulatedChunkStore(image, CHUNK), target, concurrency=1)
+            await restore_image(SimulatedChunkStore(image, CHUNK), target, concurrency=1)
         target.log.append("returned")
 
     try:

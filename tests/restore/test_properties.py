@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from jobctl.restore import MemoryTarget, SimulatedChunkStore, restore
+from jobctl.restore import MemoryTarget, SimulatedChunkStore, restore_image
 
 
 class Watched:
@@ -69,7 +69,9 @@ def test_any_restore_is_exact(
     source = Watched(store, target, min(concurrency, max_buffered), max_buffered)
 
     async def main() -> None:
-        report = await restore(source, target, concurrency=concurrency, max_buffered=max_buffered)
+        report = await restore_image(
+            source, target, concurrency=concurrency, max_buffered=max_buffered
+        )
         count = store.chunk_map.count
         assert report.chunks == count
         assert report.bytes == len(image)

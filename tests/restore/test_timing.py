@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobctl.restore import MemoryTarget, SimulatedChunkStore, restore
-from jobctl.restore._report import limiting_stage, percentile
+from jobctl.restore import MemoryTarget, SimulatedChunkStore, restore_image
+from jobctl.restore._report import limiting_stage  # private: see tests/test_public_names.py
 
 from ._support import make_image
 
@@ -24,7 +24,7 @@ async def test_fetch_latency_percentiles() -> None:
     image = make_image(100, CHUNK, set())
     # chunk i takes (i + 1) / 100 s: latencies 0.01 .. 1.00
     source = SimulatedChunkStore(image, CHUNK, latency=lambda i: (i + 1) / 100)
-    report = await restore(source, MemoryTarget(len(image)), concurrency=7)
+    report = await restore_image(source, MemoryTarget(len(image)), concurrency=7)
     assert report.fetch_p50 == pytest.approx(0.50)
     assert report.fetch_p99 == pytest.approx(0.99)
     assert report.fetched_chunks == 100
@@ -35,7 +35,7 @@ async def test_fetch_latency_percentiles() -> None:
 async def test_one_at_a_time_is_fetch_bound() -> None:
     image = make_image(10, CHUNK, {4})
     source = SimulatedChunkStore(image, CHUNK, latency=100.0)
-    report = await restore(source, MemoryTarget(len(image)), concurrency=1, max_buffered=1)
+    report = await restore_image(source, MemoryTarget(len(image)), concurrency=1, max_buffered=1)
     # one fetch at a time, each 100 s of virtual time; the writes take no virtual time
     assert report.wall_time == pytest.approx(9 * 100.0)
     assert report.fetch_p50 == report.fetch_p99 == pytest.approx(100.0)
@@ -49,20 +49,33 @@ async def test_slow_writer_is_write_bound() -> None:
     image = make_image(10, CHUNK, set())
     source = SimulatedChunkStore(image, CHUNK)  # fetches take no time
     target = MemoryTarget(len(image), write_cost=0.002)  # each write blocks 2 ms (real)
-    report = await restore(source, target, concurrency=4)
+    report = await restore_image(source, target, concurrency=4)
     assert bytes(target.data) == image
     assert report.writer_busy >= 10 * 0.002
     assert report.fetch_p99 == 0
     assert report.bound == "write"
 
 
-def test_percentile_is_nearest_rank() -> None:
-    assert percentile([], 0.5) == 0.0
-    assert percentile([3.0], 0.99) == 3.0
-    values = [float(v) for v in range(1, 11)]
-    assert percentile(values, 0.5) == 5.0
-    assert percentile(values, 0.99) == 10.0
-    assert percentile(values, 0.01) == 1.0
+@pytest.mark.anyio
+@virtual
+@pytest.mark.parametrize(
+    ("latencies", "p50", "p99"),
+    [
+        ((), 0.0, 0.0),  # nothing fetched
+        ((3.0,), 3.0, 3.0),
+        # nearest rank: 5 and 10, where interpolation would give 5.5 and 9.91
+        (tuple(float(v) for v in range(1, 11)), 5.0, 10.0),
+    ],
+)
+async def test_fetch_percentiles_are_nearest_rank(
+    latencies: tuple[float, ...], p50: float, p99: float
+) -> None:
+    count = max(1, len(latencies))
+    image = make_image(count, CHUNK, set() if latencies else {0})
+    source = SimulatedChunkStore(image, CHUNK, latency=lambda i: latencies[i])
+    report = await restore_image(source, MemoryTarget(len(image)), concurrency=4)
+    assert report.fetched_chunks == len(latencies)
+    assert (report.fetch_p50, report.fetch_p99) == (p50, p99)
 
 
 @pytest.mark.parametrize(

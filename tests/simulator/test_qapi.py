@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from simulators.qemu import QmpError
+from simulators.qemu import CommandErrorReply
 from simulators.qemu._qapi import check_arguments
 from simulators.qemu._schema import COMMAND_ARGUMENTS
 
 
 def error_of(command: str, arguments: dict[str, Any]) -> str:
-    with pytest.raises(QmpError) as info:
+    with pytest.raises(CommandErrorReply) as info:
         check_arguments(COMMAND_ARGUMENTS[command], arguments)
     assert info.value.error_class == "GenericError"
     return info.value.desc

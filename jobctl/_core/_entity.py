@@ -1,25 +1,29 @@
-"""Entities and the modes in which a command needs them.
+"""Entities, and the modes in which work needs them.
 
-An :class:`Entity` is anything a host command can conflict on: a VM, a disk,
-an incremental backup chain, a storage domain. It is a plain value (a type
-and an id), so two commands that name the same VM name the same entity
-without sharing any object.
+An :class:`Entity` is anything work can conflict on: a VM, a disk, an
+incremental backup chain, a storage domain. It is a plain value (a type and
+an id), so two commands that name the same VM name the same entity without
+sharing any object. A :class:`Need` is an entity and the :class:`LockMode`
+the work needs it in.
+
+One model for every layer: :mod:`jobctl.host` locks needs
+(``EntityLocks``), and :mod:`jobctl.journal` records each command's needs
+and hands them back to recovery, which takes the same locks again.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from typing import final
 
 import attrs
 
-__all__ = ["Entity", "LockMode", "Need", "normalize_needs"]
+__all__ = ["Entity", "LockMode", "Need"]
 
 
 @enum.unique
 class LockMode(enum.Enum):
-    """How a command needs an entity.
+    """How work needs an entity.
 
     Any number of SHARED holders may hold an entity together; an EXCLUSIVE
     holder holds it alone.
@@ -41,10 +45,11 @@ def _nonempty_str(instance: object, attribute: attrs.Attribute[str], value: obje
 @final
 @attrs.frozen(slots=True, order=True, cache_hash=True)
 class Entity:
-    """Something host commands can conflict on, named by ``type`` and ``id``.
+    """Something work can conflict on, named by ``type`` and ``id``.
 
     ``Entity("vm", "vm-07")`` and ``Entity("chain", "vm-07")`` are different
     entities; two ``Entity("vm", "vm-07")`` values are the same one.
+    Entities order by type, then id.
     """
 
     type: str = attrs.field(validator=_nonempty_str)
@@ -65,7 +70,8 @@ class Entity:
 @final
 @attrs.frozen(slots=True)
 class Need:
-    """One entity and the mode a command needs it in."""
+    """One entity and the mode work needs it in (``vm.shared()``,
+    ``chain.exclusive()``)."""
 
     entity: Entity = attrs.field(validator=attrs.validators.instance_of(Entity))
     mode: LockMode = attrs.field(validator=attrs.validators.instance_of(LockMode))
@@ -76,25 +82,3 @@ class Need:
 
     def __str__(self) -> str:
         return f"{self.entity} ({self.mode.value})"
-
-
-def normalize_needs(needs: Iterable[Need]) -> tuple[Need, ...]:
-    """``needs`` as a tuple sorted by entity, one :class:`Need` per entity.
-
-    An entity named twice is needed in the stronger of its modes (EXCLUSIVE
-    wins). Anything that is not a :class:`Need` raises :class:`TypeError`
-    naming it, and so does a bare :class:`Entity` (say ``.shared()`` or
-    ``.exclusive()``).
-    """
-    if isinstance(needs, (str, bytes, Need, Entity)):
-        raise TypeError(f"needs must be an iterable of Need, got {needs!r}")
-    modes: dict[Entity, LockMode] = {}
-    for need in needs:
-        if not isinstance(need, Need):
-            hint = (
-                " (use entity.shared() or entity.exclusive())" if isinstance(need, Entity) else ""
-            )
-            raise TypeError(f"needs must hold Need values, got {need!r}{hint}")
-        if modes.get(need.entity) is not LockMode.EXCLUSIVE:
-            modes[need.entity] = need.mode
-    return tuple(Need(entity, modes[entity]) for entity in sorted(modes))
