@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from jobctl._core._monitor import Monitor
     from jobctl._core._trace import (
         TRACE_SCHEMA_VERSION,
+        TRACE_VALUES,
         TraceEvent,
         TraceHub,
         TraceKind,
@@ -89,6 +90,7 @@ _CORE = frozenset(
         "Need",
         "RegularJobInfo",
         "TRACE_SCHEMA_VERSION",
+        "TRACE_VALUES",
         "TraceEvent",
         "TraceHub",
         "TraceKind",
@@ -124,6 +126,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "DEFAULT_ALLOWED",
     "TRACE_SCHEMA_VERSION",
+    "TRACE_VALUES",
     "AbortHook",
     "ActiveAsyncJob",
     "ActiveJob",

@@ -44,6 +44,7 @@ from jobctl._core._kinds import DEFAULT_ALLOWED, AsyncJob, Job
 from jobctl._core._monitor import Monitor
 from jobctl._core._trace import (
     TRACE_SCHEMA_VERSION,
+    TRACE_VALUES,
     TraceEvent,
     TraceHub,
     TraceKind,
@@ -55,6 +56,7 @@ from jobctl._core._trace import (
 __all__ = [
     "DEFAULT_ALLOWED",
     "TRACE_SCHEMA_VERSION",
+    "TRACE_VALUES",
     "AbortHook",
     "ActiveAsyncJob",
     "ActiveJob",

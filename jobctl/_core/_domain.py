@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Protocol, final
@@ -864,14 +863,9 @@ class Domain:
 
     # -- tracing -------------------------------------------------------------
 
-    def _emit(
-        self, kind: TraceKind, job: _JobBase | None, detail: Mapping[str, Any] | None
-    ) -> None:
+    def _emit(self, kind: TraceKind, job: _JobBase, detail: Mapping[str, Any] | None) -> None:
         if self._trace.active:
-            if job is None:
-                self._trace.emit(self.name, kind, None, None, None, detail)
-            else:
-                self._trace.emit(self.name, kind, job.id, job._kind_name(), job.owner, detail)
+            self._trace.emit(self.name, kind, job.id, job._kind_name(), job.owner, detail)
 
     # -- admission -----------------------------------------------------------
     #
@@ -904,24 +898,23 @@ class Domain:
             return not self._exclusive
         return not self._regular
 
-    def _may_begin(self, job: ActiveJob | ActiveAsyncJob, waiter: _Waiter | None) -> bool:
-        """The admission rule: ``job`` (queued as ``waiter``, or arriving when
-        ``waiter`` is None) may begin now."""
-        if waiter is None:
-            # Arriving, it would join the back (a DESTROY: behind earlier DESTROYs).
+    def _may_begin(self, job: ActiveJob | ActiveAsyncJob, *, arriving: bool) -> bool:
+        """The admission rule: ``job`` may begin now. An arriving job would
+        join the back (a DESTROY: behind earlier DESTROYs), so no waiter that
+        could run may be ahead of it; a queued one is asked only when it is
+        the head (``_dispatch``)."""
+        if arriving:
             if isinstance(job, ActiveJob) and job.kind is Job.DESTROY:
                 ahead = self._waiters.first_in(Job.DESTROY)
             else:
                 ahead = self._head()
             if ahead is not None:
                 return False
-        elif self._head() is not waiter:
-            return False
         return self._compatible(job)
 
     def _decide(self, job: ActiveJob | ActiveAsyncJob, nowait: bool) -> str:
         """What becomes of an arriving request: begin, wait, or refused."""
-        if self._may_begin(job, None):
+        if self._may_begin(job, arriving=True):
             return _BEGIN
         if nowait:
             return _BUSY
@@ -956,7 +949,7 @@ class Domain:
         """Grant waiters in FIFO order, skipping those parked behind the async
         job; stop at the first one that cannot begin. O(lanes) when nothing
         can begin, whatever the number of parked waiters."""
-        while (waiter := self._head()) is not None and self._may_begin(waiter.job, waiter):
+        while (waiter := self._head()) is not None and self._may_begin(waiter.job, arriving=False):
             self._waiters.remove(waiter.lane, waiter)
             if not waiter.exempt:
                 self._counted_waiters -= 1
@@ -1056,7 +1049,7 @@ class Domain:
                 detail["allowed"] = sorted(k.name for k in job._allowed)
             self._emit(TraceKind.JOB_WAIT, job, detail)
         try:
-            with anyio.fail_after(math.inf if limit is None else limit):
+            with anyio.fail_after(limit):  # None: no limit
                 await waiter.event.wait()
         except TimeoutError:
             if waiter.granted:

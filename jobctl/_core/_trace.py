@@ -17,6 +17,7 @@ import attrs
 
 __all__ = [
     "TRACE_SCHEMA_VERSION",
+    "TRACE_VALUES",
     "TraceEvent",
     "TraceHub",
     "TraceKind",
@@ -113,6 +114,22 @@ class TraceKind(enum.StrEnum):
     #: A trace listener raised and was unsubscribed (``detail``: ``listener``,
     #: ``error``); ``job_id`` and ``job`` are those of the event it failed on.
     LISTENER_FAILED = "trace.listener_failed"
+
+
+#: The closed vocabularies of the trace (schema 2): for these kinds, these
+#: ``detail`` fields take only these values. The checker reports any other.
+TRACE_VALUES: Final[Mapping[TraceKind, Mapping[str, frozenset[str]]]] = MappingProxyType(
+    {
+        TraceKind.JOB_WAIT_FAILED: {"result": frozenset({"timeout", "cancelled"})},
+        TraceKind.JOB_REFUSED: {"reason": frozenset({"busy", "queue_full"})},
+        TraceKind.JOB_END: {"outcome": frozenset({"ok", "error", "cancelled"})},
+        TraceKind.ASYNC_END: {
+            "outcome": frozenset({"ok", "error", "cancelled", "aborted", "destroyed"})
+        },
+        TraceKind.MONITOR_WAIT_FAILED: {"result": frozenset({"cancelled", "job_ended"})},
+        TraceKind.COMMAND_ANSWERED: {"outcome": frozenset({"ok", "error", "cancelled"})},
+    }
+)
 
 
 @final

@@ -38,7 +38,7 @@ from jobctl.qemu._restore import restore
 from jobctl.qemu._save import save
 from jobctl.qemu._vm import VM
 from jobctl.qmp import QMPError
-from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker
+from jobctl.testing import INVARIANTS, REAL_TIME_INSTANT, InvariantChecker
 
 __all__ = [
     "JOBS",
@@ -191,7 +191,7 @@ class DemoReport:
             f"barrier waits:               {self.barrier.describe()}",
             f"monitor commands: {self.monitor_commands}",
             f"monitor violations (simulator's detector): {simulator}",
-            f"invariant violations (trace checker, all 12): {self.violations_trace}",
+            f"invariant violations (trace checker, all {len(INVARIANTS)}): {self.violations_trace}",
         ]
         lines += [f"  {example}" for example in self.violation_examples]
         lines += [f"failure: {failure}" for failure in self.failures]

@@ -47,6 +47,10 @@ Invariants 8 to 12 replay the trace on the reference model
 12. Every admission decision is the model's: each request begins at once,
     waits or is refused as the model decides, and after every change exactly
     the waiters the model grants are granted, in its order (nothing lost).
+
+13. Every event speaks the trace schema: where a field has a closed
+    vocabulary (:data:`jobctl.TRACE_VALUES`: a wait's ``result``, a job's
+    ``outcome``, a refusal's ``reason``), its value is one of it.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import attrs
 
 from jobctl._core._fold import TracedDomain, TracedWaiter, fold_event
 from jobctl._core._info import DomainStatistics
-from jobctl._core._trace import TraceEvent, TraceKind
+from jobctl._core._trace import TRACE_VALUES, TraceEvent, TraceKind
 from jobctl.testing._decisions import INSTANT, DecisionChecker
 from jobctl.testing._format import format_events
 
@@ -86,6 +90,7 @@ INVARIANTS: Final[dict[int, str]] = {
     10: "waits end by their timeout",
     11: "queue accounting (max_queued, counters)",
     12: "every admission decision equals the reference model's",
+    13: "every event speaks the trace schema's closed vocabularies",
 }
 
 _DESTROY: Final = "DESTROY"
@@ -306,6 +311,17 @@ class InvariantChecker:
             # Every job-layer event names its job; this one cannot be checked.
             self._violate(7, dom, "an event without a job id", event)
             return
+        closed = TRACE_VALUES.get(event.kind)
+        if closed is not None:
+            for field, values in closed.items():
+                value = event.detail.get(field)
+                if value not in values:
+                    self._violate(
+                        13,
+                        dom,
+                        f"{event.kind.value} has {field}={value!r}, not one of {sorted(values)}",
+                        event,
+                    )
         before = dom.state
         self._decisions.feed(event, before)
         ajob = before.async_job

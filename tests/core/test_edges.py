@@ -636,3 +636,81 @@ async def test_a_cancelled_async_job_says_so_and_starts_with_no_progress() -> No
     assert completed is not None
     assert completed.outcome == "cancelled"
     assert completed.error is not None and completed.error.startswith("Cancelled")
+
+
+# -- refusals, waits and what they leave behind ------------------------------
+
+
+async def test_a_domain_starts_empty_with_its_documented_defaults() -> None:
+    dom = jobctl.Domain("vm")
+    assert dom.wait_timeout == 30.0
+    info = dom.info()
+    assert (info.async_job, info.completed_async_job, info.monitor_holder) == (None, None, None)
+    assert info.idle
+    assert jobctl.Domain("vm", wait_timeout=0).wait_timeout == 0
+    with pytest.raises(ValueError, match=r"^wait_timeout must be >= 0 or None, not -1$"):
+        jobctl.Domain("vm", wait_timeout=-1)
+    with pytest.raises(ValueError, match=r"^a job's timeout must be >= 0 or None, not -0\.5$"):
+        async with dom.job(Job.QUERY, timeout=-0.5):
+            pass
+
+
+async def test_a_zero_wait_timeout_times_out_at_once() -> None:
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", wait_timeout=0, trace=recorder.hub)
+    async with dom.job(Job.MODIFY, owner="holder"):
+        started = anyio.current_time()
+        error = await elsewhere(dom.job(Job.MODIFY, owner="late"))
+        assert isinstance(error, jobctl.JobTimeoutError), error
+        assert "held by MODIFY job" in str(error)
+        assert anyio.current_time() - started < 0.5
+    assert [e.detail["result"] for e in recorder.of(TraceKind.JOB_WAIT_FAILED)] == ["timeout"]
+    checked(recorder, dom)
+
+
+async def test_refused_and_waiting_jobs_say_so_and_every_refusal_counts() -> None:
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", max_queued=1, trace=recorder.hub)
+
+    async def cancelled(owner: str) -> None:
+        with anyio.move_on_after(0.5):
+            async with dom.job(Job.MODIFY, owner=owner, timeout=10.0):
+                pass
+
+    async with dom.job(Job.MODIFY, owner="holder"):
+        refused = dom.job(Job.MODIFY, owner="busy", nowait=True)
+        assert isinstance(await elsewhere(refused), jobctl.JobBusyError)
+        assert repr(refused) == f"<ActiveJob MODIFY #{refused.id} on 'vm' (ended)>"
+        again = await elsewhere(refused)
+        assert isinstance(again, jobctl.JobStateError)
+        assert str(again) == f"{refused!r} cannot be entered twice"
+        async with anyio.create_task_group() as tg:
+            waiting = dom.job(Job.MODIFY, owner="waiting", timeout=1.0)
+            outcome: list[BaseException | None] = []
+
+            async def waits() -> None:
+                outcome.append(await elsewhere(waiting))
+
+            tg.start_soon(waits)
+            await anyio.wait_all_tasks_blocked()
+            assert repr(waiting) == f"<ActiveJob MODIFY #{waiting.id} on 'vm' (waiting)>"
+            for owner in ("full-1", "full-2"):
+                full = await elsewhere(dom.job(Job.MODIFY, owner=owner))
+                assert isinstance(full, jobctl.JobQueueFullError), full
+        assert isinstance(outcome[0], jobctl.JobTimeoutError)
+        # A second timeout and two cancelled waits count one by one too.
+        late = await elsewhere(dom.job(Job.MODIFY, owner="again", timeout=0.5))
+        assert isinstance(late, jobctl.JobTimeoutError)
+        for owner in ("cancelled-1", "cancelled-2"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancelled, owner)
+    stats = dom.statistics()
+    assert (stats.busy, stats.queue_full, stats.timeouts, stats.cancelled_waits) == (1, 2, 2, 2)
+    failed = [(e.owner, e.detail["result"]) for e in recorder.of(TraceKind.JOB_WAIT_FAILED)]
+    assert failed == [
+        ("waiting", "timeout"),
+        ("again", "timeout"),
+        ("cancelled-1", "cancelled"),
+        ("cancelled-2", "cancelled"),
+    ]
+    checked(recorder, dom)

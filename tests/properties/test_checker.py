@@ -459,3 +459,29 @@ def test_a_granted_waiter_is_the_one_the_model_grants() -> None:
 def test_a_raising_listeners_event_is_not_a_violation() -> None:
     b = TraceBuilder().add(TraceKind.LISTENER_FAILED, None, None, error="RuntimeError: x")
     assert violated(b) == set()
+
+
+# -- 13: the trace schema's closed vocabularies -----------------------------------
+
+
+def test_a_legal_end_of_each_kind_passes_13() -> None:
+    b = TraceBuilder().begin(1, "QUERY")
+    b.add(TraceKind.JOB_END, 1, "QUERY", outcome="cancelled")
+    assert violated(b) == set()
+
+
+@pytest.mark.parametrize(
+    ("outcome", "async_outcome"),
+    [("CANCELLED", "ok"), (None, "ok"), ("ok", "XXdestroyedXX"), ("ok", None)],
+)
+def test_an_outcome_outside_the_schema_breaks_13(outcome: str | None, async_outcome: str) -> None:
+    b = TraceBuilder().begin(1, "QUERY").add(TraceKind.JOB_END, 1, "QUERY", outcome=outcome)
+    b.async_begin(2).add(TraceKind.ASYNC_END, 2, "MIGRATION_OUT", outcome=async_outcome, error=None)
+    assert 13 in violated(b)
+
+
+def test_a_wait_result_outside_the_schema_breaks_13() -> None:
+    b = TraceBuilder().begin(1, "MODIFY").wait(2, "MODIFY", timeout=1.0)
+    b.at(0.5).add(TraceKind.JOB_WAIT_FAILED, 2, "MODIFY", result="gone", waited=0.5)
+    b.end(1, "MODIFY")
+    assert violated(b) == {13}
