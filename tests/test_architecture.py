@@ -123,3 +123,14 @@ def test_a_layer_loads_nothing_above_it(package: str) -> None:
     above = ("jobctl.testing", "jobctl.feed", "jobctl.demo", "jobctl.cli", "simulators")
     heavy = ("trio_websocket", "hypothesis")
     assert not [m for m in loaded if m.startswith(above) or m.split(".")[0] in heavy], loaded
+
+
+def test_jobctl_exports_exactly_the_cores_names() -> None:
+    import jobctl
+    import jobctl._core
+
+    assert sorted(jobctl.__all__) == sorted([*jobctl._core.__all__, "__version__"])
+    for name in jobctl._core.__all__:
+        assert getattr(jobctl, name) is getattr(jobctl._core, name)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        _ = jobctl.Nope  # type: ignore[attr-defined]

@@ -13,21 +13,13 @@ from typing import Any, Final, final
 
 import attrs
 
+from jobctl._percentile import percentile
+
 __all__ = ["LatencyHistogram", "LatencySummary", "percentile"]
 
 #: Histogram buckets grow by 1 %, from 1 microsecond.
 _GROWTH: Final = 1.01
 _SMALLEST: Final = 1e-6
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    """The nearest-rank percentile of sorted samples (0.0 for none)."""
-    if not ordered:
-        return 0.0
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"a percentile is a fraction within [0, 1], not {fraction!r}")
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
 
 
 @final

@@ -14,9 +14,11 @@ import anyio.from_thread
 import anyio.to_thread
 import attrs
 
+from jobctl._percentile import percentile
+
 from ._chunks import ChunkSource
 from ._errors import ChunkSizeError, DiskRestoreError
-from ._report import RestoreReport, RestoreStatistics, limiting_stage, percentile
+from ._report import RestoreReport, RestoreStatistics, limiting_stage
 from ._settings import RestoreSettings
 from ._target import RestoreTarget
 

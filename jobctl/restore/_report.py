@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Literal, final
 
 import attrs
@@ -76,15 +75,6 @@ class RestoreReport:
     def throughput(self) -> float:
         """Bytes restored per second of wall time (``inf`` for a zero wall time)."""
         return self.bytes / self.wall_time if self.wall_time > 0 else math.inf
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q`` quantile (0 < q <= 1) of ascending values; 0.0
-    for no values."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def limiting_stage(
