@@ -367,7 +367,7 @@ class ActiveAsyncJob(_JobBase):
 
     def set_abort_hook(self, hook: AbortHook | None) -> None:
         """What ``Domain.abort`` runs through the monitor to stop this job's
-        work (for a migration: ``migrate_cancel``)."""
+        work (for a migration: the command that cancels it)."""
         self._check_active()
         self._abort_hook = hook
 
@@ -787,7 +787,7 @@ class Domain:
         :class:`JobAbortedError` when it leaves the section. Returns once the
         abort is delivered.
 
-        If the hook fails (for a migration: ``migrate_cancel`` refused) or
+        If the hook fails (the VM refused to cancel its migration, say) or
         is cancelled, nothing is aborted: the error propagates from here and
         the async job goes on. Raises :class:`JobStateError` when no async
         job runs (or it ended before the abort could begin).
