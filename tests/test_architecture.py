@@ -90,7 +90,8 @@ def _loaded_by(statement: str) -> list[str]:
     that ``statement`` loads in a fresh interpreter."""
     probe = (
         f"import sys\n{statement}\nimport json\n"
-        "roots = ('jobctl', 'simulators', 'trio', 'trio_websocket', 'hypothesis', 'sqlite3')\n"
+        "roots = ('jobctl', 'simulators', 'trio', 'trio_websocket', 'hypothesis', 'sqlite3',"
+        " 'prometheus_client')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in roots)))"
     )
     result = subprocess.run(
@@ -120,8 +121,15 @@ def test_import_jobctl_qmp_loads_only_the_client() -> None:
 )
 def test_a_layer_loads_nothing_above_it(package: str) -> None:
     loaded = _loaded_by(f"import {package}")
-    above = ("jobctl.testing", "jobctl.feed", "jobctl.demo", "jobctl.cli", "simulators")
-    heavy = ("trio_websocket", "hypothesis")
+    above = (
+        "jobctl.testing",
+        "jobctl.feed",
+        "jobctl.metrics",
+        "jobctl.demo",
+        "jobctl.cli",
+        "simulators",
+    )
+    heavy = ("trio_websocket", "hypothesis", "prometheus_client")
     assert not [m for m in loaded if m.startswith(above) or m.split(".")[0] in heavy], loaded
 
 

@@ -72,7 +72,7 @@ INTERRUPT_BOUND = 5.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options (and the live feed's, for ``--serve``)."""
-    from jobctl.cli._serve import add_feed_arguments
+    from jobctl.cli._serve import add_feed_arguments, add_metrics_arguments
 
     parser.add_argument(
         "--migrations",
@@ -128,6 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="the same as --ws-port (0..65535)",
     )
+    add_metrics_arguments(parser)
 
 
 def _config(args: argparse.Namespace) -> DemoConfig:
@@ -232,6 +233,7 @@ async def _main(
     qemu: bool,
     as_json: bool,
     feed: dict[str, Any] | None,
+    metrics: tuple[str, int] | None,
 ) -> None:
     hub = TraceHub()
     config, counters = run.config, run.counters
@@ -242,6 +244,12 @@ async def _main(
 
             address = await nursery.start(partial(serve_feed, hub, **feed))
             print(f"{_PROG}: timeline page {address.page_url}", file=sys.stderr, flush=True)
+        on_vm = None
+        if metrics is not None:
+            from jobctl.cli._serve import serve_domain_metrics
+
+            serving = partial(serve_domain_metrics, hub, *metrics, _PROG, sys.stderr)
+            on_vm = await nursery.start(serving)
         bar = _ProgressBar(counters, sys.stderr, NOUNS[config.job]) if sys.stderr.isatty() else None
         if bar is not None:
             nursery.start_soon(bar.run)
@@ -254,6 +262,7 @@ async def _main(
                     counters=counters,
                     simulator_violations=hosts.simulator_violations,
                     backend=hosts.backend,
+                    on_vm=on_vm,
                 )
         finally:
             if bar is not None:
@@ -278,10 +287,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # includes the feed's FeedConfigError
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 2
+    from jobctl.cli._serve import check_metrics
+
+    problem = check_metrics(args)
+    if problem is not None:
+        print(f"{_PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    metrics = None if args.metrics_port is None else (args.listen, args.metrics_port)
     demo = _Run(config, args.qemu)
     began = time.monotonic()
     try:
-        trio.run(_main, demo, args.qemu, args.json, feed)
+        trio.run(_main, demo, args.qemu, args.json, feed, metrics)
     except (JobError, FlowError, QMPError, OSError) as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,9 @@
 workload (:func:`jobctl.demo.simulated_workload`: the QEMU flows on simulated hosts).
 
 ``jobctl demo --serve`` reuses :func:`add_feed_arguments` and
-:func:`feed_options` so that both commands take the same options.
+:func:`feed_options` so that both commands take the same options; both take
+``--metrics-port`` (:func:`add_metrics_arguments`), served by
+:func:`serve_domain_metrics` (``jobctl.metrics``, loaded only then).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TextIO
 
 import trio
 
+from jobctl import TraceHub
+from jobctl._groups import unwrap_single
 from jobctl.cli._argtypes import bounded_float, bounded_int, port
 from jobctl.demo._workload import simulated_workload
 from jobctl.feed._feed import (
@@ -28,6 +33,7 @@ from jobctl.feed._feed import (
     DEFAULT_PING_TIMEOUT,
 )
 from jobctl.feed._serve import FeedAddress, FeedConfigError, check_listen, serve_feed
+from jobctl.qemu import VM
 
 __all__ = [
     "MAX_BUFFER",
@@ -36,9 +42,12 @@ __all__ = [
     "MAX_SERVE_DOMAINS",
     "add_arguments",
     "add_feed_arguments",
+    "add_metrics_arguments",
     "announce",
+    "check_metrics",
     "feed_options",
     "run",
+    "serve_domain_metrics",
 ]
 
 #: Events per client: each holds up to this many (a few hundred bytes each).
@@ -158,8 +167,59 @@ def announce(address: FeedAddress, prog: str = "jobctl serve") -> None:
     print(f"{prog}: websocket feed {address.ws_url}", flush=True)
 
 
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    """The option that serves Prometheus metrics (``jobctl.metrics``)."""
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--metrics-port",
+        type=port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics of every domain at http://ADDRESS:PORT/metrics, "
+        "ADDRESS being --listen's (0..65535, 0: any free one; default: no metrics)",
+    )
+
+
+def check_metrics(args: argparse.Namespace) -> str | None:
+    """None if the metrics can be served as asked (or were not asked for);
+    else why not, in one line."""
+    if args.metrics_port is None:
+        return None
+    try:
+        import jobctl.metrics  # noqa: F401
+    except ModuleNotFoundError as exc:
+        return f"--metrics-port: {exc}"
+    return None
+
+
+async def serve_domain_metrics(
+    hub: TraceHub | None,
+    host: str,
+    port: int,
+    prog: str,
+    out: TextIO,
+    *,
+    task_status: trio.TaskStatus[Callable[[VM], object]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the metrics of the VMs on ``hub`` at ``host:port`` until
+    cancelled, and say where on ``out`` (``jobctl demo``'s stdout is its
+    report). Started, it hands over what adds a VM (``JobMetrics.add``)."""
+    from prometheus_client import CollectorRegistry
+
+    from jobctl.metrics import JobMetrics, serve_metrics
+
+    registry = CollectorRegistry()
+    with JobMetrics(hub) as metrics:
+        registry.register(metrics)
+        async with unwrap_single(), trio.open_nursery() as nursery:
+            address = await nursery.start(partial(serve_metrics, registry, host=host, port=port))
+            print(f"{prog}: metrics {address.url}", file=out, flush=True)
+            task_status.started(metrics.add)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_feed_arguments(parser)
+    add_metrics_arguments(parser)
     group = parser.add_argument_group("simulated workload")
     group.add_argument(
         "--domains",
@@ -191,8 +251,12 @@ def run(args: argparse.Namespace) -> int:
     except FeedConfigError as exc:
         print(f"jobctl serve: error: {exc}", file=sys.stderr)
         return 2
+    problem = check_metrics(args)
+    if problem is not None:
+        print(f"jobctl serve: error: {problem}", file=sys.stderr)
+        return 2
     try:
-        trio.run(_main, options, args.domains, args.seed, args.duration)
+        trio.run(_main, options, args.domains, args.seed, args.duration, args.metrics_port)
     except OSError as exc:
         print(f"jobctl serve: cannot listen: {exc}", file=sys.stderr)
         return 1
@@ -208,11 +272,21 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 async def _main(
-    options: dict[str, Any], domains: int, seed: int | None, duration: float | None
+    options: dict[str, Any],
+    domains: int,
+    seed: int | None,
+    duration: float | None,
+    metrics_port: int | None,
 ) -> None:
     with trio.move_on_after(math.inf if duration is None else duration):
-        async with trio.open_nursery() as nursery:
+        async with unwrap_single(), trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             address = await nursery.start(partial(serve_feed, **options))
             announce(address)
-            nursery.start_soon(partial(simulated_workload, domains=domains, seed=seed))
+            on_vm = None
+            if metrics_port is not None:
+                prog, host = "jobctl serve", options["host"]
+                serving = partial(serve_domain_metrics, None, host, metrics_port, prog, sys.stdout)
+                on_vm = await nursery.start(serving)
+            workload = partial(simulated_workload, domains=domains, seed=seed, on_vm=on_vm)
+            nursery.start_soon(workload)

@@ -269,9 +269,18 @@ class _Samples:
             self.failures.append(message)
 
 
-async def _set_up(index: int, config: DemoConfig, hosts: tuple[Host, Host], hub: TraceHub) -> _Pair:
+async def _set_up(
+    index: int,
+    config: DemoConfig,
+    hosts: tuple[Host, Host],
+    hub: TraceHub,
+    on_vm: Callable[[VM], object] | None,
+) -> _Pair:
     name = f"vm{index + 1}"
     here, there = (VM(Domain(f"{name}@{host.name}", trace=hub), host) for host in hosts)
+    if on_vm is not None:
+        on_vm(here)
+        on_vm(there)
     disk = await hosts[0].create_disk(name, config.disk_mib)
     backup_disk = None
     if config.job == "backup":
@@ -349,12 +358,15 @@ async def run_demo(
     counters: DemoCounters | None = None,
     simulator_violations: Callable[[], int] | None = None,
     backend: str = "simulator",
+    on_vm: Callable[[VM], object] | None = None,
 ) -> DemoReport:
     """Run the demo on ``hosts`` (VMs start on the first) and report.
 
     Job failures are counted, not raised. ``hub`` (default: a new one) gets
     every domain's trace; ``counters`` shows progress while it runs;
     ``simulator_violations`` reads the simulator's detector at the end.
+    ``on_vm`` is called with each VM (each host's view of it) as it is made,
+    before its first job (``jobctl.metrics.JobMetrics.add``, say).
     """
     hub = TraceHub() if hub is None else hub
     counters = DemoCounters() if counters is None else counters
@@ -366,7 +378,9 @@ async def run_demo(
     scratch = Path(tempfile.mkdtemp(prefix="jobctl-demo-"))
     try:
         with hub.subscribe(checker.feed), hub.subscribe(samples.on_trace):
-            pairs = [await _set_up(index, config, hosts, hub) for index in range(config.domains)]
+            pairs = [
+                await _set_up(index, config, hosts, hub, on_vm) for index in range(config.domains)
+            ]
             began = anyio.current_time()
             try:
                 async with anyio.create_task_group() as tg:

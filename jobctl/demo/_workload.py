@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Final, NoReturn, final
 
@@ -81,10 +82,17 @@ class _Guest:
 
 
 async def _start_guest(
-    index: int, hosts: tuple[Host, Host], hub: TraceHub | None, rng: random.Random
+    index: int,
+    hosts: tuple[Host, Host],
+    hub: TraceHub | None,
+    rng: random.Random,
+    on_vm: Callable[[VM], object] | None,
 ) -> _Guest:
     name = f"vm-{index}"
     here, there = (VM(Domain(f"{name}@{host.name}", trace=hub), host) for host in hosts)
+    if on_vm is not None:
+        on_vm(here)
+        on_vm(there)
     size = rng.randint(2, 6) * 1024
     spec = MachineSpec(
         ram_mib=size,
@@ -139,7 +147,11 @@ async def _operator(guests: list[_Guest], rng: random.Random) -> NoReturn:
 
 
 async def simulated_workload(
-    hub: TraceHub | None = None, *, domains: int = 3, seed: int | None = None
+    hub: TraceHub | None = None,
+    *,
+    domains: int = 3,
+    seed: int | None = None,
+    on_vm: Callable[[VM], object] | None = None,
 ) -> NoReturn:
     """Run the workload on ``domains`` VMs until cancelled.
 
@@ -148,7 +160,9 @@ async def simulated_workload(
     every pause and choice; the interleaving follows the clock. Cancelled,
     the flows clean up (a migration or a backup is cancelled in QEMU) while
     their QEMUs still run, then every simulated QEMU stops, within
-    :data:`STOP_TIMEOUT` seconds.
+    :data:`STOP_TIMEOUT` seconds. ``on_vm`` is called with each VM (each
+    host's view of it) as it is made, before its first job
+    (``jobctl.metrics.JobMetrics.add``, say).
     """
     if isinstance(domains, bool) or not isinstance(domains, int) or domains < 1:
         raise ValueError(f"domains must be an int of at least 1, not {domains!r}")
@@ -157,7 +171,7 @@ async def simulated_workload(
     # flows only, and the hosts close once the flows have ended.
     hosts = anyio.CancelScope(shield=True)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_run, flows, hosts, hub, domains, random.Random(seed))
+        tg.start_soon(_run, flows, hosts, hub, domains, random.Random(seed), on_vm)
         try:
             await anyio.sleep_forever()
         finally:
@@ -172,12 +186,13 @@ async def _run(
     hub: TraceHub | None,
     domains: int,
     rng: random.Random,
+    on_vm: Callable[[VM], object] | None,
 ) -> None:
     with hosts:
         async with open_demo_hosts(command_latency=COMMAND_LATENCY) as demo:
             with flows:
                 guests = [
-                    await _start_guest(index, demo.hosts, hub, random.Random(rng.random()))
+                    await _start_guest(index, demo.hosts, hub, random.Random(rng.random()), on_vm)
                     for index in range(1, domains + 1)
                 ]
                 async with anyio.create_task_group() as tg:

@@ -19,7 +19,10 @@ through while they run::
         await destroy(dst)
 
 The flows: :func:`start`, :func:`migrate`, :func:`backup`, :func:`save`,
-:func:`restore`, :func:`destroy`; :func:`domstats` for queries.
+:func:`restore`, :func:`destroy`; :func:`domstats` for queries. Each flow's
+result tells how long its domain was closed to queries (:class:`ClosedTime`).
+``vm.observed`` is what is known of a VM without asking QEMU
+(:class:`ObservedState`, kept by its :class:`Observer`); it never waits.
 :class:`QemuRecovery` settles their async jobs after a crash, with
 :func:`jobctl.journal.recover`.
 ``jobctl demo`` runs migrations with domstats in a tight loop
@@ -29,11 +32,12 @@ same, written out.
 
 from jobctl.qemu._backup import BackupResult, BackupTarget, backup, qcow2_target
 from jobctl.qemu._block_jobs import QemuBlockJobs
-from jobctl.qemu._domstats import BlockStats, DomainStats, domstats
+from jobctl.qemu._domstats import DomainStats, domstats, observed_stats
 from jobctl.qemu._errors import (
     BackupError,
     FlowError,
     MachineError,
+    MachineSpecError,
     MachineStartError,
     MigrationError,
     NotRunningError,
@@ -45,6 +49,16 @@ from jobctl.qemu._latency import LatencyHistogram, LatencySummary, percentile
 from jobctl.qemu._lifecycle import destroy, start
 from jobctl.qemu._machine import DiskImage, Host, Machine, MachineSpec
 from jobctl.qemu._migration import MigrationOptions, MigrationResult, migrate
+from jobctl.qemu._observed import (
+    BlockStats,
+    ObservedBlock,
+    ObservedJob,
+    ObservedMigration,
+    ObservedRun,
+    ObservedState,
+    Observer,
+    Stamp,
+)
 from jobctl.qemu._progress import MigrationProgress
 from jobctl.qemu._qemu_host import ProcessBackend, open_qemu_host
 from jobctl.qemu._recovery import (
@@ -67,6 +81,7 @@ from jobctl.qemu._recovery import (
 from jobctl.qemu._restore import RestoreResult, restore
 from jobctl.qemu._save import SaveResult, save
 from jobctl.qemu._vm import VM
+from jobctl.qemu._wait import ClosedTime
 
 __all__ = [
     "DESTINATION_PROCESS",
@@ -81,6 +96,7 @@ __all__ = [
     "BackupResult",
     "BackupTarget",
     "BlockStats",
+    "ClosedTime",
     "DiskImage",
     "DomainStats",
     "FlowError",
@@ -91,12 +107,19 @@ __all__ = [
     "MachineBackend",
     "MachineError",
     "MachineSpec",
+    "MachineSpecError",
     "MachineStartError",
     "MigrationError",
     "MigrationOptions",
     "MigrationProgress",
     "MigrationResult",
     "NotRunningError",
+    "ObservedBlock",
+    "ObservedJob",
+    "ObservedMigration",
+    "ObservedRun",
+    "ObservedState",
+    "Observer",
     "ProcessBackend",
     "QemuBlockJobs",
     "QemuHost",
@@ -111,11 +134,13 @@ __all__ = [
     "RunningQemu",
     "SaveError",
     "SaveResult",
+    "Stamp",
     "attach_unix",
     "backup",
     "destroy",
     "domstats",
     "migrate",
+    "observed_stats",
     "open_host",
     "open_qemu_host",
     "percentile",

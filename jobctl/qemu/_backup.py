@@ -14,6 +14,10 @@ phase           what happens
 The job's private data holds the QEMU job's id and the QMP socket: what
 :class:`~jobctl.qemu.QemuRecovery` reads after a crash.
 
+Every phase is persisted, and QEMU's events awaited, in interruptible
+sections: the domain is closed to queries only while the flow uses the
+monitor (:attr:`BackupResult.closed`).
+
 On failure, cancellation or DESTROY the QEMU job is cancelled and dismissed
 and the added node removed, within ``cleanup_timeout``.
 """
@@ -31,11 +35,13 @@ import attrs
 from jobctl._core._domain import ActiveAsyncJob, MonitorSession
 from jobctl._core._errors import JobAbortedError
 from jobctl._core._kinds import AsyncJob
+from jobctl._core._monitor import Monitor
+from jobctl.qemu._deadline import BoundedSession
 from jobctl.qemu._errors import BackupError
 from jobctl.qemu._machine import DiskImage
 from jobctl.qemu._recovery import PROCESS, QMP, process_record
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import wait_in_sections
+from jobctl.qemu._wait import ClosedTime, GateClock, wait_in_sections
 from jobctl.qmp import EventSubscription, QMPError, QMPEvent
 
 __all__ = ["BackupResult", "BackupTarget", "backup", "qcow2_target"]
@@ -83,6 +89,9 @@ class BackupResult:
     #: Bytes copied (QEMU's ``current-progress``).
     copied: int
     duration: float
+    #: How long the domain was closed to queries;
+    #: ``closed.outside_monitor`` is the time outside monitor commands.
+    closed: ClosedTime
 
 
 @final
@@ -112,7 +121,7 @@ class _JobState:
         return data
 
 
-async def _query_job(mon: MonitorSession, state: _JobState) -> None:
+async def _query_job(mon: Monitor, state: _JobState) -> None:
     for entry in await mon.execute("query-jobs"):
         if isinstance(entry, Mapping) and entry.get("id") == state.job_id:
             state.update(entry)
@@ -145,6 +154,7 @@ async def backup(
     state = _JobState(job_id or f"jobctl-backup-{next(_ids)}")
     async with vm.domain.async_job(AsyncJob.BACKUP, owner=owner) as ajob:
         started = anyio.current_time()
+        clock = GateClock(ajob, vm.observer, flow="backup")
         machine = vm.running_machine()
         source = device or machine.spec.disk_node
         ajob.private.update(job_id=state.job_id, device=source, target=target.node_name)
@@ -152,16 +162,16 @@ async def backup(
         ajob.private[PROCESS] = process_record(machine.pid)
         added = False
         try:
-            await ajob.set_phase("begin")
+            await clock.phase("begin")
             if target.blockdev is not None:
-                async with ajob.monitor() as mon:
+                async with clock.monitor() as mon:
                     await mon.execute("blockdev-add", target.blockdev)
                 added = True
-            await ajob.set_phase("perform")
+            await clock.phase("perform")
             with machine.qmp.subscribe(
                 "JOB_STATUS_CHANGE", filter=lambda data: data.get("id") == state.job_id
             ) as events:
-                async with ajob.monitor() as mon:
+                async with clock.monitor() as mon:
                     await mon.execute(
                         "blockdev-backup",
                         {
@@ -175,9 +185,11 @@ async def backup(
                         },
                     )
                 state.created = True
-                aborted = await _wait_copied(ajob, state, events, poll_interval)
-            await ajob.set_phase("finalize")
-            async with ajob.monitor() as mon:
+                aborted = await _wait_copied(clock, state, events, poll_interval)
+            # The copy is over: no abort may come to cancel it any more.
+            clock.deny_abort()
+            await clock.phase("finalize")
+            async with clock.monitor() as mon:
                 if state.status == "pending":
                     await mon.execute("job-finalize", {"id": state.job_id})
                 await _query_job(mon, state)
@@ -191,11 +203,12 @@ async def backup(
                 raise BackupError(
                     f"backup of {vm.name!r} ({source} to {target.node_name}) failed: {state.error}"
                 )
-            await ajob.set_phase("finish")
+            await clock.phase("finish")
             if added:
-                async with ajob.monitor() as mon:
+                async with clock.monitor() as mon:
                     await mon.execute("blockdev-del", {"node-name": target.node_name})
                 added = False
+            closed = clock.closed()
         except QMPError as exc:
             with anyio.CancelScope(shield=True):
                 await _clean_up(ajob, state, target, added, cleanup_timeout)
@@ -211,16 +224,18 @@ async def backup(
         target.node_name,
         state.copied,
         anyio.current_time() - started,
+        closed,
     )
 
 
 async def _wait_copied(
-    ajob: ActiveAsyncJob,
+    clock: GateClock,
     state: _JobState,
     events: EventSubscription,
     poll_interval: float,
 ) -> JobAbortedError | None:
     """Wait until the copy is over; set the abort hook meanwhile."""
+    ajob = clock.ajob
 
     def over(event: QMPEvent) -> str | None:
         status = event.data.get("status")
@@ -228,7 +243,7 @@ async def _wait_copied(
             state.status = status
         return state.status if state.status in _OVER else None
 
-    async def poll(mon: MonitorSession) -> str | None:
+    async def poll(mon: BoundedSession) -> str | None:
         await _query_job(mon, state)
         ajob.set_progress(state.progress())
         return state.status if state.status in _OVER else None
@@ -238,7 +253,7 @@ async def _wait_copied(
 
     ajob.set_abort_hook(cancel)
     try:
-        _, aborted = await wait_in_sections(ajob, events, over, poll=poll, interval=poll_interval)
+        _, aborted = await wait_in_sections(clock, events, over, poll=poll, interval=poll_interval)
     finally:
         ajob.set_abort_hook(None)
     return aborted

@@ -12,6 +12,10 @@ QMP client keeps its reply "orphan-safe": nothing else is written until it
 arrives), the monitor and the job are released as the exception leaves
 their blocks, and the caller gets a :class:`jobctl.JobTimeoutError` that
 names the domain, the command that did not answer and the timeout.
+
+Every session of a flow (bounded or not) is a :class:`BoundedSession`: it
+also hands QEMU's answers to the VM's :class:`~jobctl.qemu.Observer`, so what
+a flow or domstats learns shows in ``vm.observed`` without another command.
 """
 
 from __future__ import annotations
@@ -25,20 +29,24 @@ import anyio
 
 from jobctl._core._domain import ActiveAsyncJob, ActiveJob, MonitorSession
 from jobctl._core._errors import JobTimeoutError
+from jobctl.qemu._observed import Observer
 
 __all__ = ["BoundedSession", "Deadline"]
 
 
 @final
 class BoundedSession:
-    """A :class:`jobctl.MonitorSession` whose commands share a
-    :class:`Deadline` (a :class:`jobctl.Monitor`)."""
+    """A flow's :class:`jobctl.MonitorSession` (a :class:`jobctl.Monitor`):
+    it knows the command in flight (for a :class:`Deadline`'s error) and
+    gives every answer to ``observer``, when there is one."""
 
-    __slots__ = ("pending", "session")
+    __slots__ = ("observer", "pending", "session")
 
-    def __init__(self, session: MonitorSession) -> None:
+    def __init__(self, session: MonitorSession, observer: Observer | None = None) -> None:
         #: The job's turn at the monitor.
         self.session = session
+        #: Who is told QEMU's answers.
+        self.observer = observer
         #: The command in flight, if one is.
         self.pending: str | None = None
 
@@ -47,6 +55,8 @@ class BoundedSession:
         self.pending = command
         reply = await self.session.execute(command, arguments)
         self.pending = None
+        if self.observer is not None:
+            self.observer.saw_reply(command, reply)
         return reply
 
 
@@ -80,9 +90,12 @@ class Deadline:
         )
 
     @asynccontextmanager
-    async def monitor(self, job: ActiveJob | ActiveAsyncJob) -> AsyncIterator[BoundedSession]:
+    async def monitor(
+        self, job: ActiveJob | ActiveAsyncJob, *, observer: Observer | None = None
+    ) -> AsyncIterator[BoundedSession]:
         """``job.monitor()``, bounded: the wait for the monitor and every
         command of the block end at the deadline with :meth:`error`.
+        ``observer`` is told every answer.
 
         The block's exception (and the monitor's release) happens before the
         error is raised, so the job leaves no command and no holder behind.
@@ -90,7 +103,7 @@ class Deadline:
         bounded: BoundedSession | None = None
         with anyio.CancelScope(deadline=self._at) as scope:
             async with job.monitor() as session:
-                bounded = BoundedSession(session)
+                bounded = BoundedSession(session, observer)
                 yield bounded
         if scope.cancelled_caught:
             if bounded is None:

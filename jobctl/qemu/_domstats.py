@@ -5,12 +5,18 @@ runs, begins only inside its interruptible sections: a migration or a backup
 never shares the monitor with it. ``nowait=True`` is for exporters that must
 never wait for a job: when the domain is busy it returns at once with
 ``partial=True`` and nothing from QEMU (as libvirt's ``NOWAIT`` does).
+
+Given a :class:`~jobctl.qemu.VM` rather than its domain, domstats also tells
+the VM's observer what QEMU answered, and with ``max_age`` it answers from
+the observed state (``vm.observed``) when every value it needs was observed
+at most ``max_age`` seconds ago: no job, no monitor, no await. Only when one
+is older does it run the QUERY job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, final
+from typing import final
 
 import anyio
 import attrs
@@ -19,52 +25,18 @@ from jobctl._core._domain import Domain
 from jobctl._core._errors import JobBusyError
 from jobctl._core._kinds import Job
 from jobctl.qemu._deadline import Deadline
+from jobctl.qemu._observed import BlockStats, Observer, Stamp
 from jobctl.qemu._progress import MigrationProgress
+from jobctl.qemu._vm import VM
 
-__all__ = ["BlockStats", "DomainStats", "domstats"]
-
-
-def _count(stats: Mapping[str, Any], key: str) -> int:
-    value = stats.get(key)
-    return value if type(value) is int else 0
-
-
-@final
-@attrs.frozen
-class BlockStats:
-    """One block device's counters (``query-blockstats``)."""
-
-    #: The guest device (its qdev path) or, for a bare node, the node name.
-    device: str
-    node: str | None
-    rd_bytes: int
-    wr_bytes: int
-    rd_operations: int
-    wr_operations: int
-    flush_operations: int
-
-    @classmethod
-    def from_entry(cls, entry: Mapping[str, Any]) -> BlockStats:
-        stats = entry.get("stats")
-        if not isinstance(stats, Mapping):
-            stats = {}
-        node = entry.get("node-name")
-        device = entry.get("qdev") or entry.get("device") or node or "?"
-        return cls(
-            device=str(device),
-            node=node if isinstance(node, str) else None,
-            rd_bytes=_count(stats, "rd_bytes"),
-            wr_bytes=_count(stats, "wr_bytes"),
-            rd_operations=_count(stats, "rd_operations"),
-            wr_operations=_count(stats, "wr_operations"),
-            flush_operations=_count(stats, "flush_operations"),
-        )
+__all__ = ["BlockStats", "DomainStats", "domstats", "observed_stats"]
 
 
 @final
 @attrs.frozen
 class DomainStats:
-    """What :func:`domstats` gathered, at ``time`` (the event loop's clock)."""
+    """What :func:`domstats` gathered, at ``time`` (the event loop's clock;
+    for ``observed`` stats, when the oldest value was observed)."""
 
     domain: str
     time: float
@@ -78,14 +50,54 @@ class DomainStats:
     migration: MigrationProgress | None = None
     #: ``nowait`` found the domain busy: nothing was asked of QEMU.
     partial: bool = False
+    #: Built from the VM's observed state (``max_age``): nothing was asked of QEMU.
+    observed: bool = False
+
+
+def observed_stats(vm: VM, max_age: float) -> DomainStats | None:
+    """The stats :func:`domstats` would gather, from ``vm.observed``, if
+    every value they need is at most ``max_age`` seconds old; else None.
+
+    They need the run state and the block counters, and while an async job
+    runs and the observed migration is under way, its figures (from a
+    ``query-migrate`` answer). Never awaits.
+    """
+    state = vm.observed
+    run = state.run
+    if run is None or state.age(run.observed) > max_age:
+        return None
+    if run.status == "shutoff":
+        return DomainStats(vm.name, run.observed.monotonic, "shutoff", False, observed=True)
+    block = state.block
+    if block is None or state.age(block.observed) > max_age:
+        return None
+    stamps: list[Stamp] = [run.observed, block.observed]
+    migration = None
+    observed_migration = state.migration
+    if state.job is not None and observed_migration is not None and observed_migration.active:
+        figures = observed_migration.figures
+        if figures is None or state.age(figures) > max_age:
+            return None
+        stamps.append(figures)
+        migration = observed_migration.progress()
+    return DomainStats(
+        vm.name,
+        min(stamp.monotonic for stamp in stamps),
+        run.status,
+        run.running,
+        block.devices,
+        migration,
+        observed=True,
+    )
 
 
 async def domstats(
-    dom: Domain,
+    target: Domain | VM,
     *,
     nowait: bool = False,
     timeout: float | None = None,
     owner: str = "domstats",
+    max_age: float | None = None,
 ) -> DomainStats:
     """Gather ``query-status``, ``query-blockstats`` and, while an async job
     runs, the migration's progress (``query-migrate``), in one QUERY job.
@@ -99,14 +111,35 @@ async def domstats(
     domain is idle again). With ``timeout=None`` the job waits for the
     domain's ``wait_timeout`` and QEMU's answers are not bounded.
     Raises what the monitor raises (:class:`jobctl.qmp.QMPError`).
+
+    ``target`` is the domain, or the VM: then QEMU's answers go to its
+    observer too, and ``max_age`` (seconds, >= 0; a VM only) lets observed
+    values that young stand for a fresh read (:func:`observed_stats`).
     """
+    observer: Observer | None = None
+    if isinstance(target, VM):
+        dom, observer = target.domain, target.observer
+        if max_age is not None:
+            if not (isinstance(max_age, int | float) and max_age >= 0):
+                raise ValueError(f"max_age must be a number of seconds >= 0, not {max_age!r}")
+            stats = observed_stats(target, max_age)
+            if stats is not None:
+                return stats
+    elif isinstance(target, Domain):
+        dom = target
+        if max_age is not None:
+            raise TypeError("domstats(max_age=...) reads a VM's observed state: pass the VM")
+    else:
+        raise TypeError(f"domstats takes a jobctl.Domain or a VM, not {target!r}")
     limit = Deadline(dom.name, timeout, flow="domstats")
     try:
         async with dom.job(Job.QUERY, owner=owner, nowait=nowait, timeout=timeout) as job:
             if dom.monitor is None:
+                if observer is not None:
+                    observer.saw_shutoff("domstats")
                 return DomainStats(dom.name, anyio.current_time(), "shutoff", False)
             migration = None
-            async with limit.monitor(job) as mon:
+            async with limit.monitor(job, observer=observer) as mon:
                 status = await mon.execute("query-status")
                 blocks = await mon.execute("query-blockstats")
                 if job.in_section:

@@ -14,6 +14,7 @@ __all__ = [
     "BackupError",
     "FlowError",
     "MachineError",
+    "MachineSpecError",
     "MachineStartError",
     "MigrationError",
     "NotRunningError",
@@ -36,6 +37,15 @@ class MachineError(FlowError):
     """A QEMU host could not do what was asked of it: a program it needs
     (``qemu-system-*``, ``qemu-img``) is missing or failed, or the host is
     shutting down."""
+
+
+@final
+class MachineSpecError(FlowError):
+    """A machine's spec names a file its host cannot use: a disk image,
+    one of its backing files, a kernel or an initrd is missing, unreadable,
+    or not in the format the spec says. Raised by
+    :meth:`~jobctl.qemu.Host.start_machine` (real and simulated hosts alike)
+    before any QEMU starts; the message names the spec's field and the file."""
 
 
 @final

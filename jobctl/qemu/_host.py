@@ -1,7 +1,9 @@
 """One host of QEMU machines, over a backend that starts them (real or simulated).
 
-A :class:`QemuHost` does what every host does: it names and keeps its
-machines, runs each in a task of its own task group, connects to the
+A :class:`QemuHost` does what every host does: it checks a machine's spec
+and files (and a new disk's) before any QEMU starts, so every backend refuses
+the same specs with the same errors; it names and keeps its machines, runs
+each in a task of its own task group, connects to the
 machine's QMP monitor, watches it exit and stops it (``quit``, then the
 backend ends it). One machine's failure is its own: the machine is stopped
 and logged, and the host's other machines run on. Leaving
@@ -18,19 +20,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Generic, Protocol, TypeVar, final
+from typing import Final, Generic, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 
 from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineError, MachineStartError
+from jobctl.qemu._images import FORMATS
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
 from jobctl.qmp import QMPClient, QMPError
 
 __all__ = ["MachineBackend", "QemuHost", "RunningQemu", "open_host"]
 
 _log = logging.getLogger("jobctl.qemu")
+_MiB: Final = 1 << 20
 
 
 class RunningQemu(Protocol):
@@ -85,8 +89,13 @@ class MachineBackend(Protocol):
         """See :meth:`Host.incoming_uri`."""
         ...
 
-    async def create_disk(self, name: str, size_mib: int) -> DiskImage:
-        """Create an empty image of ``size_mib`` (at least 1) MiB for disk ``name``."""
+    async def create_disk(
+        self, name: str, size_mib: int | None, *, format: str, backing: DiskImage | None
+    ) -> DiskImage:
+        """Create image ``name``: an empty one of ``size_mib`` (at least 1)
+        MiB in ``format``, or a qcow2 overlay over ``backing`` (as large as
+        ``backing`` when ``size_mib`` is None). The host checked the values
+        and ``backing``'s file (:meth:`DiskImage.check`)."""
         ...
 
     def launch(
@@ -95,7 +104,8 @@ class MachineBackend(Protocol):
         """Start the QEMU of machine ``name`` (paused, waiting for a
         migration, when ``incoming``).
 
-        Raises :class:`MachineStartError` if it cannot be started. Leaving
+        The host checked the spec's files (:meth:`MachineSpec.check_files`)
+        just before. Raises :class:`MachineStartError` if it cannot be started. Leaving
         the block makes sure the QEMU is gone (it is ended if it still runs,
         in bounded time) and removes its files, even when cancelled.
         """
@@ -140,16 +150,40 @@ class QemuHost(Generic[B]):
         """The machines running now."""
         return tuple(self._machines)
 
-    async def create_disk(self, name: str, size_mib: int) -> DiskImage:
-        if size_mib < 1:
+    async def create_disk(
+        self,
+        name: str,
+        size_mib: int | None = None,
+        *,
+        format: str = "qcow2",
+        backing: DiskImage | None = None,
+    ) -> DiskImage:
+        if size_mib is not None and not (type(size_mib) is int and size_mib >= 1):
             raise ValueError(f"a disk needs at least 1 MiB, not {size_mib!r}")
-        return await self.backend.create_disk(name, size_mib)
+        if format not in FORMATS:
+            known = " or ".join(repr(name) for name in FORMATS)
+            raise ValueError(f"a disk's format is {known}, not {format!r}")
+        if backing is not None:
+            if not isinstance(backing, DiskImage):
+                raise TypeError(f"backing must be a DiskImage, not {backing!r}")
+            if format != "qcow2":
+                raise ValueError(f"only a qcow2 image has a backing file, not a {format} one")
+            size = backing.check("the backing image")
+            if size_mib is None and size % _MiB == 0:
+                size_mib = size // _MiB
+        elif size_mib is None:
+            raise ValueError("a disk needs a size (size_mib) or a backing image")
+        return await self.backend.create_disk(name, size_mib, format=format, backing=backing)
 
     async def start_machine(
         self, name: str, spec: MachineSpec, *, incoming: bool = False
     ) -> Machine:
         if self._closing:
             raise MachineError(f"host {self._name!r} is shutting down")
+        # Here, not in the backends: every host refuses the same specs the
+        # same way, before any QEMU starts. Header reads only: quick enough
+        # for the event loop (and no thread for a virtual clock to jump over).
+        spec.check_files()
         machine: Machine = await self._task_group.start(self._serve, name, spec, incoming)
         return machine
 

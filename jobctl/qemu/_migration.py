@@ -20,6 +20,16 @@ after a crash: the peer's domain, both QMP sockets, ``was_running``.
 MIGRATION_IN's ``prepare`` is persisted again once the destination QEMU
 runs, with its socket.
 
+Both jobs keep their domains open to queries wherever they wait without the
+monitor: the destination's QEMU starts and greets, every phase is
+persisted, QEMU's events are awaited and the polls pause, all in
+interruptible sections (the source's, and the destination's while the
+source performs). The exceptions are the destination job's own begin and
+end (which the core persists, when the domain has a persister): a job
+begins and ends in its task's cancel scopes, which no section may straddle.
+:attr:`MigrationResult.closed` tells how long the source was closed all the
+same (:class:`~jobctl.qemu.ClosedTime`).
+
 Every failure leaves the VM running on the source when the source can still
 run it: the destination dies or refuses, the migration fails or is
 cancelled, a monitor closes. Cancellation and DESTROY clean up the same way,
@@ -40,7 +50,7 @@ import attrs
 from jobctl._core._domain import ActiveAsyncJob, MonitorSession
 from jobctl._core._errors import JobTimeoutError
 from jobctl._core._kinds import AsyncJob, Job
-from jobctl.qemu._deadline import Deadline
+from jobctl.qemu._deadline import BoundedSession, Deadline
 from jobctl.qemu._errors import FlowError, MigrationError
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
@@ -52,7 +62,7 @@ from jobctl.qemu._recovery import (
     process_record,
 )
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import migration_ended, wait_in_sections
+from jobctl.qemu._wait import ClosedTime, GateClock, migration_ended, wait_in_sections
 from jobctl.qmp import EventSubscription, QMPClosedError, QMPError, QMPEvent
 
 __all__ = ["MigrationOptions", "MigrationResult", "migrate"]
@@ -105,6 +115,11 @@ class MigrationResult:
     progress: MigrationProgress
     #: Seconds from the source's ``begin`` to the end of ``confirm``.
     duration: float
+    #: How long the source's domain was closed to queries;
+    #: ``closed.outside_monitor`` is the time outside monitor commands.
+    closed: ClosedTime
+    #: The same for the destination's domain (its MIGRATION_IN job).
+    destination_closed: ClosedTime
 
 
 def _listening_uri(configured: str, reply: Mapping[str, Any]) -> str:
@@ -120,19 +135,22 @@ def _listening_uri(configured: str, reply: Mapping[str, Any]) -> str:
     return configured
 
 
-async def final_progress(ajob: ActiveAsyncJob, status: str) -> MigrationProgress:
+async def final_progress(clock: GateClock, status: str) -> MigrationProgress:
     """QEMU's final figures for a migration that ended with ``status``.
 
     A ``query-migrate`` that the switchover stalled may answer "completed"
-    before QEMU filled in the times: it is asked again, a few times.
+    before QEMU filled in the times: it is asked again, a few times, with
+    pauses in sections. QEMU's migration has ended: ABORT may no longer
+    enter the job's sections.
     """
+    clock.deny_abort()
     for _ in range(_FINAL_QUERIES):
-        async with ajob.monitor() as mon:
+        async with clock.monitor() as mon:
             progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
         if progress.status == status and (status != "completed" or progress.total_time):
             break
-        await anyio.sleep(_FINAL_QUERY_PAUSE)
-    ajob.set_progress(progress.as_dict())
+        await clock.pause(_FINAL_QUERY_PAUSE)
+    clock.ajob.set_progress(progress.as_dict())
     return progress
 
 
@@ -185,38 +203,46 @@ class _Migration:
 
     async def run(self, out: ActiveAsyncJob) -> MigrationResult:
         self.started = anyio.current_time()
+        clock = GateClock(out, self.source.observer, flow="migration")
         machine = self.source.running_machine()
         if self.destination.machine is not None and not self.destination.machine.stopped:
             raise FlowError(f"{self._what()}: the VM already runs on the destination")
         try:
-            await self._begin(out, machine)
+            await self._begin(clock, machine)
+            # (Not in a section: a job's begin and end nest in the task's
+            # cancel scopes, and a section's scope may not straddle them.)
             async with self.destination.domain.async_job(
-                AsyncJob.MIGRATION_IN, owner=self.owner
+                AsyncJob.MIGRATION_IN, allowed={Job.QUERY}, owner=self.owner
             ) as inn:
-                progress = await self._incoming(out, inn, machine)
+                inn_clock = GateClock(inn, self.destination.observer, flow="migration")
+                progress = await self._incoming(clock, inn_clock, machine)
+                destination_closed = inn_clock.closed()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._recover(out, machine, exc)
             raise
-        await out.set_phase("confirm")
         self.source.detach()
         # Queries that come meanwhile find the VM gone from here at once.
-        async with out.interruptible():
+        async with clock.section():
+            await clock.phase("confirm")
             await machine.stop()
         return MigrationResult(
             self.source.name,
             self.destination.name,
             progress,
             anyio.current_time() - self.started,
+            clock.closed(),
+            destination_closed,
         )
 
     # -- source: begin -----------------------------------------------------------
 
-    async def _begin(self, out: ActiveAsyncJob, machine: Machine) -> None:
+    async def _begin(self, clock: GateClock, machine: Machine) -> None:
+        out = clock.ajob
         out.private["destination"] = self.destination.name
         out.private[SOURCE_QMP] = machine.qmp_path
         out.private[SOURCE_PROCESS] = process_record(machine.pid)
-        await out.set_phase("begin")
+        await clock.phase("begin")
         bandwidth = self.options.bandwidth
         parameters: dict[str, Any] = {
             "max-bandwidth": UNLIMITED_BANDWIDTH if bandwidth is None else bandwidth
@@ -224,7 +250,7 @@ class _Migration:
         if self.options.downtime_limit is not None:
             parameters["downtime-limit"] = self.options.downtime_limit
         try:
-            async with out.monitor() as mon:
+            async with clock.monitor() as mon:
                 status = await mon.execute("query-status")
                 await mon.execute("migrate-set-capabilities", EVENTS_ON)
                 await mon.execute("migrate-set-parameters", parameters)
@@ -238,20 +264,23 @@ class _Migration:
     # -- destination: prepare, then source: perform, then destination: finish ------
 
     async def _incoming(
-        self, out: ActiveAsyncJob, inn: ActiveAsyncJob, machine: Machine
+        self, clock: GateClock, inn_clock: GateClock, machine: Machine
     ) -> MigrationProgress:
+        inn = inn_clock.ajob
         with ExitStack() as stack:
             try:
                 inn.private["source"] = self.source.name
                 inn.private[SOURCE_QMP] = machine.qmp_path
                 inn.private[SOURCE_PROCESS] = process_record(machine.pid)
                 inn.private["was_running"] = self.was_running
-                await inn.set_phase("prepare")
                 # The source answers queries while the destination starts.
-                async with out.interruptible():
-                    uri, events = await self._prepare(inn, machine, stack)
-                progress = await self._perform(out, machine, uri)
-                await self._finish(out, inn, events)
+                async with clock.section(peer=inn_clock):
+                    await inn_clock.phase("prepare")
+                    uri, events = await self._prepare(inn_clock, machine, stack)
+                # The destination answers queries while the source performs.
+                async with inn_clock.section(peer=clock):
+                    progress = await self._perform(clock, machine, uri)
+                await self._finish(clock, inn_clock, events)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._discard_destination()
@@ -259,25 +288,32 @@ class _Migration:
         return progress
 
     async def _prepare(
-        self, inn: ActiveAsyncJob, source: Machine, stack: ExitStack
+        self, inn_clock: GateClock, source: Machine, stack: ExitStack
     ) -> tuple[str, EventSubscription]:
+        inn = inn_clock.ajob
         host = self.destination.host
-        try:
-            machine = await host.start_machine(self.destination.name, source.spec, incoming=True)
-        except FlowError as exc:
-            raise MigrationError(
-                f"{self._what()}: the destination QEMU did not start: {exc}", side="destination"
-            ) from exc
-        self.destination.attach(machine)
-        # Persisted again, with the destination's socket: recovery must be
-        # able to reach the QEMU this phase started.
-        inn.private[DESTINATION_QMP] = machine.qmp_path
-        inn.private[DESTINATION_PROCESS] = process_record(machine.pid)
-        await inn.set_phase("prepare")
+        # The destination's domain answers queries while its QEMU starts
+        # and greets (from "shutoff" to its QEMU's "inmigrate").
+        async with inn_clock.section():
+            try:
+                machine = await host.start_machine(
+                    self.destination.name, source.spec, incoming=True
+                )
+            except FlowError as exc:
+                raise MigrationError(
+                    f"{self._what()}: the destination QEMU did not start: {exc}",
+                    side="destination",
+                ) from exc
+            self.destination.attach(machine)
+            # Persisted again, with the destination's socket: recovery must be
+            # able to reach the QEMU this phase started.
+            inn.private[DESTINATION_QMP] = machine.qmp_path
+            inn.private[DESTINATION_PROCESS] = process_record(machine.pid)
+            await inn_clock.phase("prepare")
         listen = host.incoming_uri(machine.name)
         events = stack.enter_context(machine.qmp.subscribe("MIGRATION"))
         try:
-            async with inn.monitor() as mon:
+            async with inn_clock.monitor() as mon:
                 await mon.execute("migrate-set-capabilities", EVENTS_ON)
                 await mon.execute("migrate-incoming", {"uri": listen})
                 reply = await mon.execute("query-migrate")
@@ -289,16 +325,17 @@ class _Migration:
         inn.private["uri"] = uri
         return uri, events
 
-    async def _perform(self, out: ActiveAsyncJob, machine: Machine, uri: str) -> MigrationProgress:
+    async def _perform(self, clock: GateClock, machine: Machine, uri: str) -> MigrationProgress:
+        out = clock.ajob
         out.private["uri"] = uri
         destination = self.destination.machine
         out.private[DESTINATION_QMP] = None if destination is None else destination.qmp_path
         out.private[DESTINATION_PROCESS] = (
             None if destination is None else process_record(destination.pid)
         )
-        await out.set_phase("perform")
+        await clock.phase("perform")
 
-        async def poll(mon: MonitorSession) -> str | None:
+        async def poll(mon: BoundedSession) -> str | None:
             progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
             out.set_progress(progress.as_dict())
             return progress.status if progress.status in TERMINAL_STATUSES else None
@@ -320,16 +357,16 @@ class _Migration:
 
         try:
             with machine.qmp.subscribe({"MIGRATION", "STOP"}) as events:
-                async with out.monitor() as mon:
+                async with clock.monitor() as mon:
                     await mon.execute("migrate", {"uri": uri})
                 out.set_abort_hook(cancel_migration)
                 try:
                     status, aborted = await wait_in_sections(
-                        out, events, ended, poll=poll, interval=interval
+                        clock, events, ended, poll=poll, interval=interval
                     )
                 finally:
                     out.set_abort_hook(None)
-            progress = await final_progress(out, status)
+            progress = await final_progress(clock, status)
         except QMPClosedError as exc:
             raise MigrationError(
                 f"{self._what()}: the source's monitor closed: {exc}", side="source"
@@ -346,18 +383,20 @@ class _Migration:
         raise MigrationError(f"{self._what()} {status}: {why}", side="source", status=status)
 
     async def _finish(
-        self, out: ActiveAsyncJob, inn: ActiveAsyncJob, events: EventSubscription
+        self, clock: GateClock, inn_clock: GateClock, events: EventSubscription
     ) -> None:
         # The source's QEMU has completed: an abort can no longer stop it.
-        out.set_allowed({Job.QUERY})
-        await inn.set_phase("finish")
-        # One deadline for the destination's end and its answer to "cont".
-        limit = Deadline(self.destination.name, self.options.finish_timeout, flow="migration")
+        clock.ajob.set_allowed({Job.QUERY})
         try:
             # The source answers queries until the destination runs the VM.
-            async with out.interruptible():
+            async with clock.section(peer=inn_clock):
+                await inn_clock.phase("finish")
+                # One deadline for the destination's end and its answer to "cont".
+                limit = Deadline(
+                    self.destination.name, self.options.finish_timeout, flow="migration"
+                )
                 status, _ = await wait_in_sections(
-                    inn, events, migration_ended, timeout=limit.remaining()
+                    inn_clock, events, migration_ended, timeout=limit.remaining()
                 )
                 if status != "completed":
                     raise MigrationError(
@@ -366,7 +405,7 @@ class _Migration:
                         status=status,
                     )
                 if self.was_running:
-                    async with limit.monitor(inn) as mon:
+                    async with inn_clock.monitor(limit) as mon:
                         await mon.execute("cont")
         except JobTimeoutError as exc:  # before TimeoutError: it is one
             raise MigrationError(

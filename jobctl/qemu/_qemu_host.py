@@ -19,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Final, final
@@ -181,20 +181,21 @@ class ProcessBackend:
         # QEMU picks a free port; query-migrate's "socket-address" tells which.
         return "tcp:127.0.0.1:0"
 
-    async def create_disk(self, name: str, size_mib: int) -> DiskImage:
-        path = self.storage / f"{name}.qcow2"
+    async def create_disk(
+        self, name: str, size_mib: int | None, *, format: str, backing: DiskImage | None
+    ) -> DiskImage:
+        """``qemu-img create``, with the backing file's absolute path."""
+        path = self.storage / f"{name}.{format}"
         qemu_img = shutil.which("qemu-img")
         if qemu_img is None:
             raise MachineError("qemu-img is not installed (apt-get install qemu-utils)")
+        argv = _qemu_img_create(qemu_img, path, format, size_mib, backing)
         try:
-            await anyio.run_process(
-                [qemu_img, "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"],
-                stdin=subprocess.DEVNULL,
-            )
+            await anyio.run_process(argv, stdin=subprocess.DEVNULL)
         except subprocess.CalledProcessError as exc:
             why = exc.stderr.decode(errors="replace").strip()
             raise MachineError(f"qemu-img could not create {path}: {why}") from None
-        return DiskImage(str(path), size_mib)
+        return DiskImage(str(path), size_mib, format=format)
 
     @asynccontextmanager
     async def launch(
@@ -230,6 +231,35 @@ class ProcessBackend:
                 for path in (ram, *sockets):
                     path.unlink(missing_ok=True)
 
+    def command_line(
+        self,
+        spec: MachineSpec,
+        *,
+        incoming: bool = False,
+        monitor_fds: Sequence[int] | None = None,
+        ram: str | os.PathLike[str] | None = None,
+    ) -> list[str]:
+        """The command line of a QEMU for ``spec``: what a machine's start
+        runs, given the listening descriptors of its QMP sockets
+        (``monitor_fds``: one for the machine's client, then one per extra
+        monitor; by default 3, 4, ...) and its RAM file (``ram``; by default
+        ``machine.ram`` in the host's working directory). Pure: it starts
+        nothing and checks no file.
+
+        In order: the fixed part (``-nodefaults``, no display, TCG on
+        ``q35``), the RAM, the disks (``-blockdev``: a ``file`` node under a
+        ``qcow2`` or ``raw`` one; a qcow2 image's backing chain is opened by
+        QEMU from its header), ``-kernel`` / ``-initrd`` / ``-append``, the
+        QMP monitors, ``-S -incoming defer`` when ``incoming``, then
+        :attr:`MachineSpec.extra_args` as given.
+        """
+        count = spec.extra_monitors + 1
+        fds = list(range(3, 3 + count)) if monitor_fds is None else list(monitor_fds)
+        if len(fds) != count:
+            raise ValueError(f"the spec has {count} QMP monitors, not {len(fds)}")
+        path = self.workdir / "machine.ram" if ram is None else Path(ram)
+        return self._argv(spec, fds[0], path, incoming, fds[1:])
+
     def _argv(
         self, spec: MachineSpec, qmp_fd: int, ram: Path, incoming: bool, extra: list[int]
     ) -> list[str]:
@@ -252,11 +282,18 @@ class ProcessBackend:
             argv += ["-device", f"virtio-blk-pci,drive={spec.disk_node},id={spec.disk_node}-dev"]
         if spec.backup_disk is not None:
             argv += _blockdev(spec.backup_disk, spec.backup_node)
+        if spec.kernel is not None:
+            argv += ["-kernel", spec.kernel]
+        if spec.initrd is not None:
+            argv += ["-initrd", spec.initrd]
+        if spec.cmdline is not None:
+            argv += ["-append", spec.cmdline]
         for index, fd in enumerate([qmp_fd, *extra]):
             argv += ["-chardev", f"socket,id=qmp{index},fd={fd},server=on,wait=off"]
             argv += ["-mon", f"chardev=qmp{index},mode=control"]
         if incoming:
             argv += ["-S", "-incoming", "defer"]
+        argv += spec.extra_args
         return argv
 
     async def _spawn(
@@ -299,10 +336,24 @@ class ProcessBackend:
         await process.aclose()
 
 
+def _qemu_img_create(
+    qemu_img: str, path: Path, image_format: str, size_mib: int | None, backing: DiskImage | None
+) -> list[str]:
+    argv = [qemu_img, "create", "-q", "-f", image_format]
+    if backing is not None:
+        # Absolute: qemu-img takes a relative name from the overlay's directory.
+        argv += ["-b", os.path.abspath(backing.path), "-F", backing.format]
+    argv.append(str(path))
+    if size_mib is not None:
+        argv.append(f"{size_mib}M")
+    return argv
+
+
 def _blockdev(disk: DiskImage, node: str) -> list[str]:
-    """A qcow2 node ``node`` over a file node, in ``-blockdev``'s JSON syntax."""
+    """A format node ``node`` (qcow2 or raw) over a file node, in
+    ``-blockdev``'s JSON syntax."""
     protocol = {"driver": "file", "filename": disk.path, "node-name": f"{node}-file"}
-    image = {"driver": "qcow2", "file": f"{node}-file", "node-name": node}
+    image = {"driver": disk.format, "file": f"{node}-file", "node-name": node}
     return ["-blockdev", json.dumps(protocol), "-blockdev", json.dumps(image)]
 
 

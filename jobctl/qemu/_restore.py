@@ -10,6 +10,12 @@ phase           what happens
 ``finish``      ``cont`` (unless ``paused``)
 ==============  ===============================================================
 
+The new QEMU starts and greets, every phase is persisted and QEMU's events
+are awaited in interruptible sections: the domain is closed to queries only
+while the flow uses the monitor (:attr:`RestoreResult.closed`). The job lets
+QUERY jobs into its sections, not ABORT: a restore is not aborted, it is
+destroyed.
+
 On failure, cancellation or DESTROY the new QEMU is stopped and the VM stays
 off.
 """
@@ -24,16 +30,15 @@ from typing import Final, final
 import anyio
 import attrs
 
-from jobctl._core._domain import ActiveAsyncJob
 from jobctl._core._errors import JobTimeoutError
-from jobctl._core._kinds import AsyncJob
+from jobctl._core._kinds import AsyncJob, Job
 from jobctl._groups import unwrap_single
 from jobctl.qemu._deadline import Deadline
 from jobctl.qemu._errors import FlowError, RestoreError
 from jobctl.qemu._machine import Machine, MachineSpec
 from jobctl.qemu._migration import EVENTS_ON
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import migration_ended, wait_in_sections
+from jobctl.qemu._wait import ClosedTime, GateClock, migration_ended, wait_in_sections
 from jobctl.qmp import QMPError
 
 __all__ = ["RestoreResult", "restore"]
@@ -52,6 +57,9 @@ class RestoreResult:
     size: int
     running: bool
     duration: float
+    #: How long the domain was closed to queries;
+    #: ``closed.outside_monitor`` is the time outside monitor commands.
+    closed: ClosedTime
 
 
 @final
@@ -99,26 +107,29 @@ async def restore(
     """
     if not await anyio.Path(path).is_file():
         raise RestoreError(f"cannot restore {vm.name!r}: no saved state at {path!r}")
-    async with vm.domain.async_job(AsyncJob.RESTORE, owner=owner) as ajob:
+    async with vm.domain.async_job(AsyncJob.RESTORE, allowed={Job.QUERY}, owner=owner) as ajob:
         started = anyio.current_time()
+        clock = GateClock(ajob, vm.observer, flow="restore")
         if vm.machine is not None and not vm.machine.stopped:
             raise FlowError(f"cannot restore {vm.name!r}: it already runs on {vm.host.name!r}")
         ajob.private["path"] = path
-        await ajob.set_phase("prepare")
-        try:
-            machine = await vm.host.start_machine(vm.name, spec, incoming=True)
-        except FlowError as exc:
-            raise RestoreError(f"cannot restore {vm.name!r}: {exc}") from exc
-        vm.attach(machine)
+        # Queries get in while the QEMU starts: "shutoff", then "inmigrate".
+        async with clock.section():
+            await clock.phase("prepare")
+            try:
+                machine = await vm.host.start_machine(vm.name, spec, incoming=True)
+            except FlowError as exc:
+                raise RestoreError(f"cannot restore {vm.name!r}: {exc}") from exc
+            vm.attach(machine)
         directory = tempfile.mkdtemp(prefix="jobctl-restore-")
         try:
             feeder = _Feeder(path, os.path.join(directory, "restore.sock"))
             limit = Deadline(vm.name, timeout, flow="restore")
             try:
-                await _load(ajob, machine, feeder, limit)
-                await ajob.set_phase("finish")
+                await _load(clock, machine, feeder, limit)
+                await clock.phase("finish")
                 if not paused:
-                    async with limit.monitor(ajob) as mon:
+                    async with clock.monitor(limit) as mon:
                         await mon.execute("cont")
             except JobTimeoutError as exc:  # before TimeoutError: it is one
                 raise RestoreError(f"cannot restore {vm.name!r} from {path!r}: {exc}") from exc
@@ -126,6 +137,7 @@ async def restore(
                 raise RestoreError(
                     f"cannot restore {vm.name!r}: QEMU did not load {path!r} within {timeout:g} s"
                 ) from None
+            closed = clock.closed()
         except QMPError as exc:
             with anyio.CancelScope(shield=True):
                 vm.detach()
@@ -138,20 +150,22 @@ async def restore(
             raise
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-    return RestoreResult(vm.name, path, feeder.sent, not paused, anyio.current_time() - started)
+    return RestoreResult(
+        vm.name, path, feeder.sent, not paused, anyio.current_time() - started, closed
+    )
 
 
-async def _load(ajob: ActiveAsyncJob, machine: Machine, feeder: _Feeder, limit: Deadline) -> None:
+async def _load(clock: GateClock, machine: Machine, feeder: _Feeder, limit: Deadline) -> None:
     with machine.qmp.subscribe("MIGRATION") as events:
-        async with limit.monitor(ajob) as mon:
+        async with clock.monitor(limit) as mon:
             await mon.execute("migrate-set-capabilities", EVENTS_ON)
             await mon.execute("migrate-incoming", {"uri": f"unix:{feeder.socket_path}"})
-        await ajob.set_phase("perform")
+        await clock.phase("perform")
         async with unwrap_single(), anyio.create_task_group() as tg:
             tg.start_soon(feeder.run)
             try:
                 status, _ = await wait_in_sections(
-                    ajob, events, migration_ended, timeout=limit.remaining()
+                    clock, events, migration_ended, timeout=limit.remaining()
                 )
             finally:
                 tg.cancel_scope.cancel()

@@ -17,6 +17,10 @@ phase           what happens
 paused, with the file's path, the QMP socket and ``keep_running``: what
 :class:`~jobctl.qemu.QemuRecovery` reads after a crash.
 
+Every phase is persisted, the file's end waited for and QEMU's events
+awaited in interruptible sections: the domain is closed to
+queries only while the flow uses the monitor (:attr:`SaveResult.closed`).
+
 On failure, cancellation or DESTROY the migration is cancelled and the VM
 resumed if it ran, within ``cleanup_timeout``.
 """
@@ -29,8 +33,9 @@ from typing import Final, final
 import anyio
 import attrs
 
-from jobctl._core._domain import ActiveAsyncJob, MonitorSession
+from jobctl._core._domain import ActiveAsyncJob
 from jobctl._core._kinds import AsyncJob
+from jobctl.qemu._deadline import BoundedSession
 from jobctl.qemu._errors import SaveError
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._migration import (
@@ -43,7 +48,7 @@ from jobctl.qemu._progress import TERMINAL_STATUSES, MigrationProgress
 from jobctl.qemu._recovery import PROCESS, QMP, process_record
 from jobctl.qemu._sink import SaveSink, open_save_sink
 from jobctl.qemu._vm import VM
-from jobctl.qemu._wait import migration_ended, wait_in_sections
+from jobctl.qemu._wait import ClosedTime, GateClock, migration_ended, wait_in_sections
 from jobctl.qmp import QMPClosedError, QMPError
 
 __all__ = ["SaveResult", "save"]
@@ -65,6 +70,9 @@ class SaveResult:
     #: Whether the VM runs on (``keep_running``) or its QEMU was stopped.
     running: bool
     duration: float
+    #: How long the domain was closed to queries;
+    #: ``closed.outside_monitor`` is the time outside monitor commands.
+    closed: ClosedTime
 
 
 async def save(
@@ -88,6 +96,7 @@ async def save(
     """
     async with vm.domain.async_job(AsyncJob.SAVE, owner=owner) as ajob:
         started = anyio.current_time()
+        clock = GateClock(ajob, vm.observer, flow="save")
         machine = vm.running_machine()
         ajob.private.update(
             {
@@ -99,35 +108,38 @@ async def save(
         )
         was_running: bool | None = None
         try:
-            async with ajob.monitor() as mon:
+            async with clock.monitor() as mon:
                 status = await mon.execute("query-status")
             was_running = bool(status.get("running"))
             # Persisted before the VM stops: recovery resumes it if it ran.
             ajob.private["was_running"] = was_running
-            await ajob.set_phase("begin")
-            async with ajob.monitor() as mon:
+            await clock.phase("begin")
+            async with clock.monitor() as mon:
                 await mon.execute("migrate-set-capabilities", EVENTS_ON)
                 limit = UNLIMITED_BANDWIDTH if bandwidth is None else bandwidth
                 await mon.execute("migrate-set-parameters", {"max-bandwidth": limit})
                 if was_running:
                     await mon.execute("stop")
-            await ajob.set_phase("perform")
+            await clock.phase("perform")
 
             async with open_save_sink(path) as sink:
                 try:
-                    progress = await _write(ajob, machine, sink, poll_interval, cleanup_timeout)
+                    progress = await _write(clock, machine, sink, poll_interval, cleanup_timeout)
                 except BaseException:
                     with anyio.CancelScope(shield=True):
                         await sink.discard()
                     raise
-            await ajob.set_phase("finish")
             running = bool(keep_running and was_running)
             if running:
-                async with ajob.monitor() as mon:
+                await clock.phase("finish")
+                async with clock.monitor() as mon:
                     await mon.execute("cont")
             else:
                 vm.detach()
-                await machine.stop()
+                async with clock.section():
+                    await clock.phase("finish")
+                    await machine.stop()
+            closed = clock.closed()
         except QMPError as exc:
             with anyio.CancelScope(shield=True):
                 await _resume(ajob, vm, was_running, cleanup_timeout)
@@ -137,43 +149,45 @@ async def save(
                 await _resume(ajob, vm, was_running, cleanup_timeout)
             raise
     return SaveResult(
-        vm.name, path, progress, sink.written, running, anyio.current_time() - started
+        vm.name, path, progress, sink.written, running, anyio.current_time() - started, closed
     )
 
 
 async def _write(
-    ajob: ActiveAsyncJob,
+    clock: GateClock,
     machine: Machine,
     sink: SaveSink,
     poll_interval: float,
     cleanup_timeout: float,
 ) -> MigrationProgress:
     """Migrate the VM's state into ``sink``; wait until it is all written."""
+    ajob = clock.ajob
 
-    async def poll(mon: MonitorSession) -> str | None:
+    async def poll(mon: BoundedSession) -> str | None:
         progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
         ajob.set_progress(progress.as_dict())
         return progress.status if progress.status in TERMINAL_STATUSES else None
 
     with machine.qmp.subscribe("MIGRATION") as events:
-        async with ajob.monitor() as mon:
+        async with clock.monitor() as mon:
             await mon.execute("migrate", {"uri": sink.uri})
         ajob.set_abort_hook(cancel_migration)
         try:
             outcome, aborted = await wait_in_sections(
-                ajob, events, migration_ended, poll=poll, interval=poll_interval
+                clock, events, migration_ended, poll=poll, interval=poll_interval
             )
         finally:
             ajob.set_abort_hook(None)
-    progress = await final_progress(ajob, outcome)
+    progress = await final_progress(clock, outcome)
     what = f"saving {ajob.domain.name!r} to {sink.path!r}"
     if outcome != "completed":
         if aborted is not None:
             raise aborted
         raise SaveError(f"{what} {outcome}: {progress.error or 'QEMU gave no reason'}")
     # QEMU closes the stream once it completed: the file is whole then.
-    with anyio.move_on_after(cleanup_timeout):
-        await sink.wait()
+    async with clock.section():
+        with anyio.move_on_after(cleanup_timeout):
+            await sink.wait()
     if sink.error is not None or not sink.done:
         why = "the stream did not end" if sink.error is None else str(sink.error)
         raise SaveError(f"{what} failed: {why}")

@@ -7,6 +7,7 @@ from typing import final
 from jobctl._core._domain import Domain
 from jobctl.qemu._errors import FlowError, NotRunningError
 from jobctl.qemu._machine import Host, Machine
+from jobctl.qemu._observed import ObservedState, Observer
 
 __all__ = ["VM"]
 
@@ -19,15 +20,20 @@ class VM:
     ``machine`` is its QEMU and the domain's monitor is that machine's QMP
     client. A migration moves the VM from one host's ``VM`` to another's:
     the destination attaches the new machine, the source detaches its own.
+
+    ``observer`` keeps what is known of the VM's QEMU without asking it
+    (:class:`Observer`): read it with :attr:`observed`, which never waits.
     """
 
-    __slots__ = ("_machine", "domain", "host")
+    __slots__ = ("_machine", "domain", "host", "observer")
 
     def __init__(self, domain: Domain, host: Host, machine: Machine | None = None) -> None:
         if not isinstance(domain, Domain):
             raise TypeError(f"a VM needs a jobctl.Domain, not {domain!r}")
         self.domain = domain
         self.host = host
+        #: What is known of the VM without asking QEMU (see :attr:`observed`).
+        self.observer = Observer(domain)
         self._machine: Machine | None = None
         if machine is not None:
             self.attach(machine)
@@ -42,6 +48,13 @@ class VM:
         """The VM's QEMU on this host, if it runs here."""
         return self._machine
 
+    @property
+    def observed(self) -> ObservedState:
+        """The VM's observed state, now: run state, migration, block
+        counters and the current async job, each with when it was observed.
+        Never awaits and never enters the monitor (see :class:`Observer`)."""
+        return self.observer.state()
+
     def attach(self, machine: Machine) -> None:
         """Make ``machine`` the VM's QEMU here: the domain's monitor becomes
         its QMP client. Raises :class:`FlowError` if another machine that is
@@ -53,11 +66,14 @@ class VM:
             raise FlowError(f"cannot attach {machine!r} to {self.name!r}: it is not running")
         self._machine = machine
         self.domain.set_monitor(machine.qmp)
+        if current is not machine:
+            self.observer.watch(machine)
 
     def detach(self) -> Machine | None:
         """Forget the VM's QEMU here (it does not stop it); returns it."""
         machine, self._machine = self._machine, None
         self.domain.set_monitor(None)
+        self.observer.saw_shutoff()
         return machine
 
     def running_machine(self) -> Machine:

@@ -6,13 +6,22 @@
 stream, so flows run in virtual time under trio's ``MockClock``. Hosts that
 share one :class:`simulators.qemu.SimulatedHost` (the simulated network,
 with its concurrency detector) can migrate between each other.
+
+It takes the specs a real host takes and refuses the same ones, with the
+same errors (the host checks them, whatever its backend): its disks are real
+files (empty qcow2 or sparse raw images, overlays with their backing file),
+its extra QMP monitors are real unix sockets. What it cannot do it records:
+it boots no kernel and runs no extra QEMU arguments, and :attr:`SimulatedBackend.launches`
+says what it was asked.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,8 +31,10 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from jobctl._groups import unwrap_single
 from jobctl.qemu._errors import MachineStartError
 from jobctl.qemu._host import QemuHost, open_host
+from jobctl.qemu._images import write_empty_qcow2
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
 from jobctl.qmp import QMPClient, open_qmp_stream
 from simulators.qemu import (
@@ -42,6 +53,8 @@ __all__ = ["FaultPolicy", "SimulatedBackend", "open_simulated_host"]
 FaultPolicy = Callable[[str, bool], FaultPlan | None]
 
 _MiB: Final = 1 << 20
+#: How many launches a :class:`SimulatedBackend` remembers.
+LAUNCHES_KEPT: Final = 256
 
 
 @final
@@ -49,16 +62,23 @@ class _SimulatedProcess:
     """One :class:`~simulators.qemu.SimulatedQemu` of a :class:`SimulatedBackend`
     (a :class:`~jobctl.qemu.RunningQemu`)."""
 
-    __slots__ = ("_backend", "_name", "qemu")
+    __slots__ = ("_backend", "_name", "extra_monitors", "qemu")
 
     pid = None
     qmp_path = None
-    extra_monitors = ()
 
-    def __init__(self, backend: SimulatedBackend, name: str, qemu: SimulatedQemu) -> None:
+    def __init__(
+        self,
+        backend: SimulatedBackend,
+        name: str,
+        qemu: SimulatedQemu,
+        extra_monitors: tuple[str, ...],
+    ) -> None:
         self._backend = backend
         self._name = name
         self.qemu = qemu
+        #: The unix sockets its extra monitors serve on.
+        self.extra_monitors = extra_monitors
 
     @property
     def exit_status(self) -> int | None:
@@ -124,6 +144,11 @@ class SimulatedBackend:
         self._ids = itertools.count(1)
         self._qemus: dict[QMPClient, SimulatedQemu] = {}
         self._sockets: dict[str, list[Path]] = {}
+        #: The QEMUs it started, oldest first (the last :data:`LAUNCHES_KEPT`):
+        #: (machine name, spec, incoming). The spec is what a real host would
+        #: have run (kernel, initrd, command line and extra arguments
+        #: included; see :meth:`jobctl.qemu.ProcessBackend.command_line`).
+        self.launches: deque[tuple[str, MachineSpec, bool]] = deque(maxlen=LAUNCHES_KEPT)
 
     def qemu(self, machine: Machine) -> SimulatedQemu:
         """The simulated QEMU behind ``machine`` (to inject faults, kill it...)."""
@@ -139,16 +164,30 @@ class SimulatedBackend:
         self._sockets.setdefault(name, []).append(path)
         return f"unix:{path}"
 
-    async def create_disk(self, name: str, size_mib: int) -> DiskImage:
+    async def create_disk(
+        self, name: str, size_mib: int | None, *, format: str, backing: DiskImage | None
+    ) -> DiskImage:
+        """A real image file in the backend's working directory: an empty
+        qcow2 one (as ``qemu-img create`` writes it, over ``backing`` if
+        given) or a sparse raw one."""
         await anyio.lowlevel.checkpoint()
-        return DiskImage(str(self.workdir / f"{name}.qcow2"), size_mib)
+        path = self.workdir / f"{name}.{format}"
+        if size_mib is not None:
+            size = size_mib * _MiB
+        else:
+            assert backing is not None  # the host refuses neither
+            size = backing.check("the backing image")
+        # A few hundred bytes (the rest is sparse): no thread needed.
+        _write_image(path, format, size, backing)
+        return DiskImage(str(path), size_mib, format=format)
 
     @asynccontextmanager
     async def launch(
         self, name: str, spec: MachineSpec, *, incoming: bool
     ) -> AsyncIterator[_SimulatedProcess]:
+        stem = f"{name}.{next(self._ids)}"
         qemu = SimulatedQemu(
-            f"{name}.{next(self._ids)}",
+            stem,
             host=self.sim,
             migration=attrs.evolve(self.migration_model, ram_size=spec.ram_mib * _MiB),
             backup=self.backup_model,
@@ -159,30 +198,51 @@ class SimulatedBackend:
             # Every command takes a little time, as on a real QEMU.
             command_latency=self.command_latency,
         )
+        monitors = [self.workdir / f"{stem}.qmp{n}" for n in range(1, spec.extra_monitors + 1)]
         try:
-            async with qemu:  # leaving it kills the QEMU if it still runs
-                yield _SimulatedProcess(self, name, qemu)
+            # Leaving it kills the QEMU if it still runs.
+            async with unwrap_single(), qemu:
+                for path in monitors:
+                    try:
+                        await qemu.add_monitor().serve_unix(path)
+                    except OSError as exc:  # as a real host's bind would fail
+                        raise MachineStartError(
+                            f"simulated QEMU for machine {name!r} on host {self.host!r}: "
+                            f"cannot serve a monitor on {str(path)!r}: {exc}"
+                        ) from exc
+                self.launches.append((name, spec, incoming))
+                yield _SimulatedProcess(self, name, qemu, tuple(map(str, monitors)))
         finally:
-            for path in self._sockets.pop(name, ()):
+            for path in (*self._sockets.pop(name, ()), *monitors):
                 path.unlink(missing_ok=True)
+
+
+def _write_image(path: Path, image_format: str, size: int, backing: DiskImage | None) -> None:
+    if image_format == "raw":
+        with path.open("wb") as file:
+            file.truncate(size)
+    elif backing is None:
+        write_empty_qcow2(str(path), size)
+    else:
+        base = os.path.abspath(backing.path)
+        write_empty_qcow2(str(path), size, backing=base, backing_format=backing.format)
 
 
 def _disks(spec: MachineSpec) -> list[Disk]:
     disks = []
     if spec.disk is not None:
-        disks.append(
-            Disk(
-                spec.disk_node,
-                spec.disk.size_mib * _MiB,
-                spec.disk.path,
-                device=f"{spec.disk_node}-dev",
-            )
-        )
+        disks.append(_disk(spec.disk, spec.disk_node, device=f"{spec.disk_node}-dev"))
     if spec.backup_disk is not None:
-        disks.append(
-            Disk(spec.backup_node, spec.backup_disk.size_mib * _MiB, spec.backup_disk.path)
-        )
+        disks.append(_disk(spec.backup_disk, spec.backup_node, device=None))
     return disks
+
+
+def _disk(image: DiskImage, node: str, *, device: str | None) -> Disk:
+    """The simulated block node of ``image``, as large as the image says
+    (its file's header, when :attr:`DiskImage.size_mib` is None)."""
+    size = image.check() if image.size_mib is None else image.size_mib * _MiB
+    # The simulator has no empty disk; QEMU takes one (an empty raw file).
+    return Disk(node, max(size, 1), image.path, format=image.format, device=device)
 
 
 @asynccontextmanager
