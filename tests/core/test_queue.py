@@ -143,3 +143,13 @@ def test_without_a_rank_ahead_of_is_arrival_order() -> None:
     assert list(queue.ahead_of("x", "r")) == ["p", "q"]
     assert list(queue.ahead_of("x", "new")) == ["p", "q", "r"]  # as if pushed now
     assert list(queue.ahead_of("y", "p")) == []
+
+
+def test_removing_what_is_not_there_says_so() -> None:
+    queue: WaitQueue[str, str] = WaitQueue()
+    queue.push("x", "p")
+    assert queue.remove("x", "q") is False  # its lane and rank exist, the item does not
+    assert queue.remove("y", "p") is False
+    assert bool(queue) and len(queue) == 1
+    assert queue.remove("x", "p") is True
+    assert not queue and len(queue) == 0
