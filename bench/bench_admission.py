@@ -14,6 +14,10 @@ Rounds are interleaved (A, B, A, B, ...) and every figure is printed as
 min / median / max over the rounds.
 
 Run: ``python bench/bench_admission.py`` (``--quick`` for a short run).
+Instructions instead of seconds (repeatable on a loaded machine): the
+difference between ``valgrind --tool=callgrind python bench/bench_admission.py
+--once P 3000 B`` and ``... --once P 1000 B``, divided by 2,000, is the
+instructions per job with P parked waiters on backend B, set-up cancelled out.
 """
 
 from __future__ import annotations
@@ -134,7 +138,18 @@ async def measure(n: int, rounds: int, sizes: tuple[int, ...]) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument(
+        "--once",
+        nargs=3,
+        metavar=("PARKED", "JOBS", "BACKEND"),
+        help="run JOBS QUERY jobs beside PARKED parked waiters once and print nothing: "
+        "for counting instructions under valgrind --tool=callgrind",
+    )
     args = parser.parse_args()
+    if args.once:
+        parked, jobs, backend = int(args.once[0]), int(args.once[1]), args.once[2]
+        anyio.run(query_cost, parked, jobs, backend=backend)
+        return
     n, rounds = (500, 3) if args.quick else (5_000, 7)
     sizes = (1_000, 5_000) if args.quick else (1_000, 10_000, 30_000)
     print(f"jobctl admission bench: {rounds} interleaved rounds; min / median / max\n")

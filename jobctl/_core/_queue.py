@@ -69,9 +69,6 @@ class WaitQueue(Generic[K, T]):
     def __len__(self) -> int:
         return self._len
 
-    def __bool__(self) -> bool:
-        return self._len > 0
-
     def __iter__(self) -> Iterator[T]:
         entries = [entry for lane in self._lanes.values() for entry in lane.entries()]
         entries.sort(key=lambda entry: (entry[0], entry[1]))

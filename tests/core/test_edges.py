@@ -714,3 +714,35 @@ async def test_refused_and_waiting_jobs_say_so_and_every_refusal_counts() -> Non
         ("cancelled-2", "cancelled"),
     ]
     checked(recorder, dom)
+
+
+async def test_a_waiter_granted_and_cancelled_at_once_gives_the_job_back() -> None:
+    """The holder's end grants the waiter; the waiter is cancelled before its
+    task resumes: the job it was granted ends ``cancelled`` at once (traced),
+    its body never runs, and the next waiter gets the domain."""
+    recorder = Recorder()
+    dom = jobctl.Domain("vm", trace=recorder.hub)
+    ran: list[str] = []
+    scope = anyio.CancelScope()
+
+    async def waiter(owner: str, cancel_scope: anyio.CancelScope) -> None:
+        with cancel_scope:
+            async with dom.job(Job.MODIFY, owner=owner):
+                ran.append(owner)
+
+    def on_grant(event: jobctl.TraceEvent) -> None:
+        # The grant is traced as it is made, before the task resumes.
+        if event.kind is TraceKind.JOB_BEGIN and event.owner == "granted":
+            scope.cancel()
+
+    recorder.hub.subscribe(on_grant)
+    async with anyio.create_task_group() as tg:
+        async with dom.job(Job.MODIFY, owner="holder"):
+            tg.start_soon(waiter, "granted", scope)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(waiter, "next", anyio.CancelScope())
+            await anyio.wait_all_tasks_blocked()
+    assert ran == ["next"]
+    ends = [(e.owner, e.detail["outcome"]) for e in recorder.of(TraceKind.JOB_END)]
+    assert ends == [("holder", "ok"), ("granted", "cancelled"), ("next", "ok")]
+    checked(recorder, dom)

@@ -134,3 +134,22 @@ def test_in_order_merges_the_lanes_and_leaves_a_closed_lane_at_its_turn() -> Non
     assert asked == ["c", "a", "b", "a", "b"]
     assert list(queue.in_order(lambda key: key == "b")) == ["b10", "b20"]
     assert list(WaitQueue[str, str]().in_order()) == []
+
+
+def test_without_a_rank_ahead_of_is_arrival_order() -> None:
+    queue: WaitQueue[str, str] = WaitQueue()
+    for item in ["p", "q", "r"]:
+        queue.push("x", item)
+    assert list(queue.ahead_of("x", "r")) == ["p", "q"]
+    assert list(queue.ahead_of("x", "new")) == ["p", "q", "r"]  # as if pushed now
+    assert list(queue.ahead_of("y", "p")) == []
+
+
+def test_removing_what_is_not_there_says_so() -> None:
+    queue: WaitQueue[str, str] = WaitQueue()
+    queue.push("x", "p")
+    assert queue.remove("x", "q") is False  # its lane and rank exist, the item does not
+    assert queue.remove("y", "p") is False
+    assert bool(queue) and len(queue) == 1
+    assert queue.remove("x", "p") is True
+    assert not queue and len(queue) == 0
