@@ -1,78 +1,345 @@
-"""domstats latency during migrations on real QEMU: jobctl against what QEMU allows.
+"""domstats latency during migrations on real QEMU, against a separate-process QMP floor.
 
-A VM with 512 MiB of random RAM migrates back and forth between two QEMUs at
-a bandwidth that makes each migration last a few seconds. During each
-migration two clients query the source QEMU in tight loops:
+A VM whose RAM is a file of random bytes (so that a migration moves real
+data) migrates back and forth between two real QEMUs, at a bandwidth that
+makes each migration last a few seconds. The migrations are of two kinds,
+interleaved in paired rounds (the order within a round alternates, so drift
+on a shared machine falls on both kinds alike):
 
-* jobctl: ``domstats`` on the VM's domain (a QUERY job: it waits for the
-  migration's interruptible sections, and takes its turn at the monitor);
-* raw: a plain QMP client on a second monitor of the same QEMU, sending the
-  same three commands (``query-status``, ``query-blockstats``,
-  ``query-migrate``), with nothing in its way but QEMU itself.
+* jobctl: while the migration flow runs, one task polls ``domstats(vm)``
+  (fresh: no ``max_age``, so every call is a QUERY job that waits for the
+  migration's interruptible sections and takes its turn at the monitor) in a
+  tight loop;
+* floor: the same migration flow runs while a separate OS process, a raw QMP
+  client on a plain blocking socket (no jobctl, no event loop: the source of
+  :func:`_floor_client` run by ``python -I -c``), polls the source QEMU's
+  second QMP monitor alone, sending what domstats sends during a migration
+  (``query-status``, ``query-blockstats`` and, since a query only runs inside
+  the migration's sections, ``query-migrate``). It is what the same QEMU, on
+  the same machine, at the same point of a migration, allows a client that
+  has nothing in its way but QEMU itself.
 
-The table shows both clients' latencies, the ratio jobctl/raw, and QEMU's own
-switchover downtime (every command stalls during it). The aim: jobctl's p99
-within 1.2x of the raw client's, its maximum bounded by the stall.
+Both sample only while the migration runs: the jobctl task starts with the
+flow and stops when it returns (or the VM has left); the floor process
+connects and negotiates beforehand, starts sampling when told to just
+before the flow, and stops when told to after it (or when the source QEMU
+quits at its end). A sample is one round of the commands, from the first
+send to the last reply.
+
+Per migration the bench prints its kind, duration, samples, p50 / p99 / max,
+QEMU's own downtime (``downtime`` of the final ``query-migrate``: the guest
+was stopped that long for the switchover, and every QMP command stalls
+during it), max - downtime and where the maximum fell: the migration phase
+(from the trace) or ``switchover`` when the sample overlapped the stop
+(QEMU's STOP event, then ``downtime`` ms), with ``gate closed`` when it
+overlapped a time the source's domain was closed to queries (outside the
+flow's interruptible sections, e.g. while the flow polls ``query-migrate``).
+The same slowest 1% of each migration is then counted by where it fell.
+(For this, a trace listener that keeps phase and gate events is subscribed
+in both kinds of migration, and the bench reads the source's STOP event.)
+Then per kind min / median / max over migrations, and per paired round
+the ratios jobctl / floor of p99 and max, with their median and spread.
+The issue's aims: p99 and max within 1.2x of the floor, and max <=
+downtime + 10 ms in every jobctl migration.
+
+Exits 0 whether or not the aims are met (a bench, not a test); 2 for bad
+options or no QEMU; 1 if a migration fails.
 
 Run: ``.venv/bin/python bench/bench_domstats.py [--migrations N] [--ram MiB]
-[--bandwidth MiB/s]``.
+[--bandwidth MiB/s] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
 import anyio
+import anyio.abc
 
-from jobctl import Domain
+from jobctl import Domain, TraceEvent, TraceHub, TraceKind
 from jobctl.qemu import (
     VM,
+    FlowError,
+    LatencySummary,
     Machine,
     MachineSpec,
     MigrationOptions,
+    MigrationResult,
     destroy,
     domstats,
     migrate,
     open_qemu_host,
     start,
 )
-from jobctl.qemu._latency import LatencySummary
-from jobctl.qmp import QMPError, open_qmp_unix
+from jobctl.qmp import EventSubscription, QMPError
 
-MiB = 1 << 20
-RAW_COMMANDS = ("query-status", "query-blockstats", "query-migrate")
+MiB: Final = 1 << 20
+#: The aims: p99 and max within this factor of the floor ...
+RATIO_AIM: Final = 1.2
+#: ... and max within QEMU's downtime plus this many milliseconds.
+SLACK_MS: Final = 10.0
+
+Kind = Literal["jobctl", "floor"]
+GATE_KINDS: Final = frozenset({TraceKind.GATE_OPEN, TraceKind.GATE_CLOSE})
 
 
-async def jobctl_loop(vm: VM, samples: list[float], done: anyio.Event) -> None:
+def _floor_client(path: str) -> None:
+    """The floor: a raw QMP client, run alone in its own process (by source).
+
+    Connects to ``path``, negotiates, prints ``ready``, waits for ``go`` on
+    stdin, then loops over domstats' commands until stdin closes or QEMU
+    goes away, and prints its samples as JSON: ``[[start, seconds], ...]``
+    (``start`` on ``time.monotonic()``, which every process shares).
+    Self-contained: it is run from its source text, with nothing imported
+    but the standard library.
+    """
+    import json
+    import os
+    import select
+    import socket
+    import sys
+    import time
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    reader = sock.makefile("rb")
+
+    def reply() -> dict[str, object]:
+        while True:  # skip events: every QMP monitor gets them all
+            line = reader.readline()
+            if not line:
+                raise EOFError("QEMU closed the monitor")
+            message: dict[str, object] = json.loads(line)
+            if "return" in message:
+                return message
+            if "error" in message:
+                raise RuntimeError(f"QEMU answered an error: {message['error']}")
+
+    if not reader.readline():  # the greeting
+        raise EOFError("QEMU closed the monitor before its greeting")
+    sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+    reply()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    if os.read(0, 3) != b"go\n":
+        return
+    commands = [
+        json.dumps({"execute": name}).encode() + b"\n"
+        for name in ("query-status", "query-blockstats", "query-migrate")
+    ]
+    samples: list[tuple[float, float]] = []
+    try:
+        while not select.select([0], [], [], 0)[0]:  # stdin closed: stop
+            began = time.monotonic()
+            for command in commands:
+                sock.sendall(command)
+                reply()
+            samples.append((began, time.monotonic() - began))
+    except (EOFError, OSError):
+        pass  # the source QEMU quit at the end of the migration
+    sys.stdout.write(json.dumps(samples))
+    sys.stdout.flush()
+
+
+def floor_script() -> str:
+    return f"import sys\n\n{inspect.getsource(_floor_client)}\n_floor_client(sys.argv[1])\n"
+
+
+@dataclass
+class Run:
+    """One migration and the samples taken during it."""
+
+    number: int
+    kind: Kind
+    #: the source's domain
+    source: str
+    #: (start on time.monotonic(), latency in seconds)
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    #: (time.monotonic(), phase) of both jobs, in order
+    phases: list[tuple[float, str]] = field(default_factory=list)
+    #: (time.monotonic(), opened) of the source's gate: closed, a query cannot begin
+    gates: list[tuple[float, bool]] = field(default_factory=list)
+    #: time.monotonic() of the source's STOP (the switchover began)
+    stop_at: float | None = None
+    duration: float = 0.0
+    downtime_ms: int | None = None
+    errors: int = 0
+
+    @property
+    def summary(self) -> LatencySummary:
+        return LatencySummary.of(latency for _, latency in self.samples)
+
+    def within_slack(self) -> bool | None:
+        """max <= downtime + SLACK_MS (None: QEMU gave no downtime)."""
+        if self.downtime_ms is None:
+            return None
+        return self.summary.max * 1000 <= self.downtime_ms + SLACK_MS
+
+    def where(self, began: float, latency: float) -> str:
+        """The phase a sample fell in; ``switchover`` if it overlapped the stop."""
+        if self.stop_at is not None:
+            stop_end = self.stop_at + (self.downtime_ms or 0) / 1000
+            if began <= stop_end and began + latency >= self.stop_at:
+                return "switchover"
+        phase = "-"
+        for at, name in self.phases:
+            if at > began:
+                break
+            phase = name
+        ended = began + latency
+        closed: float | None = None
+        for at, opened in self.gates:
+            if not opened and closed is None:
+                closed = at
+            elif opened and closed is not None:
+                if closed <= ended and at >= began:
+                    return f"{phase}, gate closed"
+                closed = None
+        if closed is not None and closed <= ended:
+            return f"{phase}, gate closed"
+        return phase
+
+    def worst(self) -> str:
+        """Where the maximum fell, and when it began relative to the STOP."""
+        if not self.samples:
+            return "-"
+        began, latency = max(self.samples, key=lambda sample: sample[1])
+        where = self.where(began, latency)
+        if self.stop_at is None:
+            return where
+        return f"{where} ({(began - self.stop_at) * 1000:+.0f} ms)"
+
+
+async def jobctl_loop(vm: VM, run: Run, done: anyio.Event) -> None:
     while not done.is_set():
-        began = anyio.current_time()
-        stats = await domstats(vm.domain)
+        began = time.monotonic()
+        try:
+            stats = await domstats(vm)
+        except QMPError:  # the source QEMU quit under the call
+            run.errors += 1
+            return
         if stats.state == "shutoff":  # the migration is over: the VM left
             return
-        samples.append(anyio.current_time() - began)
+        run.samples.append((began, time.monotonic() - began))
 
 
-async def raw_loop(machine: Machine, samples: list[float], done: anyio.Event) -> None:
+async def read_until_line(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> bytes:
+    while b"\n" not in buffer:
+        buffer += await stream.receive()
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return line
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> bytes:
     try:
-        async with open_qmp_unix(machine.extra_monitors[0], timeout=10) as qmp:
-            while not done.is_set():
-                began = anyio.current_time()
-                for command in RAW_COMMANDS:
-                    await qmp.execute(command)
-                samples.append(anyio.current_time() - began)
-    except QMPError:  # the source QEMU quit at the end of the migration
-        pass
+        while True:
+            buffer += await stream.receive()
+    except (anyio.EndOfStream, anyio.ClosedResourceError):
+        return bytes(buffer)
+
+
+def drain_stop(events: EventSubscription, run: Run) -> None:
+    """The source's STOP, from the subscription's buffer, on time.monotonic()."""
+    wall_to_monotonic = time.time() - time.monotonic()
+    while True:
+        try:
+            event = events.receive_nowait()
+        except (anyio.WouldBlock, anyio.ClosedResourceError, QMPError):
+            return
+        if event.name == "STOP" and run.stop_at is None:
+            run.stop_at = event.timestamp - wall_to_monotonic
+
+
+async def migrate_once(
+    run: Run, here: VM, there: VM, options: MigrationOptions, script: str
+) -> MigrationResult:
+    source = here.running_machine()
+    with source.qmp.subscribe("STOP") as events:
+        if run.kind == "jobctl":
+            done = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(jobctl_loop, here, run, done)
+                result = await migrate(here, there, options)
+                done.set()
+        else:
+            result = await floor_migration(run, source, here, there, options, script)
+        drain_stop(events, run)
+    return result
+
+
+async def floor_migration(
+    run: Run, source: Machine, here: VM, there: VM, options: MigrationOptions, script: str
+) -> MigrationResult:
+    argv = [sys.executable, "-I", "-c", script, source.extra_monitors[0]]
+    async with await anyio.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        buffer = bytearray()
+        with anyio.fail_after(10):
+            ready = await read_until_line(process.stdout, buffer)
+        if ready != b"ready":
+            raise RuntimeError(f"the floor client said {ready!r}, not ready")
+        await process.stdin.send(b"go\n")
+        try:
+            result = await migrate(here, there, options)
+        finally:
+            await process.stdin.aclose()
+            with anyio.fail_after(10):
+                output = await read_all(process.stdout, buffer)
+                status = await process.wait()
+    if status != 0:
+        raise RuntimeError(f"the floor client failed (exit status {status})")
+    run.samples = [(float(began), float(latency)) for began, latency in json.loads(output)]
+    return result
+
+
+def phase_listener(
+    domains: set[str], runs: list[Run], offset: float
+) -> Callable[[TraceEvent], None]:
+    """Note each phase of the migration jobs and when the source's gate
+    closes and opens, on time.monotonic(), in the current run."""
+
+    def listen(event: TraceEvent) -> None:
+        if not runs or event.domain not in domains:
+            return
+        run = runs[-1]
+        if event.kind is TraceKind.ASYNC_PHASE:
+            run.phases.append((event.time + offset, str(event.detail.get("phase"))))
+        elif event.domain == run.source and event.kind in GATE_KINDS:
+            run.gates.append((event.time + offset, event.kind is TraceKind.GATE_OPEN))
+
+    return listen
+
+
+def order(migrations: int) -> list[Kind]:
+    """Paired rounds, the order alternating: jobctl floor, floor jobctl, ..."""
+    kinds: list[Kind] = []
+    for round_ in range(migrations // 2):
+        kinds += ["jobctl", "floor"] if round_ % 2 == 0 else ["floor", "jobctl"]
+    return kinds
 
 
 async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
     storage = tempfile.mkdtemp(prefix="jobctl-bench-")
-    mine: list[float] = []
-    raw: list[float] = []
-    downtimes: list[int] = []
-    durations: list[float] = []
+    script = floor_script()
+    runs: list[Run] = []
+    hub = TraceHub()
+    offset = time.monotonic() - anyio.current_time()
+    failed: str | None = None
     try:
         async with (
             open_qemu_host("a", storage=storage) as a,
@@ -80,68 +347,184 @@ async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
         ):
             disk = await a.create_disk("vm1", 64)
             spec = MachineSpec(ram_mib=ram_mib, disk=disk, extra_monitors=1)
-            here, there = VM(Domain("vm1@a"), a), VM(Domain("vm1@b"), b)
+            here = VM(Domain("vm1@a", trace=hub), a)
+            there = VM(Domain("vm1@b", trace=hub), b)
+            listener = phase_listener({here.name, there.name}, runs, offset)
             print(f"filling {ram_mib} MiB of RAM with random bytes...", file=sys.stderr)
             await start(here, spec)
             options = MigrationOptions(bandwidth=bandwidth_mib * MiB, poll_interval=0.5)
-            for number in range(1, migrations + 1):
-                source = here.running_machine()
-                done = anyio.Event()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(jobctl_loop, here, mine, done)
-                    tg.start_soon(raw_loop, source, raw, done)
-                    result = await migrate(here, there, options)
-                    done.set()
-                downtimes.append(result.progress.downtime or 0)
-                durations.append(result.duration)
-                print(
-                    f"migration {number}: {result.duration:.2f} s, "
-                    f"downtime {result.progress.downtime} ms",
-                    file=sys.stderr,
-                )
-                here, there = there, here
-            await destroy(here)
+            with hub.subscribe(listener):
+                for number, kind in enumerate(order(migrations), start=1):
+                    run = Run(number, kind, here.name)
+                    runs.append(run)
+                    try:
+                        result = await migrate_once(run, here, there, options, script)
+                    except (FlowError, QMPError, RuntimeError, TimeoutError) as exc:
+                        failed = f"migration {number} ({kind}) failed: {exc!r}"
+                        runs.pop()
+                        break
+                    run.duration = result.duration
+                    run.downtime_ms = result.progress.downtime
+                    print(
+                        f"migration {number} ({kind}): {run.duration:.2f} s, "
+                        f"{len(run.samples)} samples, downtime {run.downtime_ms} ms",
+                        file=sys.stderr,
+                    )
+                    here, there = there, here
+            if failed is None:
+                await destroy(here)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    ours, theirs = LatencySummary.of(mine), LatencySummary.of(raw)
+    report(runs, migrations, ram_mib, bandwidth_mib)
+    if failed is not None:
+        print(f"\n{failed}")
+        return 1
+    return 0
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    if not values:
+        return "-"
+    return f"{fmt(min(values))} / {fmt(statistics.median(values))} / {fmt(max(values))}"
+
+
+def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -> None:
     print()
     print(
-        f"{migrations} migration(s) of {ram_mib} MiB of random RAM at {bandwidth_mib} MiB/s "
-        f"(mean {sum(durations) / len(durations):.2f} s each), real QEMU"
+        f"{len(runs)} of {migrations} migration(s) of {ram_mib} MiB of random RAM "
+        f"at {bandwidth_mib} MiB/s, real QEMU, interleaved in paired rounds"
     )
     print()
-    print(f"{'client':<34} {'calls':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
-    rows = (("jobctl domstats (QUERY job)", ours), ("raw QMP, second monitor", theirs))
-    for name, summary in rows:
+    header = (
+        f"{'#':>2} {'kind':<6} {'secs':>5} {'samples':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>7} {'down ms':>7} {'max-down':>8}  max fell in (from STOP)"
+    )
+    print(header)
+    for run in runs:
+        s = run.summary
+        down = "?" if run.downtime_ms is None else str(run.downtime_ms)
+        over = "?" if run.downtime_ms is None else f"{s.max * 1000 - run.downtime_ms:+.2f}"
         print(
-            f"{name:<34} {summary.count:>7} {summary.p50 * 1000:>9.2f} "
-            f"{summary.p99 * 1000:>9.2f} {summary.max * 1000:>9.2f}"
+            f"{run.number:>2} {run.kind:<6} {run.duration:>5.2f} {s.count:>7} {ms(s.p50):>7} "
+            f"{ms(s.p99):>7} {ms(s.max):>7} {down:>7} {over:>8}  {run.worst()}"
+            + (f"  [{run.errors} call(s) cut by QEMU's exit]" if run.errors else "")
+        )
+    print()
+    print("where each migration's slowest 1% of samples (>= its p99) fell:")
+    for kind in ("jobctl", "floor"):
+        places: Counter[str] = Counter()
+        for run in runs:
+            if run.kind == kind:
+                p99 = run.summary.p99
+                places.update(run.where(b, x) for b, x in run.samples if x >= p99)
+        print(f"  {kind:<6}  " + ", ".join(f"{n} {where}" for where, n in places.most_common()))
+    print()
+    print("per kind, over migrations (min / median / max), ms:")
+    for kind in ("jobctl", "floor"):
+        kept = [run.summary for run in runs if run.kind == kind]
+        print(
+            f"  {kind:<6}  p50 {spread([s.p50 for s in kept], ms)}   "
+            f"p99 {spread([s.p99 for s in kept], ms)}   max {spread([s.max for s in kept], ms)}"
+        )
+    pairs = [
+        (runs[i], runs[i + 1]) if runs[i].kind == "jobctl" else (runs[i + 1], runs[i])
+        for i in range(0, len(runs) - 1, 2)
+    ]
+    print()
+    print("ratio jobctl / floor per paired round:")
+    p99s: list[float] = []
+    maxes: list[float] = []
+    for number, (mine_run, floor_run) in enumerate(pairs, start=1):
+        mine, floor = mine_run.summary, floor_run.summary
+        if not (floor.p99 and floor.max):
+            continue
+        p99s.append(mine.p99 / floor.p99)
+        maxes.append(mine.max / floor.max)
+        print(
+            f"  round {number}: p99 {p99s[-1]:.2f}x  max {maxes[-1]:.2f}x  "
+            f"(downtime {mine_run.downtime_ms} / {floor_run.downtime_ms} ms)"
         )
 
-    def ratio(x: float, y: float) -> str:
-        return f"{x / y:.2f}x" if y else "n/a"
+    def times(x: float) -> str:
+        return f"{x:.2f}x"
 
-    print(
-        f"{'ratio jobctl / raw':<34} {'':>7} {ratio(ours.p50, theirs.p50):>9} "
-        f"{ratio(ours.p99, theirs.p99):>9} {ratio(ours.max, theirs.max):>9}"
-    )
-    print(f"{'QEMU switchover downtime (max)':<34} {'':>7} {'':>9} {'':>9} {max(downtimes):>9}")
+    print(f"  p99 {spread(p99s, times)}   max {spread(maxes, times)}   (min / median / max)")
     print()
-    aim = ours.p99 <= 1.2 * theirs.p99
-    print(f"aim p99 <= 1.2x raw: {'met' if aim else 'NOT met'}")
-    return 0
+    for name, ratios in (("p99", p99s), ("max", maxes)):
+        if ratios:
+            median = statistics.median(ratios)
+            within = sum(ratio <= RATIO_AIM for ratio in ratios)
+            verdict = "met" if median <= RATIO_AIM else "NOT met"
+            print(
+                f"aim {name} <= {RATIO_AIM}x floor (median over rounds): {verdict} "
+                f"({median:.2f}x; {within} of {len(ratios)} rounds within)"
+            )
+    for kind in ("jobctl", "floor"):
+        held = [run.within_slack() for run in runs if run.kind == kind]
+        ok = sum(h is True for h in held)
+        verdict = "held" if held and ok == len(held) else "did NOT hold"
+        label = "aim" if kind == "jobctl" else "for comparison,"
+        print(
+            f"{label} max <= downtime + {SLACK_MS:.0f} ms in every {kind} migration: "
+            f"{verdict} ({ok} of {len(held)})"
+        )
+
+
+def count(low: int, what: str, *, even: bool = False) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number, not {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, not {value}")
+        if even and value % 2:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be even (paired rounds of one jobctl and one floor migration), "
+                f"not {value}"
+            )
+        return value
+
+    return parse
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--migrations", type=int, default=4)
-    parser.add_argument("--ram", type=int, default=512, metavar="MiB")
-    parser.add_argument("--bandwidth", type=int, default=160, metavar="MiB/s")
+    parser.add_argument(
+        "--migrations",
+        type=count(2, "--migrations", even=True),
+        default=None,
+        help="how many migrations, half of each kind (default 10; --quick: 2)",
+    )
+    parser.add_argument(
+        "--ram",
+        type=count(16, "--ram"),
+        default=None,
+        metavar="MiB",
+        help="the VM's RAM, random bytes (default 512; --quick: 128)",
+    )
+    parser.add_argument(
+        "--bandwidth",
+        type=count(1, "--bandwidth"),
+        default=None,
+        metavar="MiB/s",
+        help="the migration's max-bandwidth (default 160; --quick: 128)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run: 2 small migrations")
     args = parser.parse_args()
+    migrations: int = args.migrations or (2 if args.quick else 10)
+    ram: int = args.ram or (128 if args.quick else 512)
+    bandwidth: int = args.bandwidth or (128 if args.quick else 160)
     if shutil.which("qemu-system-x86_64") is None:
         print("bench_domstats: qemu-system-x86_64 is not installed", file=sys.stderr)
         return 2
-    return anyio.run(bench, args.migrations, args.ram, args.bandwidth, backend="trio")
+    return anyio.run(bench, migrations, ram, bandwidth, backend="trio")
 
 
 if __name__ == "__main__":
