@@ -70,6 +70,7 @@ A property that runs your migration under any background load and schedule
 in jobctl's repository)::
 
     from hypothesis import given
+    from simulators.qemu import SimulatedHost
     from jobctl.testing import (TraceRecorder, check_invariants, domain_plans,
                                 open_simulated_vm, play_plan, run_virtual, schedules)
 
@@ -78,8 +79,9 @@ in jobctl's repository)::
         async def main():
             with TraceRecorder() as recorder:
                 host = SimulatedHost()
-                async with open_simulated_vm("src", host=host, trace=recorder.hub,
-                                             wait_timeout=load.wait_timeout) as src, \\
+                # load=: the drawn load's latency, faults and wait timeout
+                async with open_simulated_vm("src", host=host, load=load,
+                                             trace=recorder.hub) as src, \\
                            open_simulated_vm("dst", host=host, incoming=URI):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(play_plan, src.domain, load, schedule.cursor())
