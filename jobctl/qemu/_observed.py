@@ -22,8 +22,8 @@ event loop's clock and the wall clock, UTC):
 * the current async job and its phase (:class:`ObservedJob`), read from the
   domain itself (:meth:`jobctl.Domain.info`) when the snapshot is taken.
 
-Events are taken as QEMU's connection reads them (in the QMP client's reader
-task, before any subscriber runs): the observer holds no buffer and runs no
+Events are taken as QEMU's connection reads them (a QMP event listener, called by the
+client's reader before any subscriber runs): the observer holds no buffer and runs no
 task, so it never lags and never drops. Answers are taken when they come back
 through a flow's or domstats' monitor session.
 
@@ -40,9 +40,8 @@ builds (it takes no lock and awaits nothing), but it has no loop time
 from __future__ import annotations
 
 import datetime
-import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, final
 
 import anyio
@@ -52,7 +51,7 @@ from jobctl._core._domain import Domain
 from jobctl._core._kinds import AsyncJob
 from jobctl.qemu._machine import Machine
 from jobctl.qemu._progress import ACTIVE_STATUSES, MigrationProgress
-from jobctl.qmp import EventSubscription
+from jobctl.qmp import EventListener
 
 __all__ = [
     "BlockStats",
@@ -65,7 +64,6 @@ __all__ = [
     "Stamp",
 ]
 
-_log: Final = logging.getLogger("jobctl.qemu")
 
 #: The phase every async job begins in.
 _FIRST_PHASE: Final = "begin"
@@ -299,7 +297,7 @@ class Observer:
         "_migration",
         "_phase",
         "_run",
-        "_taps",
+        "_tap",
     )
 
     def __init__(self, domain: Domain) -> None:
@@ -311,7 +309,7 @@ class Observer:
         self._block: ObservedBlock | None = None
         #: (job id, phase, loop time) of the last phase a flow named.
         self._phase: tuple[int, str, float] | None = None
-        self._taps: tuple[EventSubscription, ...] = ()
+        self._tap: EventListener | None = None
         self._incoming = False
 
     # -- reading ------------------------------------------------------------------
@@ -360,29 +358,15 @@ class Observer:
         self._incoming = machine.incoming
         if machine.incoming:
             self._set_run("inmigrate", False, "attach")
-        qmp = machine.qmp
-        self._taps = tuple(
-            qmp.subscribe(name, filter=self._taker(name), max_buffer=1) for name in OBSERVED_EVENTS
+        self._tap = machine.qmp.listen(
+            OBSERVED_EVENTS, lambda event: self.saw_event(event.name, event.data)
         )
 
     def unwatch(self) -> None:
         """Stop taking the current machine's events."""
-        taps, self._taps = self._taps, ()
-        for tap in taps:
+        tap, self._tap = self._tap, None
+        if tap is not None:
             tap.close()
-
-    def _taker(self, name: str) -> Callable[[Mapping[str, Any]], bool]:
-        # A subscription filter is called by the QMP client's reader as each
-        # event arrives, before it is buffered: taking the event there and
-        # refusing it leaves nothing buffered, so nothing can be dropped.
-        def take(data: Mapping[str, Any]) -> bool:
-            try:
-                self.saw_event(name, data)
-            except Exception:  # an observer's slip must not end the subscription
-                _log.exception("observer of %r: %s event not taken", self._domain.name, name)
-            return False
-
-        return take
 
     def saw_event(self, name: str, data: Mapping[str, Any]) -> None:
         """QEMU sent event ``name`` with ``data`` (now)."""

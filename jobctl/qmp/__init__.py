@@ -33,7 +33,13 @@ from jobctl.qmp._errors import (
     QMPProtocolError,
     QMPTimeoutError,
 )
-from jobctl.qmp._events import EventFilter, EventSubscription, QMPEvent, SubscriptionStatistics
+from jobctl.qmp._events import (
+    EventFilter,
+    EventListener,
+    EventSubscription,
+    QMPEvent,
+    SubscriptionStatistics,
+)
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_NUMBER_CHARS, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting
 
@@ -46,6 +52,7 @@ __all__ = [
     "DeviceNotActiveError",
     "DeviceNotFoundError",
     "EventFilter",
+    "EventListener",
     "EventSubscription",
     "GenericError",
     "KVMMissingCapError",

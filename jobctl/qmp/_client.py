@@ -40,7 +40,7 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
 
@@ -58,7 +58,7 @@ from jobctl.qmp._errors import (
     QMPTimeoutError,
     command_error,
 )
-from jobctl.qmp._events import EventFilter, EventHub, EventSubscription
+from jobctl.qmp._events import EventFilter, EventHub, EventListener, EventSubscription, QMPEvent
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting, parse_greeting
 from jobctl.qmp._show import show
@@ -243,6 +243,17 @@ class QMPClient:
         subscription as a context manager so it is closed.
         """
         return self._events.subscribe(names, filter, max_buffer)
+
+    def listen(
+        self, names: str | Iterable[str] | None, callback: Callable[[QMPEvent], None]
+    ) -> EventListener:
+        """Call ``callback`` with each event named ``names`` (one name,
+        several, or ``None`` for all) as the reader receives it, before any
+        subscription sees it. For a consumer that keeps state up to date
+        (nothing is buffered, so nothing is dropped); ``callback`` must not
+        block, and what it raises is logged, not propagated. Close the
+        listener to stop."""
+        return self._events.listen(names, callback)
 
     # -- callers' side ---------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """QMP events and the bounded subscriptions that deliver them.
 
-The connection's reader hands every event to :class:`EventHub`, which copies
-it into the buffer of each matching :class:`EventSubscription` without ever
-waiting: a full buffer drops the new event and counts it, so a slow
-subscriber never holds up replies or other subscribers.
+The connection's reader hands every event to :class:`EventHub`, which calls
+each matching :class:`EventListener` at once and copies it into the buffer of
+each matching :class:`EventSubscription` without ever waiting: a full buffer
+drops the new event and counts it, so a slow subscriber never holds up
+replies or other subscribers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -23,6 +25,7 @@ from jobctl.qmp._show import show
 __all__ = [
     "EventFilter",
     "EventHub",
+    "EventListener",
     "EventSubscription",
     "QMPEvent",
     "SubscriptionStatistics",
@@ -31,6 +34,8 @@ __all__ = [
 
 #: A predicate on an event's ``data``; only events it accepts are buffered.
 EventFilter = Callable[[Mapping[str, Any]], bool]
+
+_log: Final = logging.getLogger("jobctl.qmp")
 
 
 @final
@@ -255,6 +260,56 @@ def _kind(value: object) -> str:
 
 
 @final
+class EventListener:
+    """A callback the connection's reader calls with each event named
+    ``names`` (every event for None) as it arrives, before any subscription
+    sees it; see :meth:`QMPClient.listen <jobctl.qmp.QMPClient.listen>`.
+
+    The callback runs on the reader: it must not block, and nothing is
+    buffered for it, so nothing is dropped. An exception from it is logged
+    (logger ``jobctl.qmp``) and the connection and the listener go on.
+    Close it (or use it as a context manager) to stop.
+    """
+
+    __slots__ = ("_callback", "_hub", "names")
+
+    def __init__(
+        self, hub: EventHub, names: frozenset[str] | None, callback: Callable[[QMPEvent], None]
+    ) -> None:
+        self._hub = hub
+        #: The event names it takes (None: every event).
+        self.names = names
+        self._callback = callback
+
+    @property
+    def closed(self) -> bool:
+        return self not in self._hub._listeners
+
+    def close(self) -> None:
+        """Stop calling the callback. Idempotent."""
+        self._hub._listeners.pop(self, None)
+
+    def __enter__(self) -> EventListener:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, event: QMPEvent) -> None:
+        if self.names is not None and event.name not in self.names:
+            return
+        try:
+            self._callback(event)
+        except Exception:
+            _log.exception("an event listener raised on a %s event", event.name)
+
+
+@final
 class EventHub:
     """The subscriptions of one connection and its event counters."""
 
@@ -262,6 +317,7 @@ class EventHub:
         self._by_name: dict[str, dict[EventSubscription, None]] = {}
         self._all: dict[EventSubscription, None] = {}
         self._open: set[EventSubscription] = set()
+        self._listeners: dict[EventListener, None] = {}
         self._end: Callable[[], BaseException] | None = None
         self.events = 0
         self.dropped = 0
@@ -270,6 +326,16 @@ class EventHub:
     def subscriptions(self) -> int:
         """How many subscriptions are open."""
         return len(self._open)
+
+    def listen(
+        self, names: str | Iterable[str] | None, callback: Callable[[QMPEvent], None]
+    ) -> EventListener:
+        """A new listener; see :meth:`QMPClient.listen`. After the
+        connection ended it is never called."""
+        listener = EventListener(self, _wanted(names), callback)
+        if self._end is None:
+            self._listeners[listener] = None
+        return listener
 
     def subscribe(
         self,
@@ -280,15 +346,7 @@ class EventHub:
         """A new subscription; see :meth:`QMPClient.subscribe`."""
         if max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1, not {max_buffer}")
-        wanted: frozenset[str] | None
-        if names is None:
-            wanted = None
-        else:
-            wanted = frozenset((names,) if isinstance(names, str) else names)
-            if not wanted:
-                raise ValueError("no event names given; pass names=None for every event")
-            if not all(isinstance(name, str) for name in wanted):
-                raise TypeError(f"event names must be str: {sorted(map(repr, wanted))}")
+        wanted = _wanted(names)
         subscription = EventSubscription(self, wanted, event_filter, max_buffer)
         if self._end is not None:
             subscription._finish(self._end)
@@ -316,6 +374,9 @@ class EventHub:
         naming the bad member if it is malformed (see :func:`parse_event`)."""
         event = parse_event(message)
         self.events += 1
+        if self._listeners:
+            for listener in tuple(self._listeners):
+                listener._call(event)
         named = self._by_name.get(event.name)
         if not named and not self._all:
             return
@@ -327,7 +388,20 @@ class EventHub:
         if self._end is None:
             self._end = end
             subscriptions, self._open = self._open, set()
+            self._listeners.clear()
             self._all.clear()
             self._by_name.clear()
             for subscription in subscriptions:
                 subscription._finish(end)
+
+
+def _wanted(names: str | Iterable[str] | None) -> frozenset[str] | None:
+    """Event names as a set (None: every event), checked."""
+    if names is None:
+        return None
+    wanted = frozenset((names,) if isinstance(names, str) else names)
+    if not wanted:
+        raise ValueError("no event names given; pass names=None for every event")
+    if not all(isinstance(name, str) for name in wanted):
+        raise TypeError(f"event names must be str: {sorted(map(repr, wanted))}")
+    return wanted

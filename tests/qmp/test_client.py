@@ -25,6 +25,7 @@ from jobctl.qmp import (
     QMPCommandError,
     QMPConnectTimeoutError,
     QMPError,
+    QMPEvent,
     QMPGreeting,
     QMPProtocolError,
     QMPStatistics,
@@ -448,6 +449,45 @@ async def test_names_and_filters_route_events() -> None:
         assert client.statistics().subscriptions == 0
         with pytest.raises(anyio.ClosedResourceError):
             job_b.receive_nowait()
+
+
+async def test_listeners_are_called_as_events_arrive_and_never_break_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        request = await peer.expect("go")
+        for n in range(3):
+            await peer.event("TICK", {"n": n})
+        await peer.event("STOP")
+        await peer.reply(request, "done")
+        request = await peer.expect("again")
+        await peer.event("TICK", {"n": 3})
+        await peer.reply(request, "done")
+        await peer.expect_eof()
+
+    seen: list[tuple[str, int | None]] = []
+
+    def broken(event: QMPEvent) -> None:
+        raise ValueError(f"cannot take {event.name}")
+
+    async with fake_qmp(script) as path, open_qmp_unix(path) as client:
+        ticks = client.listen("TICK", lambda event: seen.append((event.name, event.data["n"])))
+        with client.listen(None, broken), client.subscribe("STOP") as stops:
+            # Called by the reader before the reply is: all taken by now.
+            assert await client.execute("go") == "done"
+            assert seen == [("TICK", 0), ("TICK", 1), ("TICK", 2)]
+            assert stops.receive_nowait().name == "STOP"  # subscriptions still get theirs
+        ticks.close()
+        assert ticks.closed
+        assert await client.execute("again") == "done"
+        assert seen == [("TICK", 0), ("TICK", 1), ("TICK", 2)]
+    raised = [r for r in caplog.records if r.name == "jobctl.qmp"]
+    assert [r.getMessage() for r in raised] == [
+        f"an event listener raised on a {name} event" for name in ("TICK",) * 3 + ("STOP",)
+    ]
+    with pytest.raises(ValueError, match="no event names"):
+        client.listen([], print)
 
 
 async def test_slow_subscriber_drops_without_blocking_anyone() -> None:
