@@ -44,7 +44,7 @@ from jobctl.qemu import (
     start,
 )
 from jobctl.testing import FaultPlan, FaultRule, Stall, open_simulated_host
-from simulators.qemu import MigrationModel, SimulatedHost
+from jobctl_simulators.qemu import MigrationModel, SimulatedHost
 
 MiB = 1 << 20
 LATENCY = 0.0005

@@ -9,7 +9,7 @@ CPU column is the steadier measure of a client's cost. A blocking socket that
 does nothing but write and parse lines is shown as the floor.
 
 Servers, each a fresh process per measured connection: a real QEMU
-(``-machine none``) and the simulator (``python -m simulators.qemu``, trio
+(``-machine none``) and the simulator (``python -m jobctl_simulators.qemu``, trio
 backend), which answers much more slowly than QEMU, so client differences
 weigh less there.
 
@@ -71,11 +71,19 @@ def real_qemu() -> Iterator[str]:
 
 @contextlib.contextmanager
 def simulated_qemu() -> Iterator[str]:
-    """``python -m simulators.qemu`` serving QMP on a unix socket."""
+    """``python -m jobctl_simulators.qemu`` serving QMP on a unix socket."""
     with tempfile.TemporaryDirectory(prefix="qmpbench", dir="/tmp") as tmp:
         path = os.path.join(tmp, "qmp.sock")
         process = subprocess.Popen(
-            [sys.executable, "-m", "simulators.qemu", "-qmp", f"unix:{path}", "--backend", "trio"],
+            [
+                sys.executable,
+                "-m",
+                "jobctl_simulators.qemu",
+                "-qmp",
+                f"unix:{path}",
+                "--backend",
+                "trio",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         table(
-            f"\nsimulator (python -m simulators.qemu), query-status, "
+            f"\nsimulator (python -m jobctl_simulators.qemu), query-status, "
             f"{args.sim_commands} per client and round",
             measure(simulated_qemu, args.sim_commands, args.rounds),
         )

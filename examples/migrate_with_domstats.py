@@ -38,7 +38,7 @@ from jobctl.testing import (
     InvariantChecker,
     open_simulated_host,
 )
-from simulators.qemu import ConcurrencyDetector, SimulatedHost
+from jobctl_simulators.qemu import ConcurrencyDetector, SimulatedHost
 
 
 @asynccontextmanager

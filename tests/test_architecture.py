@@ -70,7 +70,7 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 
 
 def test_there_is_no_import_cycle() -> None:
-    graph = grimp.build_graph("jobctl", "simulators", cache_dir=None)
+    graph = grimp.build_graph("jobctl", "jobctl_simulators", cache_dir=None)
     assert _cycles(graph) == []
 
 
@@ -90,7 +90,7 @@ def _loaded_by(statement: str) -> list[str]:
     that ``statement`` loads in a fresh interpreter."""
     probe = (
         f"import sys\n{statement}\nimport json\n"
-        "roots = ('jobctl', 'simulators', 'trio', 'trio_websocket', 'hypothesis', 'sqlite3',"
+        "roots = ('jobctl', 'jobctl_simulators', 'trio', 'trio_websocket', 'hypothesis', 'sqlite3',"
         " 'prometheus_client')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in roots)))"
     )
@@ -127,7 +127,7 @@ def test_a_layer_loads_nothing_above_it(package: str) -> None:
         "jobctl.metrics",
         "jobctl.demo",
         "jobctl.cli",
-        "simulators",
+        "jobctl_simulators",
     )
     heavy = ("trio_websocket", "hypothesis", "prometheus_client")
     assert not [m for m in loaded if m.startswith(above) or m.split(".")[0] in heavy], loaded

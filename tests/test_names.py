@@ -34,7 +34,7 @@ PACKAGES: Final = (
     "jobctl.metrics",
     "jobctl.testing",
     "jobctl.demo",
-    "simulators.qemu",
+    "jobctl_simulators.qemu",
 )
 
 #: The layers a class can belong to, by the module that defines it
@@ -52,7 +52,7 @@ LAYERS: Final = (
     "jobctl.testing",
     "jobctl.demo",
     "jobctl.cli",
-    "simulators.qemu",
+    "jobctl_simulators.qemu",
 )
 
 MAX_DEPTH: Final = 2

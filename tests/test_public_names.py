@@ -132,7 +132,7 @@ from jobctl.cli import _serve as serve
 from jobctl.qmp._framing import LineReader
 from jobctl.qmp import LineReader as Public
 from . import _support
-from simulators.qemu._json import JsonStreamer
+from jobctl_simulators.qemu._json import JsonStreamer
 
 importlib.import_module("jobctl.feed._outbox")
 monkeypatch.setattr("jobctl._core._queue.WaitQueue.push", None)

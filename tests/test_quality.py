@@ -32,4 +32,4 @@ def test_mypy_strict() -> None:
 
 def test_package_is_typed() -> None:
     assert (ROOT / "jobctl" / "py.typed").is_file()
-    assert (ROOT / "simulators" / "py.typed").is_file()
+    assert (ROOT / "simulators" / "jobctl_simulators" / "py.typed").is_file()

@@ -453,7 +453,7 @@ async def open_demo_hosts(
             shutil.rmtree(storage, ignore_errors=True)
         return
     from jobctl.testing._sim_host import open_simulated_host
-    from simulators.qemu import SimulatedHost
+    from jobctl_simulators.qemu import SimulatedHost
 
     sim = SimulatedHost(network=True)
     async with (

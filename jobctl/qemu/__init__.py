@@ -7,7 +7,7 @@ a virtual machine (its :class:`jobctl.Domain` and, while it runs there, its
 QEMU's events inside interruptible sections, so queries and aborts get
 through while they run::
 
-    network = simulators.qemu.SimulatedHost(network=True)  # what both hosts share
+    network = jobctl_simulators.qemu.SimulatedHost(network=True)  # what both hosts share
     async with (
         open_simulated_host("a", sim=network) as a,
         open_simulated_host("b", sim=network) as b,

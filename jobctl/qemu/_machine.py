@@ -307,7 +307,7 @@ class Machine:
 
         A real QEMU gets SIGKILL, which ends even a stopped (SIGSTOP) or hung
         process; a simulated one dies as on :meth:`SimulatedQemu.kill
-        <simulators.qemu.SimulatedQemu.kill>`. Either way its QMP connection
+        <jobctl_simulators.qemu.SimulatedQemu.kill>`. Either way its QMP connection
         closes, so every command in flight fails with
         :class:`jobctl.qmp.QMPClosedError`. Nothing is awaited, so a caller
         can kill and then begin a job with no task switch between the two.

@@ -35,7 +35,7 @@ The pieces
 * :class:`ScriptedMonitor` is an in-memory monitor with replies, latency,
   faults, a gate that holds commands (:meth:`~ScriptedMonitor.hold`) and a
   detector of overlapping commands. :func:`open_simulated_vm` starts a
-  simulated QEMU (:mod:`simulators.qemu`) with jobctl's QMP client and a
+  simulated QEMU (:mod:`jobctl_simulators.qemu`) with jobctl's QMP client and a
   domain over it.
 * Faults are the simulator's, re-exported here: :class:`Latency`,
   :class:`Stall`, :class:`ErrorReply`, :class:`Drop`, :class:`Garbage`,
@@ -70,7 +70,7 @@ A property that runs your migration under any background load and schedule
 in jobctl's repository)::
 
     from hypothesis import given
-    from simulators.qemu import SimulatedHost
+    from jobctl_simulators.qemu import SimulatedHost
     from jobctl.testing import (TraceRecorder, check_invariants, domain_plans,
                                 open_simulated_vm, play_plan, run_virtual, schedules)
 
@@ -166,7 +166,7 @@ from jobctl.testing._simulated import (
 )
 from jobctl.testing._stepped import SteppedRun, SteppedRunError
 from jobctl.testing._virtual import VirtualEventLoop
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     Die,
     Drop,
     ErrorReply,

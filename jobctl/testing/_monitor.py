@@ -11,7 +11,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     Die,
     Drop,
     ErrorReply,
@@ -63,7 +63,7 @@ class ScriptedMonitorStatistics:
 
 class ScriptedReplyError(Exception):
     """An error reply injected by :class:`ScriptedMonitor` (an
-    :class:`~simulators.qemu.ErrorReply` fault): ``command`` names the
+    :class:`~jobctl_simulators.qemu.ErrorReply` fault): ``command`` names the
     command, ``desc`` and ``error_class`` are the fault's."""
 
     def __init__(
@@ -77,8 +77,8 @@ class ScriptedReplyError(Exception):
 
 class ScriptedMonitorClosedError(Exception):
     """A :class:`ScriptedMonitor` is closed (by :meth:`~ScriptedMonitor.close`,
-    or a :class:`~simulators.qemu.Drop`, :class:`~simulators.qemu.Garbage` or
-    :class:`~simulators.qemu.Die` fault): the command it names failed, and so
+    or a :class:`~jobctl_simulators.qemu.Drop`, :class:`~jobctl_simulators.qemu.Garbage` or
+    :class:`~jobctl_simulators.qemu.Die` fault): the command it names failed, and so
     does every later one."""
 
 
@@ -109,21 +109,21 @@ class ScriptedMonitor:
     arguments)`` (default: ``{}``; it may raise, as an error reply of your
     own), unless a fault says otherwise.
 
-    ``faults`` are the simulator's (:class:`~simulators.qemu.FaultRule` s, or
-    a whole :class:`~simulators.qemu.FaultPlan` with random faults), counted
+    ``faults`` are the simulator's (:class:`~jobctl_simulators.qemu.FaultRule` s, or
+    a whole :class:`~jobctl_simulators.qemu.FaultPlan` with random faults), counted
     the same way: ``FaultRule(fault, nth=n)`` hits the ``n``-th command
     (from 1), ``FaultRule(fault, command="migrate")`` every ``migrate``. On
     one channel they mean:
 
-    * :class:`~simulators.qemu.Latency`, :class:`~simulators.qemu.Stall`:
+    * :class:`~jobctl_simulators.qemu.Latency`, :class:`~jobctl_simulators.qemu.Stall`:
       the reply comes ``seconds`` later;
-    * :class:`~simulators.qemu.ErrorReply`: a :class:`ScriptedReplyError`
+    * :class:`~jobctl_simulators.qemu.ErrorReply`: a :class:`ScriptedReplyError`
       after the latency;
-    * :class:`~simulators.qemu.Drop`, :class:`~simulators.qemu.Garbage` (a
+    * :class:`~jobctl_simulators.qemu.Drop`, :class:`~jobctl_simulators.qemu.Garbage` (a
       broken reply, which a client closes on): the command fails with
       :class:`ScriptedMonitorClosedError` after its latency, and so does
       every later one (the responder is called if the command ran);
-    * :class:`~simulators.qemu.Die`: the VM is dead before the command is
+    * :class:`~jobctl_simulators.qemu.Die`: the VM is dead before the command is
       written: it and every later command fail at once.
 
     It behaves like a real serial channel: a command whose caller is

@@ -15,7 +15,7 @@ from typing import Any, final
 import attrs
 
 from jobctl._core._kinds import AsyncJob, Job
-from simulators.qemu import FaultRule, Latency, Stall
+from jobctl_simulators.qemu import FaultRule, Latency, Stall
 
 __all__ = [
     "AbortPlan",
@@ -232,7 +232,7 @@ class AbortPlan(_Readable):
 class DomainPlan(_Readable):
     """One domain and everything that happens on it. The monitor answers
     after ``latency`` (used command by command, in turn) with ``faults``
-    (:class:`~simulators.qemu.FaultRule` s: ``nth`` counts the domain's
+    (:class:`~jobctl_simulators.qemu.FaultRule` s: ``nth`` counts the domain's
     commands from 1)."""
 
     _positional = 1

@@ -491,7 +491,7 @@ async def _simulated_domains(
     scenario: Scenario, recorder: TraceRecorder, stack: contextlib.AsyncExitStack
 ) -> list[_Playable]:
     from jobctl.testing._simulated import open_simulated_vm
-    from simulators.qemu import SimulatedHost
+    from jobctl_simulators.qemu import SimulatedHost
 
     host = SimulatedHost()
     domains: list[_Playable] = []

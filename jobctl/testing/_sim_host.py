@@ -1,10 +1,10 @@
-"""Simulated QEMU (:mod:`simulators.qemu`): machines that run in this process.
+"""Simulated QEMU (:mod:`jobctl_simulators.qemu`): machines that run in this process.
 
 :class:`SimulatedBackend` is the :class:`~jobctl.qemu.MachineBackend` of
 :func:`open_simulated_host`: each machine is a
-:class:`simulators.qemu.SimulatedQemu`, reached through an in-memory
+:class:`jobctl_simulators.qemu.SimulatedQemu`, reached through an in-memory
 stream, so flows run in virtual time under trio's ``MockClock``. Hosts that
-share one :class:`simulators.qemu.SimulatedHost` (the simulated network,
+share one :class:`jobctl_simulators.qemu.SimulatedHost` (the simulated network,
 with its concurrency detector) can migrate between each other.
 
 It takes the specs a real host takes and refuses the same ones, with the
@@ -37,7 +37,7 @@ from jobctl.qemu._host import QemuHost, open_host
 from jobctl.qemu._images import write_empty_qcow2
 from jobctl.qemu._machine import DiskImage, Machine, MachineSpec
 from jobctl.qmp import QMPClient, open_qmp_stream
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     BackupModel,
     Disk,
     FaultPlan,
@@ -59,7 +59,7 @@ LAUNCHES_KEPT: Final = 256
 
 @final
 class _SimulatedProcess:
-    """One :class:`~simulators.qemu.SimulatedQemu` of a :class:`SimulatedBackend`
+    """One :class:`~jobctl_simulators.qemu.SimulatedQemu` of a :class:`SimulatedBackend`
     (a :class:`~jobctl.qemu.RunningQemu`)."""
 
     __slots__ = ("_backend", "_name", "extra_monitors", "qemu")
@@ -109,7 +109,7 @@ class _SimulatedProcess:
 
 @final
 class SimulatedBackend:
-    """Runs each machine as a :class:`simulators.qemu.SimulatedQemu`; a
+    """Runs each machine as a :class:`jobctl_simulators.qemu.SimulatedQemu`; a
     :class:`~jobctl.qemu.MachineBackend`, made by :func:`open_simulated_host`.
 
     Its models and :attr:`faults` apply to the machines started after a
@@ -258,13 +258,13 @@ async def open_simulated_host(
 ) -> AsyncIterator[QemuHost[SimulatedBackend]]:
     """A host that runs simulated QEMU machines.
 
-    Give two hosts the same ``sim`` (a :class:`simulators.qemu.SimulatedHost`
+    Give two hosts the same ``sim`` (a :class:`jobctl_simulators.qemu.SimulatedHost`
     with ``network=True``, the default when None) to migrate between them
     and to save to files. ``migration`` and ``backup`` are the simulator's
     timing models (a machine's RAM size comes from its spec). Every command
     takes ``command_latency`` seconds, as on a real QEMU (0: none; then a
     client that loops on commands never lets virtual time advance).
-    ``faults`` picks each new machine's :class:`simulators.qemu.FaultPlan`.
+    ``faults`` picks each new machine's :class:`jobctl_simulators.qemu.FaultPlan`.
     ``stop_timeout`` bounds a machine's QMP greeting and its ``quit``.
     The host's :attr:`~jobctl.qemu.QemuHost.backend` holds these settings.
     Leaving the block stops every machine.

@@ -15,7 +15,7 @@ from jobctl._core._domain import Domain
 from jobctl._core._trace import TraceHub
 from jobctl.qmp import QMPClient, open_qmp_stream
 from jobctl.testing._plans import DomainPlan
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     Disk,
     Fault,
     FaultPlan,
@@ -63,7 +63,7 @@ class SimulatedVM:
 
 
 def fault_plan(latency: Iterable[float] = (0.0,), faults: Iterable[FaultRule] = ()) -> FaultPlan:
-    """The simulator's :class:`~simulators.qemu.FaultPlan` for a scenario's
+    """The simulator's :class:`~jobctl_simulators.qemu.FaultPlan` for a scenario's
     monitor, which answers as a :class:`~jobctl.testing.ScriptedMonitor`
     with this ``latency`` and ``faults`` would: command ``n`` (counting from
     0 after the handshake) answers after ``latency[n % len(latency)]``, and
@@ -135,11 +135,11 @@ async def open_simulated_vm(
     ``TypeError``.
 
     ``host`` (one per test, so VMs see each other for migrations) holds the
-    :class:`~simulators.qemu.ConcurrencyDetector` that checks, from the
+    :class:`~jobctl_simulators.qemu.ConcurrencyDetector` that checks, from the
     VM's side, that no connection ever had two commands in flight.
     ``faults``, ``incoming`` (``"defer"`` or a URI to listen on),
     ``migration``, ``disks`` and ``start_paused`` are those of
-    :class:`~simulators.qemu.SimulatedQemu`.
+    :class:`~jobctl_simulators.qemu.SimulatedQemu`.
     """
     if load is not None:
         given = [

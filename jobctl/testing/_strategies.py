@@ -29,7 +29,7 @@ from jobctl.testing._plans import (
     Window,
 )
 from jobctl.testing._schedule import Schedule
-from simulators.qemu import Die, Drop, ErrorReply, Fault, FaultRule, Stall
+from jobctl_simulators.qemu import Die, Drop, ErrorReply, Fault, FaultRule, Stall
 
 __all__ = [
     "abort_plans",

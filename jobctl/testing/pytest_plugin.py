@@ -6,10 +6,10 @@ or import the ones you want into a ``conftest.py``.
 
 * ``jobctl_trace`` - a :class:`~jobctl.testing.TraceRecorder` with its own
   hub; at teardown the recorded trace must keep every invariant.
-* ``simulated_host`` - a :class:`~simulators.qemu.SimulatedHost`; at
+* ``simulated_host`` - a :class:`~jobctl_simulators.qemu.SimulatedHost`; at
   teardown its detector must have seen no connection with two commands in
   flight.
-* ``simulated_faults`` - the :class:`~simulators.qemu.FaultPlan` of the
+* ``simulated_faults`` - the :class:`~jobctl_simulators.qemu.FaultPlan` of the
   ``simulated_vm`` fixture's monitor. By default drawn per test
   (:func:`~jobctl.testing.drawn_monitor_faults`, seeded by the test's id,
   so a test replays the same every run): every command answers after a
@@ -48,7 +48,7 @@ import pytest
 
 from jobctl.testing._recorder import TraceRecorder
 from jobctl.testing._simulated import SimulatedVM, drawn_monitor_faults, open_simulated_vm
-from simulators.qemu import ConcurrencyDetector, FaultPlan, SimulatedHost
+from jobctl_simulators.qemu import ConcurrencyDetector, FaultPlan, SimulatedHost
 
 __all__ = ["jobctl_trace", "simulated_faults", "simulated_host", "simulated_vm"]
 

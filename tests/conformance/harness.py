@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import Process
 
-from simulators.qemu import Disk, MigrationModel, SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import Disk, MigrationModel, SimulatedHost, SimulatedQemu
 from tests.simulator.rawqmp import RawQmp, is_reply
 
 __all__ = [

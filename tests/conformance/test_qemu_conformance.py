@@ -14,9 +14,9 @@ from typing import Any
 import anyio
 import pytest
 
-from simulators.qemu import COMMANDS
-from simulators.qemu._qapi import Alternate, Array, Enum, QType, Struct, Union, Unmodelled
-from simulators.qemu._schema import COMMAND_ARGUMENTS
+from jobctl_simulators.qemu import COMMANDS
+from jobctl_simulators.qemu._qapi import Alternate, Array, Enum, QType, Struct, Union, Unmodelled
+from jobctl_simulators.qemu._schema import COMMAND_ARGUMENTS
 from tests._requires import require_qemu
 from tests.simulator.rawqmp import RawQmp
 

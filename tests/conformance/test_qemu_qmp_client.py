@@ -13,7 +13,7 @@ import anyio
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from simulators.qemu import ConcurrencyDetector, Disk, SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import ConcurrencyDetector, Disk, SimulatedHost, SimulatedQemu
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

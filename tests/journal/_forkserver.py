@@ -10,7 +10,7 @@ Requests:
 * ``run``: run one worker phase in a work directory, with a kill point
   (:mod:`._killpoint`); answers how the child ended (``{"code": 0}`` or
   ``{"signal": 9, "code": null}``).
-* ``simulator``: start ``python -m simulators.qemu`` with the given
+* ``simulator``: start ``python -m jobctl_simulators.qemu`` with the given
   arguments as a forked child that outlives the workers; answers its pid
   once its monitor listens.
 * ``wait``: wait until these simulators exit; answers how each ended.
@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import anyio
 
-from simulators.qemu import main as simulator_main
+from jobctl_simulators.qemu import main as simulator_main
 
 from . import _corpus, _killpoint, _migration, _remove_vm
 

@@ -2,7 +2,7 @@
 another, as two async jobs (MIGRATION_OUT, MIGRATION_IN) whose phases the
 journal persists; and the recovery handlers a migration flow would provide.
 
-The simulators are separate processes (``python -m simulators.qemu``), so
+The simulators are separate processes (``python -m jobctl_simulators.qemu``), so
 they outlive the killed worker, as QEMU outlives a dead manager. Every QMP
 command and SQL statement of the worker is a kill point.
 """

@@ -25,7 +25,7 @@ from jobctl.qemu import (
     QemuBlockJobs,
 )
 from jobctl.qmp import QMPClient, open_qmp_stream
-from simulators.qemu import BackupModel, Disk, SimulatedQemu
+from jobctl_simulators.qemu import BackupModel, Disk, SimulatedQemu
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 from jobctl import Domain, TraceHub
 from jobctl.qemu import VM, MachineSpec, MigrationOptions, domstats, migrate, start
 from jobctl.testing import open_simulated_host
-from simulators.qemu import MigrationModel, SimulatedHost
+from jobctl_simulators.qemu import MigrationModel, SimulatedHost
 
 from ._support import value
 from .test_collector import exported

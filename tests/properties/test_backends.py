@@ -60,7 +60,7 @@ from jobctl.testing import (
     virtual_backend,
 )
 from jobctl.testing.pytest_plugin import simulated_faults
-from simulators.qemu import FaultPlan, Latency, Stall
+from jobctl_simulators.qemu import FaultPlan, Latency, Stall
 
 from ._suite import PROPERTIES, normalized
 

@@ -49,7 +49,7 @@ from jobctl.testing import (
     schedules,
     virtual_backend,
 )
-from simulators.qemu import SimulatedHost
+from jobctl_simulators.qemu import SimulatedHost
 
 URI = "tcp:127.0.0.1:4444"
 

@@ -18,7 +18,7 @@ from jobctl.testing import (
     TraceRecorder,
     open_simulated_host,
 )
-from simulators.qemu import ConcurrencyDetector, MigrationModel, SimulatedHost
+from jobctl_simulators.qemu import ConcurrencyDetector, MigrationModel, SimulatedHost
 
 #: Every command takes this long (5 ms).
 LATENCY = 0.005

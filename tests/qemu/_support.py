@@ -20,7 +20,7 @@ from jobctl.testing import (
     TraceRecorder,
     open_simulated_host,
 )
-from simulators.qemu import ConcurrencyDetector, MigrationModel, SimulatedHost
+from jobctl_simulators.qemu import ConcurrencyDetector, MigrationModel, SimulatedHost
 
 #: Migrations of 64 MiB at 1 GiB/s: about a tenth of a second.
 FAST = MigrationModel(link_speed=float(1 << 30))

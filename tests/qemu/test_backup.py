@@ -17,7 +17,7 @@ from jobctl.qemu import (
     destroy,
     domstats,
 )
-from simulators.qemu import BackupModel, ErrorReply, FaultPlan, FaultRule
+from jobctl_simulators.qemu import BackupModel, ErrorReply, FaultPlan, FaultRule
 
 from ._support import cluster
 

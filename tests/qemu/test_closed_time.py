@@ -37,7 +37,7 @@ from jobctl.qemu import (
     start,
 )
 from jobctl.testing import BACKENDS, REAL_TIME_INSTANT, InvariantChecker, virtual_backend
-from simulators.qemu import BackupModel
+from jobctl_simulators.qemu import BackupModel
 from tests._requires import require_qemu
 
 from ._hosts import LATENCY, OPTIONS, hosts

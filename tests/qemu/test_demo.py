@@ -11,7 +11,7 @@ import pytest
 from jobctl.cli import main
 from jobctl.demo import DemoConfig, DemoReport, run_demo
 from jobctl.qemu import LatencySummary
-from simulators.qemu import ErrorReply, FaultPlan, FaultRule
+from jobctl_simulators.qemu import ErrorReply, FaultPlan, FaultRule
 
 from ._support import Cluster, cluster
 

@@ -1,7 +1,7 @@
 """destroy gets through a QEMU that does not answer, and a flow's ``timeout``
 bounds its monitor commands (simulated QEMU, on trio's MockClock and asyncio).
 
-A :class:`~simulators.qemu.Stall` fault freezes the simulated QEMU's main
+A :class:`~jobctl_simulators.qemu.Stall` fault freezes the simulated QEMU's main
 loop: every command of every monitor waits, as on a SIGSTOPped QEMU. The same
 cases on real QEMU (SIGSTOP) are in ``test_real_qemu.py``.
 """
@@ -42,7 +42,7 @@ from jobctl.testing import (
     TraceRecorder,
     open_simulated_host,
 )
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     BackupModel,
     ConcurrencyDetector,
     FaultPlan,

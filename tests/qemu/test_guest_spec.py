@@ -38,7 +38,7 @@ from jobctl.qemu import (
 )
 from jobctl.qmp import open_qmp_unix
 from jobctl.testing import SimulatedBackend, open_simulated_host
-from simulators.qemu import SimulatedHost
+from jobctl_simulators.qemu import SimulatedHost
 from tests._requires import require_executable, require_qemu
 
 from ._support import FAST

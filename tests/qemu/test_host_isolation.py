@@ -32,7 +32,7 @@ from jobctl.qmp import QMPProtocolError
 from jobctl.testing import (
     open_simulated_host,
 )
-from simulators.qemu import BackupModel, FaultPlan, FaultRule, Garbage
+from jobctl_simulators.qemu import BackupModel, FaultPlan, FaultRule, Garbage
 from tests._requires import require_qemu
 
 pytestmark = pytest.mark.anyio

@@ -20,7 +20,15 @@ from jobctl.qemu import (
     domstats,
     migrate,
 )
-from simulators.qemu import Die, Drop, ErrorReply, FaultPlan, FaultRule, Latency, MigrationModel
+from jobctl_simulators.qemu import (
+    Die,
+    Drop,
+    ErrorReply,
+    FaultPlan,
+    FaultRule,
+    Latency,
+    MigrationModel,
+)
 
 from ._support import Cluster, cluster
 

@@ -24,7 +24,7 @@ from jobctl.qemu import (
     migrate,
 )
 from jobctl.testing import BACKENDS, FaultPlan, FaultRule, Stall, virtual_backend
-from simulators.qemu import MigrationModel
+from jobctl_simulators.qemu import MigrationModel
 
 from ._hosts import LATENCY, OPTIONS, Hosts, hosts
 

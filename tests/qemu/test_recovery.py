@@ -62,7 +62,7 @@ from jobctl.qemu import (
     start,
 )
 from jobctl.qmp import QMPClient, QMPConnectTimeoutError, open_qmp_stream
-from simulators.qemu import BackupModel, Disk, MigrationModel, SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import BackupModel, Disk, MigrationModel, SimulatedHost, SimulatedQemu
 from tests._requires import require_qemu
 from tests.qmp._qemu import running_qemu
 

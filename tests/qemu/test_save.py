@@ -20,7 +20,7 @@ from jobctl.qemu import (
     restore,
     save,
 )
-from simulators.qemu import ErrorReply, FaultPlan, FaultRule
+from jobctl_simulators.qemu import ErrorReply, FaultPlan, FaultRule
 
 from ._support import cluster
 

@@ -17,7 +17,7 @@ from jobctl.qmp import (
     QMPTimeoutError,
     open_qmp_stream,
 )
-from simulators.qemu import ConcurrencyDetector, FaultPlan, SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import ConcurrencyDetector, FaultPlan, SimulatedHost, SimulatedQemu
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulators.qemu import SimulatedQemu
+from jobctl_simulators.qemu import SimulatedQemu
 
 from .rawqmp import RawQmp
 

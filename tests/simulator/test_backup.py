@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from simulators.qemu import BackupModel, Disk, SimulatedQemu
+from jobctl_simulators.qemu import BackupModel, Disk, SimulatedQemu
 
 from .conftest import trio_virtual_time
 from .helpers import client, names

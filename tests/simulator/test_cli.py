@@ -1,4 +1,4 @@
-"""``python -m simulators.qemu`` as a process, with real sockets."""
+"""``python -m jobctl_simulators.qemu`` as a process, with real sockets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from simulators.qemu._cli import build_parser, parse_size
+from jobctl_simulators.qemu._cli import build_parser, parse_size
 
 from .helpers import EVENTS_ON
 from .rawqmp import RawQmp
@@ -32,7 +32,7 @@ def anyio_backend() -> Any:
 async def simulator(*args: str) -> AsyncIterator[tuple[Process, list[str]]]:
     """Start the CLI; yield it with the addresses it printed; kill it at the end."""
     process = await anyio.open_process(
-        [sys.executable, "-m", "simulators.qemu", *args],
+        [sys.executable, "-m", "jobctl_simulators.qemu", *args],
         cwd=Path(__file__).parents[2],
     )
     try:
@@ -201,10 +201,10 @@ def test_parsing() -> None:
 
 
 def test_main_is_public() -> None:
-    import simulators.qemu
-    from simulators.qemu import _cli
+    import jobctl_simulators.qemu
+    from jobctl_simulators.qemu import _cli
 
-    assert simulators.qemu.main is _cli.main
+    assert jobctl_simulators.qemu.main is _cli.main
     args = build_parser().parse_args(["-qmp", "unix:/x", "--command-latency", "0.25"])
     assert args.command_latency == 0.25
     for bad in ("-1", "nan", "soon"):

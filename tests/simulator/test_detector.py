@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     CRASH_STATUS,
     ConcurrencyDetector,
     ConcurrencyViolationError,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from simulators.qemu import (
+from jobctl_simulators.qemu import (
     Die,
     Drop,
     ErrorReply,
@@ -25,7 +25,7 @@ from simulators.qemu import (
     SimulatedQemu,
     Stall,
 )
-from simulators.qemu.strategies import fault_plans
+from jobctl_simulators.qemu.strategies import fault_plans
 
 from .conftest import trio_virtual_time
 from .helpers import client

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from simulators.qemu import SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import SimulatedHost, SimulatedQemu
 
 from .helpers import EVENTS_ON, client, names
 

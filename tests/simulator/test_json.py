@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulators.qemu._json import JsonParseError, JsonStreamer, encode_message
+from jobctl_simulators.qemu._json import JsonParseError, JsonStreamer, encode_message
 
 
 def feed_all(*chunks: bytes) -> list[object]:

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from simulators.qemu import Disk, MigrationModel, SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import Disk, MigrationModel, SimulatedHost, SimulatedQemu
 
 from .conftest import trio_virtual_time
 from .helpers import EVENTS_ON, client, names

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from simulators.qemu import SimulatedHost, SimulatedQemu, memory_stream_pair
+from jobctl_simulators.qemu import SimulatedHost, SimulatedQemu, memory_stream_pair
 
 from .helpers import client
 from .rawqmp import RawQmp

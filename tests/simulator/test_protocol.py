@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from simulators.qemu import COMMANDS, SimulatedHost, SimulatedQemu
+from jobctl_simulators.qemu import COMMANDS, SimulatedHost, SimulatedQemu
 
 from .conftest import trio_virtual_time
 from .helpers import client, names

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from simulators.qemu import CommandErrorReply
-from simulators.qemu._qapi import check_arguments
-from simulators.qemu._schema import COMMAND_ARGUMENTS
+from jobctl_simulators.qemu import CommandErrorReply
+from jobctl_simulators.qemu._qapi import check_arguments
+from jobctl_simulators.qemu._schema import COMMAND_ARGUMENTS
 
 
 def error_of(command: str, arguments: dict[str, Any]) -> str:

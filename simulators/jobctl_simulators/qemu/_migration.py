@@ -210,7 +210,7 @@ def _ms(seconds: float) -> int:
 class MigratingVm(Protocol):
     """What a migration drives of its VM: the run state and the guest, the
     images, the big lock, the VM's tasks and its host.
-    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+    (:class:`~jobctl_simulators.qemu.SimulatedQemu` is one.)"""
 
     autostart: bool
 

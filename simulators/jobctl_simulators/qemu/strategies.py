@@ -1,6 +1,6 @@
 """Hypothesis strategies for simulator faults (needs ``hypothesis``).
 
-``fault_plans()`` draws scripted :class:`~simulators.qemu.FaultPlan` s that
+``fault_plans()`` draws scripted :class:`~jobctl_simulators.qemu.FaultPlan` s that
 shrink well: fewer rules, earlier occurrences, milder faults.
 """
 

@@ -27,9 +27,9 @@ The pieces::
 * Faults: :class:`Latency`, :class:`Stall`, :class:`Drop`,
   :class:`Garbage`, :class:`ErrorReply`, :class:`Die` in
   :class:`FaultRule` s of a :class:`FaultPlan` (scripted, or random from a
-  seed; ``simulators.qemu.strategies`` has Hypothesis strategies).
+  seed; ``jobctl_simulators.qemu.strategies`` has Hypothesis strategies).
 
-Run one from the shell: ``python -m simulators.qemu --qmp unix:PATH``
+Run one from the shell: ``python -m jobctl_simulators.qemu --qmp unix:PATH``
 (``--help`` for the options), or in a process of your own with
 :func:`main` (``main(["--qmp", "unix:PATH"])`` returns the exit status).
 

@@ -19,7 +19,7 @@ __all__ = ["HostedVm", "SimulatedHost"]
 
 class HostedVm(Protocol):
     """A VM as its host's registry knows it: by name.
-    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+    (:class:`~jobctl_simulators.qemu.SimulatedQemu` is one.)"""
 
     @property
     def name(self) -> str: ...

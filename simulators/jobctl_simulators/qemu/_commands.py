@@ -24,7 +24,7 @@ __all__ = ["HANDLERS", "CommandedVm", "Handler", "NegotiatingSession"]
 class CommandedVm(Protocol):
     """What the commands act on: the run state and the guest, the block
     layer, the migration, the events, the process's exit.
-    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+    (:class:`~jobctl_simulators.qemu.SimulatedQemu` is one.)"""
 
     autostart: bool
 

@@ -55,7 +55,7 @@ class SimulatedQemu:
             client = await vm.add_monitor().connect_memory()
 
     The VM exits by itself on ``quit`` (status 0), when an incoming migration
-    fails (status 1), on a :class:`~simulators.qemu.Die` fault or
+    fails (status 1), on a :class:`~jobctl_simulators.qemu.Die` fault or
     :meth:`kill`: every connection closes, listeners stop,
     :attr:`exit_status` is set and :meth:`wait_exited` returns. The block
     goes on; leaving it afterwards is fine.
@@ -97,7 +97,7 @@ class SimulatedQemu:
         self.faults: FaultInjector = (faults or FaultPlan()).injector()
         self.migration = Migration(self, migration or MigrationModel())
         #: Seconds every command's reply takes (after the command ran; a
-        #: :class:`~simulators.qemu.Latency` fault adds to it).
+        #: :class:`~jobctl_simulators.qemu.Latency` fault adds to it).
         self.command_latency = command_latency
         nodes = BlockNodes(disks, self.host.image_locks, self)
         self.block = BlockJobs(nodes, backup or BackupModel(), self.emit, self._spawn_job)

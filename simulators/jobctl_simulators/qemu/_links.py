@@ -6,7 +6,7 @@ connected, that it is still there, and that it finished (and whether the
 guest was running). Two transports:
 
 * in-process: the destination registered its URI with the
-  :class:`~simulators.qemu.SimulatedHost`; the source calls it directly;
+  :class:`~jobctl_simulators.qemu.SimulatedHost`; the source calls it directly;
 * a real socket (TCP or unix), for VMs in different processes, when the host
   has ``network=True``: JSON lines ``{"hello": {...}}``, ``{"sent": n}``,
   ``{"done": {"running": bool}}``. As in QEMU, the destination is active as

@@ -1,11 +1,11 @@
-"""``python -m simulators.qemu``: one simulated QEMU process.
+"""``python -m jobctl_simulators.qemu``: one simulated QEMU process.
 
 Takes QEMU's spellings where they exist (``-qmp``, ``-incoming``, ``-S``,
 ``-m``, ``-name``) so it can stand in for ``qemu-system-x86_64`` in scripts.
 Prints ``QMP <address>`` on stdout for every monitor once it listens (the
 real port for ``tcp:HOST:0``). Exit status: the VM's (0 after ``quit``, 1
 after a failed incoming migration); killed by the signal of a
-:class:`~simulators.qemu.Die` fault; 3 with a message on stderr after a
+:class:`~jobctl_simulators.qemu.Die` fault; 3 with a message on stderr after a
 concurrency violation in ``--strict`` mode. SIGINT/SIGTERM shut down like
 QEMU (SHUTDOWN event, reason ``host-signal``, status 0).
 
@@ -110,7 +110,7 @@ def _fault(text: str) -> FaultRule:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m simulators.qemu",
+        prog="python -m jobctl_simulators.qemu",
         description="A simulated QEMU 7.2 speaking QMP.",
     )
     parser.add_argument("-name", "--name", default="vm", help="VM name (default: vm)")

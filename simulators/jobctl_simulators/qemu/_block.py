@@ -7,7 +7,7 @@ Replies have the keys and types of QEMU 7.2's; the numbers are plausible,
 not measured.
 
 :class:`ImageLocks` models QEMU's image locking (file-posix's OFD locks) for
-the VMs of one :class:`~simulators.qemu.SimulatedHost`: an *active* node
+the VMs of one :class:`~jobctl_simulators.qemu.SimulatedHost`: an *active* node
 holds the "write" lock of its image file, and a second node that wants the
 same file (in any VM of the host, or the same VM) fails with QEMU's
 ``Failed to get "write" lock``. Nodes are inactive while an incoming

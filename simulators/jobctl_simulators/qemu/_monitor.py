@@ -26,7 +26,7 @@ __all__ = ["MonitorVm", "QmpMonitor"]
 class MonitorVm(SessionVm, Protocol):
     """What a monitor needs of its VM besides what its sessions do: the
     name, whether the process runs, and its tasks.
-    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+    (:class:`~jobctl_simulators.qemu.SimulatedQemu` is one.)"""
 
     @property
     def name(self) -> str: ...
@@ -54,7 +54,7 @@ def _remove_stale_socket(path: str) -> None:
 
 @final
 class QmpMonitor:
-    """One monitor of a :class:`~simulators.qemu.SimulatedQemu`.
+    """One monitor of a :class:`~jobctl_simulators.qemu.SimulatedQemu`.
 
     Get it with ``vm.add_monitor()``. Every way in leads to the same
     one-client-at-a-time queue (FIFO).

@@ -27,7 +27,7 @@ class SimulatorError(Exception):
 
 class ConcurrencyViolationError(SimulatorError):
     """A client sent a command while another command of the same connection
-    was still unanswered, and the :class:`~simulators.qemu.ConcurrencyDetector`
+    was still unanswered, and the :class:`~jobctl_simulators.qemu.ConcurrencyDetector`
     is strict.
 
     Raised out of the serving task: the VM that saw it crashes (every

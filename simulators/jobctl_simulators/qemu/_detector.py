@@ -13,7 +13,7 @@ malformed JSON. A request whose reply never came (dropped connection, dead
 VM) stays unanswered.
 
 In strict mode the first violation raises
-:class:`~simulators.qemu.ConcurrencyViolationError` out of the serving task:
+:class:`~jobctl_simulators.qemu.ConcurrencyViolationError` out of the serving task:
 the VM crashes and the error leaves its ``async with`` block, so a test run
 fails at once and names the two commands.
 """
@@ -97,7 +97,7 @@ class _Entry:
 class ConcurrencyDetector:
     """Counts commands sent while another of the same connection is unanswered.
 
-    One detector serves every connection of a :class:`~simulators.qemu.SimulatedHost`.
+    One detector serves every connection of a :class:`~jobctl_simulators.qemu.SimulatedHost`.
     ``max_records`` bounds the history kept for :meth:`records` (oldest
     dropped first); counts are never dropped.
     """

@@ -84,7 +84,7 @@ class SessionVm(CommandedVm, Protocol):
     """What a session needs of its VM besides what the commands touch: the
     concurrency detector, the big lock, the faults, the command latency,
     the greeting, whether the process exits, and killing it.
-    (:class:`~simulators.qemu.SimulatedQemu` is one.)"""
+    (:class:`~jobctl_simulators.qemu.SimulatedQemu` is one.)"""
 
     @property
     def detector(self) -> ConcurrencyDetector: ...

@@ -1,4 +1,0 @@
-"""Simulated external systems for testing jobctl without the real thing.
-
-``simulators.qemu`` is a QEMU 7.2 that speaks QMP: see its package docstring.
-"""
