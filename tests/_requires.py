@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["in_ci", "require_chromium", "require_executable", "require_qemu"]
+__all__ = ["in_ci", "require_chromium", "require_executable", "require_qemu", "skip_or_fail"]
 
 
 def in_ci() -> bool:
@@ -38,3 +39,10 @@ def require_qemu() -> str:
 def require_chromium() -> str:
     """Path of Debian's ``chromium``."""
     return require_executable("chromium", "apt-get install chromium")
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip the test with ``message``; fail it in CI, which installs every part."""
+    if in_ci():
+        pytest.fail(f"{message}; CI must install it", pytrace=False)
+    pytest.skip(message)

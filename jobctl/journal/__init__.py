@@ -20,6 +20,9 @@ A command's entities are the core's :class:`jobctl.Need` values
 (``Entity("vm", "vm1").exclusive()``), the ones :mod:`jobctl.host` locks:
 recovery takes them again through any :class:`EntityLocker`, such as a
 ``jobctl.host.EntityLocks``.
+
+Managers that share one database use :class:`PostgresJournalStore` (the
+``postgres`` extra: psycopg 3 and its pool, loaded when a store opens).
 """
 
 from ._backend import BackendState, BackendStatus, TaskBackend
@@ -38,6 +41,7 @@ from ._follow import follow_command, follow_tasks
 from ._journal import EndAction, EndContext, Journal, JournalStatistics, open_journal
 from ._persister import JournalPersister
 from ._phases import PhaseAction, by_phase
+from ._postgres import POSTGRES_SCHEMA_VERSION, PostgresJournalStore, PostgresStoreStatistics
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
@@ -52,6 +56,7 @@ from ._sqlite import SCHEMA_VERSION, SqliteJournalStore, SqliteStoreStatistics
 from ._store import JournalStore
 
 __all__ = [
+    "POSTGRES_SCHEMA_VERSION",
     "SCHEMA_VERSION",
     "AsyncJobHandler",
     "AsyncJobRecord",
@@ -74,6 +79,8 @@ __all__ = [
     "JournalStatistics",
     "JournalStore",
     "PhaseAction",
+    "PostgresJournalStore",
+    "PostgresStoreStatistics",
     "RecoveryError",
     "RecoveryReport",
     "Seal",

@@ -144,6 +144,12 @@ from jobctl.testing._plans import (
     Step,
     Window,
 )
+from jobctl.testing._postgres import (
+    PostgresNotFoundError,
+    PostgresStartError,
+    ThrowawayPostgres,
+    throwaway_postgres,
+)
 from jobctl.testing._recorder import TraceRecorder
 from jobctl.testing._runner import (
     BACKENDS,
@@ -240,6 +246,8 @@ __all__ = [
     "MonitorOverlap",
     "Phase",
     "PlannedFailure",
+    "PostgresNotFoundError",
+    "PostgresStartError",
     "RegularJobPlan",
     "Scenario",
     "ScenarioResult",
@@ -255,6 +263,7 @@ __all__ = [
     "Step",
     "SteppedRun",
     "SteppedRunError",
+    "ThrowawayPostgres",
     "TraceRecorder",
     "Violation",
     "VirtualEventLoop",
@@ -276,5 +285,6 @@ __all__ = [
     "run_virtual",
     "scenarios",
     "schedules",
+    "throwaway_postgres",
     "virtual_backend",
 ]

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import anyio
+import attrs
 
 from jobctl.journal import (
     BackendState,
     BackendStatus,
+    Journal,
+    JournalStore,
+    PostgresJournalStore,
+    SqliteJournalStore,
 )
 from jobctl.journal._rows import ASYNC_JOBS, COMMANDS, ENTITIES, TASKS, RowContext
+from jobctl.testing import ThrowawayPostgres
 
 
 class MemoryBackend:
@@ -78,3 +87,31 @@ def resum(path: Path, sql: str, params: Sequence[Any] = ()) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+@attrs.frozen
+class Stores:
+    """Opens journals on one kind of store. A journal is named by a path: on
+    SQLite the file, on PostgreSQL a database made for that path on first
+    use, so reopening the same path reaches the same journal."""
+
+    kind: str
+    server: ThrowawayPostgres | None
+    databases: dict[str, str] = attrs.field(factory=dict)
+
+    async def store(self, path: Path) -> JournalStore:
+        if self.server is None:
+            return await SqliteJournalStore.open(path)
+        key = str(path)
+        if key not in self.databases:
+            self.databases[key] = await anyio.to_thread.run_sync(self.server.create_database)
+        return await PostgresJournalStore.open(self.databases[key])
+
+    @contextlib.asynccontextmanager
+    async def journal(self, path: Path) -> AsyncIterator[Journal]:
+        store = await self.store(path)
+        try:
+            async with Journal(store) as journal:
+                yield journal
+        finally:
+            await store.aclose()

@@ -19,10 +19,9 @@ from jobctl.journal import (
     TaskState,
     TaskUpdate,
     follow_command,
-    open_journal,
 )
 
-from ._support import MemoryBackend, raw
+from ._support import MemoryBackend, Stores, raw
 
 pytestmark = pytest.mark.anyio
 
@@ -49,9 +48,11 @@ class EndLog:
         return {"outcome": ctx.outcome.value, "attempt": ctx.attempt}
 
 
-async def test_all_tasks_are_recorded_together_before_any_starts(tmp_path: Path) -> None:
+async def test_all_tasks_are_recorded_together_before_any_starts(
+    tmp_path: Path, stores: Stores
+) -> None:
     path = tmp_path / "j.db"
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         command = await journal.begin_command(
             "remove_vm",
             disks(4),
@@ -61,26 +62,32 @@ async def test_all_tasks_are_recorded_together_before_any_starts(tmp_path: Path)
         )
         assert [t.id for t in command.tasks] == [f"rm-vm1.{i}" for i in range(4)]
         assert all(t.state is TaskState.PENDING for t in command.tasks)
-        assert journal.store.statistics().transactions == 1  # type: ignore[attr-defined]
+        if stores.kind == "sqlite":
+            assert journal.store.statistics().transactions == 1  # type: ignore[attr-defined]
         stored = await journal.command("rm-vm1")
         assert stored == command
         assert stored.data == {"vm": "vm1"}
         assert stored.task("disk-2").params == {"disk": "d2"}
         assert stored.task("disk-2").backend_id == "rm-2"
-    assert raw(path, "SELECT count(*) FROM tasks WHERE command_id = 'rm-vm1'") == [(4,)]
-    # On disk a need is its entity and a `shared` flag: 1 SHARED, 0 EXCLUSIVE.
-    assert raw(path, "SELECT type, id, shared FROM entities ORDER BY type") == [
-        ("storage_domain", "sd1", 1),
-        ("vm", "vm1", 0),
-    ]
+    if stores.kind == "sqlite":
+        assert raw(path, "SELECT count(*) FROM tasks WHERE command_id = 'rm-vm1'") == [(4,)]
+        # On disk a need is its entity and a `shared` flag: 1 SHARED, 0 EXCLUSIVE.
+        assert raw(path, "SELECT type, id, shared FROM entities ORDER BY type") == [
+            ("storage_domain", "sd1", 1),
+            ("vm", "vm1", 0),
+        ]
+    async with stores.journal(path) as journal:  # reopened: all of it is still there
+        assert await journal.command("rm-vm1") == stored
     assert stored.entities == (
         Entity("storage_domain", "sd1").shared(),
         Entity("vm", "vm1").exclusive(),
     )
 
 
-async def test_bad_commands_are_refused_before_anything_is_written(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_bad_commands_are_refused_before_anything_is_written(
+    tmp_path: Path, stores: Stores
+) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         with pytest.raises(ValueError, match="task name 'a' twice"):
             await journal.begin_command("k", [TaskSpec("a", "m"), TaskSpec("a", "m")])
         with pytest.raises(ValueError, match="backend id 'm:x' twice"):
@@ -107,8 +114,8 @@ async def test_bad_commands_are_refused_before_anything_is_written(tmp_path: Pat
             await journal.begin_command("k", [], command_id="c")
 
 
-async def test_an_active_backend_id_belongs_to_one_task(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_an_active_backend_id_belongs_to_one_task(tmp_path: Path, stores: Stores) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         first = await journal.begin_command("k", disks(1), command_id="c1")
         with pytest.raises(JournalStateError, match=r"'rm-0' on 'mem' is already used by .*c1.0"):
             await journal.begin_command("k", disks(1), command_id="c2")
@@ -117,8 +124,8 @@ async def test_an_active_backend_id_belongs_to_one_task(tmp_path: Path) -> None:
         await journal.begin_command("k", disks(1), command_id="c2")
 
 
-async def test_tasks_only_move_forward(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_tasks_only_move_forward(tmp_path: Path, stores: Stores) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         command = await journal.begin_command(
             "k", [TaskSpec("a", "m"), TaskSpec("b", "m", backend_id="B")], command_id="c"
         )
@@ -154,8 +161,8 @@ async def test_tasks_only_move_forward(tmp_path: Path) -> None:
         assert stored.task("a").result == {"freed": 10}
 
 
-async def test_a_command_cannot_end_with_tasks_undone(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_a_command_cannot_end_with_tasks_undone(tmp_path: Path, stores: Stores) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         command = await journal.begin_command("k", disks(3), command_id="c")
         await journal.update_task(command.tasks[0].id, TaskState.RUNNING)
         await journal.update_task(command.tasks[0].id, TaskState.SUCCEEDED)
@@ -166,8 +173,10 @@ async def test_a_command_cannot_end_with_tasks_undone(tmp_path: Path) -> None:
         assert (await journal.command("c")).state is CommandState.RUNNING
 
 
-async def test_end_action_runs_once_and_success_needs_every_task(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_end_action_runs_once_and_success_needs_every_task(
+    tmp_path: Path, stores: Stores
+) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         ok = await journal.begin_command("k", disks(2), command_id="ok")
         for task in ok.tasks:
             await journal.update_task(task.id, TaskState.SUCCEEDED)
@@ -195,8 +204,8 @@ async def test_end_action_runs_once_and_success_needs_every_task(tmp_path: Path)
         assert (stats.commands_ended, stats.end_action_runs, stats.ending) == (2, 2, 0)
 
 
-async def test_end_action_retries_are_bounded(tmp_path: Path, tick: float) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_end_action_retries_are_bounded(tmp_path: Path, stores: Stores, tick: float) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         await journal.begin_command("k", [], command_id="flaky")
         flaky = EndLog(fail_times=2)
         final = await journal.end_command("flaky", flaky, max_attempts=3, retry_delay=5 * tick)
@@ -218,8 +227,10 @@ async def test_end_action_retries_are_bounded(tmp_path: Path, tick: float) -> No
         assert journal.statistics().end_action_errors == 4
 
 
-async def test_concurrent_ends_of_one_command_run_the_action_once(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_concurrent_ends_of_one_command_run_the_action_once(
+    tmp_path: Path, stores: Stores
+) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         await journal.begin_command("k", [], command_id="c")
         action = EndLog()
         results = []
@@ -235,8 +246,10 @@ async def test_concurrent_ends_of_one_command_run_the_action_once(tmp_path: Path
         assert {r.state for r in results} == {CommandState.SUCCEEDED}
 
 
-async def test_a_cancelled_end_action_is_claimed_and_runs_again(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_a_cancelled_end_action_is_claimed_and_runs_again(
+    tmp_path: Path, stores: Stores
+) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         await journal.begin_command("k", [], command_id="c")
         started = anyio.Event()
 
@@ -257,8 +270,8 @@ async def test_a_cancelled_end_action_is_claimed_and_runs_again(tmp_path: Path) 
         assert final.state is CommandState.SUCCEEDED
 
 
-async def test_entity_queries_see_only_unfinished_commands(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_entity_queries_see_only_unfinished_commands(tmp_path: Path, stores: Stores) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         vm = Entity("vm", "vm1").exclusive()
         await journal.begin_command("remove", [], entities=[vm], command_id="a")
         await journal.begin_command(
@@ -279,10 +292,10 @@ async def test_entity_queries_see_only_unfinished_commands(tmp_path: Path) -> No
 
 
 async def test_follow_command_records_outcomes_before_releasing(
-    tmp_path: Path, tick: float
+    tmp_path: Path, stores: Stores, tick: float
 ) -> None:
     backend = MemoryBackend()
-    async with open_journal(tmp_path / "j.db") as journal:
+    async with stores.journal(tmp_path / "j.db") as journal:
         command = await journal.begin_command("k", disks(3), command_id="c")
         for task in command.tasks:
             assert task.backend_id is not None

@@ -25,11 +25,10 @@ from jobctl.journal import (
     TaskSpec,
     TaskState,
     by_phase,
-    open_journal,
     recover,
 )
 
-from ._support import MemoryBackend
+from ._support import MemoryBackend, Stores
 
 pytestmark = pytest.mark.anyio
 
@@ -96,15 +95,15 @@ async def crashed_run(journal: Journal, backend: MemoryBackend) -> None:
     await journal.end_command("done", Ends())
 
 
-async def test_recovery_applies_each_rule(tmp_path: Path, tick: float) -> None:
+async def test_recovery_applies_each_rule(tmp_path: Path, stores: Stores, tick: float) -> None:
     path = tmp_path / "j.db"
     backend = MemoryBackend()
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         await crashed_run(journal, backend)
 
     locks = EntityLocks()
     ends = Ends()
-    async with open_journal(path) as journal, anyio.create_task_group() as tg:
+    async with stores.journal(path) as journal, anyio.create_task_group() as tg:
         report = await tg.start(
             partial(
                 recover,
@@ -133,7 +132,7 @@ async def test_recovery_applies_each_rule(tmp_path: Path, tick: float) -> None:
         backend.finish("adopt-1", freed=7)
     assert locks.statistics().grants == 0
 
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         final = {c.id: c for c in [await journal.command(i) for i in report.commands]}
         assert await journal.unfinished_commands() == ()
     assert {i: c.state for i, c in final.items()} == {
@@ -160,31 +159,33 @@ async def test_recovery_applies_each_rule(tmp_path: Path, tick: float) -> None:
     assert backend.jobs == {}
 
 
-async def test_recovery_twice_changes_nothing_more(tmp_path: Path, tick: float) -> None:
+async def test_recovery_twice_changes_nothing_more(
+    tmp_path: Path, stores: Stores, tick: float
+) -> None:
     path = tmp_path / "j.db"
     backend = MemoryBackend()
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         await crashed_run(journal, backend)
     backend.finish("adopt-1")
     ends = Ends()
     kinds = {"remove_vm": ends, "snapshot": ends}
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         await recover(journal, backends={"mem": backend}, end_actions=kinds, poll_interval=tick)
     calls = list(ends.calls)
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         again = await recover(journal, backends={"mem": backend}, end_actions=kinds)
     assert again.commands == again.adopted == again.failed == again.concluded == ()
     assert ends.calls == calls
 
 
-async def test_missing_handlers_are_named_before_any_change(tmp_path: Path) -> None:
+async def test_missing_handlers_are_named_before_any_change(tmp_path: Path, stores: Stores) -> None:
     path = tmp_path / "j.db"
     backend = MemoryBackend()
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         await crashed_run(journal, backend)
         await journal.persister.save_async_job("vm9", _info(AsyncJob.BACKUP, "pull"), {})
         before = await journal.unfinished_commands()
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         with pytest.raises(RecoveryError) as info:
             await recover(journal, backends={}, end_actions={"remove_vm": Ends()})
         message = str(info.value)
@@ -209,9 +210,9 @@ def _info(kind: AsyncJob, phase: str, job_id: int = 7) -> AsyncJobInfo:
     )
 
 
-async def test_async_jobs_go_to_their_handlers_per_phase(tmp_path: Path) -> None:
+async def test_async_jobs_go_to_their_handlers_per_phase(tmp_path: Path, stores: Stores) -> None:
     path = tmp_path / "j.db"
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         await journal.persister.save_async_job(
             "vm1", _info(AsyncJob.MIGRATION_OUT, "perform"), {"uri": "tcp:dst:4444"}
         )
@@ -222,7 +223,7 @@ async def test_async_jobs_go_to_their_handlers_per_phase(tmp_path: Path) -> None
     backup_taken_over = anyio.Event()
     release_backup = anyio.Event()
 
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         vm2 = Domain("vm2", persister=journal.persister)
 
         async def migration(
@@ -271,9 +272,11 @@ async def test_async_jobs_go_to_their_handlers_per_phase(tmp_path: Path) -> None
         assert await journal.async_jobs() == ()
 
 
-async def test_by_phase_runs_the_phase_action_and_names_unknown_phases(tmp_path: Path) -> None:
+async def test_by_phase_runs_the_phase_action_and_names_unknown_phases(
+    tmp_path: Path, stores: Stores
+) -> None:
     path = tmp_path / "j.db"
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         await journal.persister.save_async_job("vm1", _info(AsyncJob.SAVE, "perform"), {"n": 1})
         await journal.persister.save_async_job("vm2", _info(AsyncJob.SAVE, "begin"), {})
     done: list[tuple[str, str]] = []
@@ -281,13 +284,13 @@ async def test_by_phase_runs_the_phase_action_and_names_unknown_phases(tmp_path:
     async def note(record: AsyncJobRecord) -> None:
         done.append((record.domain, record.phase))
 
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         handler = by_phase({"begin": note, "perform": note})
         await recover(journal, backends={}, end_actions={}, async_handlers={AsyncJob.SAVE: handler})
         assert sorted(done) == [("vm1", "perform"), ("vm2", "begin")]
         assert await journal.async_jobs() == ()
         await journal.persister.save_async_job("vm3", _info(AsyncJob.SAVE, "teleport"), {})
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         handler = by_phase({"begin": note})
         # The one failure leaves as itself, not as a group of one.
         with pytest.raises(RecoveryError) as info:
@@ -299,8 +302,8 @@ async def test_by_phase_runs_the_phase_action_and_names_unknown_phases(tmp_path:
         assert [r.domain for r in await journal.async_jobs()] == ["vm3"]
 
 
-async def test_recovery_refuses_to_run_beside_live_commands(tmp_path: Path) -> None:
-    async with open_journal(tmp_path / "j.db") as journal:
+async def test_recovery_refuses_to_run_beside_live_commands(tmp_path: Path, stores: Stores) -> None:
+    async with stores.journal(tmp_path / "j.db") as journal:
         await journal.begin_command("remove_vm", [TaskSpec("d0", "mem")])
         with pytest.raises(JournalStateError, match="run it at start-up"):
             await recover(journal, backends={}, end_actions={"remove_vm": Ends()})
@@ -327,11 +330,12 @@ class DoneAtSecondLook(MemoryBackend):
 )
 async def test_commands_that_conflict_on_an_entity_are_recovered_in_turn(
     tmp_path: Path,
+    stores: Stores,
 ) -> None:
     path = tmp_path / "j.db"
     backend = DoneAtSecondLook()
     vm = Entity("vm", "vm1").exclusive()
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         first = await journal.begin_command(
             "k", [TaskSpec("t", "mem", backend_id="first")], entities=[vm], command_id="first"
         )
@@ -340,7 +344,7 @@ async def test_commands_that_conflict_on_an_entity_are_recovered_in_turn(
         await journal.begin_command("k", [], entities=[vm], command_id="second")
     ends = Ends()
     locks = EntityLocks()
-    async with open_journal(path) as journal:
+    async with stores.journal(path) as journal:
         # The second command waits for the first's lock; the first ends only
         # once its adopted task was followed. The deadline only guards
         # against a deadlock: the test takes milliseconds.
