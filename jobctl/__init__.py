@@ -9,12 +9,15 @@ keeps one command in flight.
 
 # ruff: noqa: F405 (the names in __all__ come from the core, loaded lazily)
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jobctl._core import *  # noqa: F403
 
-__version__ = "0.1.0"
+#: The installed distribution's version (``virt-jobctl``; written once, in
+#: pyproject.toml). Releases are tagged ``v<version>`` (CHANGELOG.md).
+__version__: str = importlib.metadata.version("virt-jobctl")
 
 # The core's public names (the same list as ``jobctl._core.__all__``: a test
 # checks it) and the version.

@@ -61,9 +61,11 @@ def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 FEED_CASES = [
-    ("--ws-port", "65536", "65535"),
-    ("--ws-port", "-1", "65535"),
-    ("--http-port", "70000", "65535"),
+    ("--feed-port", "65536", "65535"),
+    ("--feed-port", "-1", "65535"),
+    ("--port", "70000", "65535"),
+    ("--ws-port", "65536", "65535"),  # the old names, deprecated
+    ("--http-port", "-1", "65535"),
     ("--buffer", "0", "at most 65536"),
     ("--buffer", "65537", "at most 65536"),
     ("--max-clients", "0", "at most 4096"),
@@ -140,11 +142,13 @@ def test_every_numeric_option_has_a_range(command: str) -> None:
         for value in ("-1", "9" * 30, "nan", "x"):
             with pytest.raises(argparse.ArgumentTypeError):
                 action.type(value)
+        if action.help == argparse.SUPPRESS:
+            continue  # a deprecated alias, hidden: its new name states the range
         assert action.help is not None and re.search(r"\d\.\.\d", action.help), name
 
 
 def test_the_bounds_themselves_are_accepted() -> None:
-    argv = "--migrations 100000 --ram 4096 --ws-port 65535 --http-port 0 --buffer 65536"
+    argv = "--migrations 100000 --ram 4096 --feed-port 65535 --port 0 --buffer 65536"
     argv += " --max-clients 4096 --max-handshakes 1 --handshake-timeout 0.1"
     argv += f" --ping-interval 3600 --ping-timeout 0.1 --domains {MAX_DOMAINS}"
     demo = build_parser().parse_args(["demo", *argv.split(), "--bandwidth", str(MAX_BANDWIDTH)])

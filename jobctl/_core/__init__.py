@@ -5,6 +5,8 @@ channel with ``execute(command, arguments)``. Public names are re-exported
 from :mod:`jobctl`; nothing here imports another part of jobctl.
 """
 
+import types as _types
+
 from jobctl._core._domain import (
     AbortHook,
     ActiveAsyncJob,
@@ -96,3 +98,12 @@ __all__ = [
     "fold_event",
     "fold_trace",
 ]
+
+
+# The public names show their public path, jobctl.Name (jobctl re-exports
+# them), in reprs, tracebacks, pickles and the reference.
+for _name in __all__:
+    _obj = globals().get(_name)  # None: loaded on first use
+    if isinstance(_obj, type | _types.FunctionType) and _obj.__module__.startswith(__name__):
+        _obj.__module__ = "jobctl"
+del _name, _obj

@@ -101,9 +101,13 @@ class AsyncJobPersister(Protocol):
 
     async def save_async_job(
         self, domain: str, info: AsyncJobInfo, private: Mapping[str, Any]
-    ) -> None: ...
+    ) -> None:
+        """Make ``domain``'s async job (``info``: kind, phase, owner) and its
+        ``private`` data durable; the job does not go on until this returns,
+        and if it raises, the job does not begin (or leave its phase)."""
 
-    async def clear_async_job(self, domain: str, info: AsyncJobInfo) -> None: ...
+    async def clear_async_job(self, domain: str, info: AsyncJobInfo) -> None:
+        """Forget ``domain``'s ended async job; runs once, as it ends."""
 
 
 #: Called by ``Domain.abort`` inside an ABORT job that holds the monitor.
@@ -551,6 +555,7 @@ class MonitorSession:
 
     @property
     def job(self) -> ActiveJob | ActiveAsyncJob:
+        """The job this session holds the monitor for (it lasts no longer)."""
         job = self._job
         assert isinstance(job, ActiveJob | ActiveAsyncJob)
         return job

@@ -1,4 +1,4 @@
-"""The ``jobctl`` command: ``jobctl demo`` and ``jobctl serve``.
+"""The jobctl command: jobctl demo and jobctl serve.
 
 Each subcommand lives with the part it belongs to; this module only
 dispatches, and turns bad options into a one-line error.
@@ -13,27 +13,46 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 
+_DESCRIPTION = (
+    "Structured-concurrency job control for virtualization managers: "
+    "jobctl demo runs migrations (or other jobs) of VMs while domstats queries them, "
+    "jobctl serve shows a simulated workload's jobs live on a timeline page."
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jobctl`` parser: ``--version``, and one subparser per command,
+    each with its description; a bad option is a one-line error (status 2)."""
+    from jobctl import __version__
     from jobctl.cli import _demo as _demo_cli
     from jobctl.cli import _serve as _serve_cli
 
-    parser = _Parser(prog="jobctl", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="jobctl", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"jobctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="migrations with domstats on simulated (or real) QEMU")
+    demo = sub.add_parser(
+        "demo",
+        help="migrations with domstats on simulated (or real) QEMU",
+        description=_demo_cli.DESCRIPTION,
+    )
     _demo_cli.add_arguments(demo)
     demo.set_defaults(run=_demo_cli.run)
-    serve = sub.add_parser("serve", help="the live job feed and timeline page")
+    serve = sub.add_parser(
+        "serve", help="the live job feed and timeline page", description=_serve_cli.DESCRIPTION
+    )
     _serve_cli.add_arguments(serve)
     serve.set_defaults(run=_serve_cli.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jobctl`` with ``argv`` (default: the process's arguments) and
+    return the exit status; Ctrl-C before a command handles it is status 130."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, final
 
 __all__ = [
     "MAX_PORT",
+    "DeprecatedAlias",
     "bounded_float",
     "bounded_int",
     "port",
@@ -92,3 +95,28 @@ def port(text: str) -> int:
     if not 0 <= value <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"a port is 0 (any free one) to {MAX_PORT}, not {text!r}")
     return value
+
+
+@final
+class DeprecatedAlias(argparse.Action):
+    """An old option name kept working: it stores its value where the new
+    option does (the same ``dest``), and prints one warning line to standard
+    error naming the new option, each time it is given.
+
+    Pass the new name as ``const``: ``add_argument("--ws-port",
+    dest="ws_port", action=DeprecatedAlias, const="--feed-port", ...)``.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated, use {self.const}",
+            file=sys.stderr,
+            flush=True,
+        )
+        setattr(namespace, self.dest, values)

@@ -25,7 +25,7 @@ import trio
 from jobctl._core._errors import JobError
 from jobctl._core._trace import TraceHub
 from jobctl._groups import unwrap_single
-from jobctl.cli._argtypes import bounded_int, port
+from jobctl.cli._argtypes import DeprecatedAlias, bounded_int, port
 from jobctl.demo import (
     JOBS,
     NOUNS,
@@ -40,6 +40,7 @@ from jobctl.qemu._migration import UNLIMITED_BANDWIDTH
 from jobctl.qmp import QMPError
 
 __all__ = [
+    "DESCRIPTION",
     "INTERRUPT_BOUND",
     "MAX_BANDWIDTH",
     "MAX_DOMAINS",
@@ -49,6 +50,15 @@ __all__ = [
     "run",
 ]
 
+#: ``jobctl demo --help``'s description (plain text).
+DESCRIPTION = (
+    "Run a job (a migration by default) of VMs with a disk, back and forth between two "
+    "hosts, while domstats queries each VM in a tight loop; then print a report. "
+    "The hosts are simulated QEMU, or real qemu-system-x86_64 with --qemu. "
+    "Exit status: 0 when every job completed with no monitor violation and no domstats "
+    "error, 1 otherwise, 2 for bad options, 128 + the signal when interrupted "
+    "(Ctrl-C or SIGTERM stops every VM and prints the report of what ran)."
+)
 _PROG = "jobctl demo"
 _BAR_WIDTH = 30
 _REFRESH = 0.1
@@ -124,9 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--serve-port",
         dest="ws_port",
         type=port,
+        action=DeprecatedAlias,
+        const="--feed-port (the websocket feed's port, which it set) or --port (the page's)",
         default=argparse.SUPPRESS,
-        metavar="PORT",
-        help="the same as --ws-port (0..65535)",
+        help=argparse.SUPPRESS,
     )
     add_metrics_arguments(parser)
 

@@ -22,7 +22,7 @@ import trio
 
 from jobctl import TraceHub
 from jobctl._groups import unwrap_single
-from jobctl.cli._argtypes import bounded_float, bounded_int, port
+from jobctl.cli._argtypes import DeprecatedAlias, bounded_float, bounded_int, port
 from jobctl.demo._workload import simulated_workload
 from jobctl.feed._feed import (
     DEFAULT_BUFFER,
@@ -36,6 +36,7 @@ from jobctl.feed._serve import FeedAddress, FeedConfigError, check_listen, serve
 from jobctl.qemu import VM
 
 __all__ = [
+    "DESCRIPTION",
     "MAX_BUFFER",
     "MAX_CONNECTIONS",
     "MAX_DURATION",
@@ -50,6 +51,13 @@ __all__ = [
     "serve_domain_metrics",
 ]
 
+#: ``jobctl serve --help``'s description (plain text).
+DESCRIPTION = (
+    "Serve the live job feed (a websocket) and its timeline page (HTTP) over a "
+    "simulated workload: simulated QEMU hosts whose VMs migrate, back up and save "
+    "while queries run against them. Open the printed page URL in a browser. "
+    "Runs until --duration ends or until interrupted (Ctrl-C or SIGTERM; exit status 0)."
+)
 #: Events per client: each holds up to this many (a few hundred bytes each).
 MAX_BUFFER = 65536
 #: --max-clients and --max-handshakes: each connection is a socket and a few
@@ -74,17 +82,36 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
         help="IP address to listen on (default: 127.0.0.1; anything not loopback needs --token)",
     )
     group.add_argument(
-        "--ws-port",
-        type=port,
-        default=8765,
-        help="websocket feed port (0..65535, 0: any free one; default: 8765)",
-    )
-    group.add_argument(
-        "--http-port",
+        "--port",
+        dest="http_port",
         type=port,
         default=8766,
-        help="timeline page port (0..65535, 0: any free one; default: 8766)",
+        metavar="PORT",
+        help="port of the timeline page, the URL printed (0..65535, 0: any free one; "
+        "default: 8766)",
     )
+    group.add_argument(
+        "--feed-port",
+        dest="ws_port",
+        type=port,
+        default=8765,
+        metavar="PORT",
+        help="port of the websocket feed the page reads (0..65535, 0: any free one; default: 8765)",
+    )
+    # The names before 0.1.0's, kept working (a warning on stderr each time).
+    for old, dest, new in (
+        ("--http-port", "http_port", "--port"),
+        ("--ws-port", "ws_port", "--feed-port"),
+    ):
+        group.add_argument(
+            old,
+            dest=dest,
+            type=port,
+            action=DeprecatedAlias,
+            const=new,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
     group.add_argument(
         "--token",
         default=os.environ.get("JOBCTL_FEED_TOKEN") or None,

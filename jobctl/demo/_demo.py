@@ -180,7 +180,11 @@ class DemoReport:
     def describe(self) -> str:
         """The report as text, one fact per line."""
         noun = NOUNS[self.job]
-        simulator = "n/a" if self.violations_simulator is None else str(self.violations_simulator)
+        simulator = (
+            "not measurable (real QEMU has no detector; the trace checker below still counts)"
+            if self.violations_simulator is None
+            else str(self.violations_simulator)
+        )
         lines = [
             f"{noun}: {self.completed}/{self.requested} completed, {self.failed} failed "
             f"({self.domains} VM(s), {self.backend}, {self.duration:.1f} s)",

@@ -25,6 +25,8 @@ Managers that share one database use :class:`PostgresJournalStore` (the
 ``postgres`` extra: psycopg 3 and its pool, loaded when a store opens).
 """
 
+import types as _types
+
 from ._backend import BackendState, BackendStatus, TaskBackend
 from ._errors import (
     JournalClosedError,
@@ -98,3 +100,16 @@ __all__ = [
     "read_seal",
     "recover",
 ]
+
+
+# The public names show their public path (this package's) in reprs,
+# tracebacks, pickles and the reference, not the private module's.
+def _private(module: str) -> bool:
+    return module.startswith("jobctl") and "._" in module
+
+
+for _name in __all__:
+    _obj = globals().get(_name)  # None: loaded on first use
+    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
+        _obj.__module__ = __name__
+del _name, _obj, _private

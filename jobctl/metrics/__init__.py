@@ -18,7 +18,7 @@ own mounts the registry instead (``prometheus_client.make_asgi_app(registry)``
 or ``make_wsgi_app``). ``jobctl serve --metrics-port`` and ``jobctl demo
 --metrics-port`` use both.
 
-Needs the ``metrics`` extra (``pip install 'jobctl[metrics]'``); nothing
+Needs the ``metrics`` extra (``pip install 'virt-jobctl[metrics]'``); nothing
 below the faces imports it.
 """
 
@@ -28,8 +28,10 @@ try:
     import prometheus_client as _prometheus_client
 except ModuleNotFoundError as exc:  # pragma: no cover (the test extra installs it)
     raise ModuleNotFoundError(
-        "jobctl.metrics needs prometheus_client: pip install 'jobctl[metrics]'", name=exc.name
+        "jobctl.metrics needs prometheus_client: pip install 'virt-jobctl[metrics]'", name=exc.name
     ) from exc
+
+import types as _types
 
 from ._collector import DEFAULT_LATENCY_BUCKETS, MAX_BUCKETS, JobMetrics
 from ._errors import (
@@ -57,3 +59,16 @@ __all__ = [
     "UnknownDomainError",
     "serve_metrics",
 ]
+
+
+# The public names show their public path (this package's) in reprs,
+# tracebacks, pickles and the reference, not the private module's.
+def _private(module: str) -> bool:
+    return module.startswith("jobctl") and "._" in module
+
+
+for _name in __all__:
+    _obj = globals().get(_name)  # None: loaded on first use
+    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
+        _obj.__module__ = __name__
+del _name, _obj, _private

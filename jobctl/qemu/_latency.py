@@ -34,6 +34,8 @@ class LatencySummary:
 
     @classmethod
     def of(cls, samples: Iterable[float]) -> LatencySummary:
+        """The exact summary of ``samples`` (nearest-rank percentiles); all
+        zeros for no samples."""
         ordered = sorted(samples)
         return cls(
             len(ordered),
@@ -52,6 +54,7 @@ class LatencySummary:
         }
 
     def describe(self) -> str:
+        """One line for people, in milliseconds; ``none`` for no samples."""
         if not self.count:
             return "none"
         return (
@@ -73,6 +76,8 @@ class LatencyHistogram:
         self.max = 0.0
 
     def add(self, seconds: float) -> None:
+        """Count one latency; a negative or NaN one is a ValueError, and
+        memory does not grow with the number of samples."""
         if not seconds >= 0:
             raise ValueError(f"a latency is >= 0 seconds, not {seconds!r}")
         index = 0 if seconds <= _SMALLEST else math.ceil(math.log(seconds / _SMALLEST, _GROWTH))
@@ -95,4 +100,5 @@ class LatencyHistogram:
         raise AssertionError("unreachable: the buckets hold every sample")
 
     def summary(self) -> LatencySummary:
+        """The histogram as a summary: percentiles within 1 %, exact maximum."""
         return LatencySummary(self.count, self.percentile(0.5), self.percentile(0.99), self.max)

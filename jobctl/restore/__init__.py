@@ -5,6 +5,8 @@ them into one :class:`RestoreTarget`. :func:`restore_image` runs the pipeline
 on its own; :func:`restore_disk` runs it as a domain's RESTORE async job.
 """
 
+import types as _types
+
 from ._chunks import ChunkMap, ChunkSource
 from ._errors import ChunkSizeError, DiskRestoreError, RestoreConfigError
 from ._job import restore_disk
@@ -48,3 +50,16 @@ __all__ = [
     "restore_disk",
     "restore_image",
 ]
+
+
+# The public names show their public path (this package's) in reprs,
+# tracebacks, pickles and the reference, not the private module's.
+def _private(module: str) -> bool:
+    return module.startswith("jobctl") and "._" in module
+
+
+for _name in __all__:
+    _obj = globals().get(_name)  # None: loaded on first use
+    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
+        _obj.__module__ = __name__
+del _name, _obj, _private

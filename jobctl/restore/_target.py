@@ -22,11 +22,15 @@ class RestoreTarget(Protocol):
     """
 
     @property
-    def skip_zeros(self) -> bool: ...
+    def skip_zeros(self) -> bool:
+        """True if the target already reads as zeros where nothing was
+        written, so all-zero chunks may be left unwritten."""
 
-    def write(self, offset: int, data: bytes) -> None: ...
+    def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at byte ``offset``, all of it (blocking)."""
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Make every write so far durable (blocking); called once, last."""
 
 
 @final

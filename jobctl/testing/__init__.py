@@ -4,7 +4,7 @@ jobctl's promise is isolation: an async job (a migration, a backup) and the
 regular jobs that run beside it never trip over each other on the VM's
 monitor. This package is how jobctl proves it in its own test suite, and how
 a manager built on jobctl checks its own flows. It needs the ``testing``
-extra (``pip install jobctl[testing]``: Hypothesis and pytest).
+extra (``pip install 'virt-jobctl[testing]'``: Hypothesis and pytest).
 
 The invariants
 ==============
@@ -112,6 +112,7 @@ scheduler), so the printed scenario and schedule replay on their own too:
 ``run_scenario(Scenario(...), Schedule(...))``.
 """
 
+import types as _types
 from typing import TYPE_CHECKING, Any
 
 from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
@@ -214,7 +215,9 @@ def __getattr__(name: str) -> Any:
     if name in _STRATEGIES:
         from jobctl.testing import _strategies
 
-        return getattr(_strategies, name)
+        value = getattr(_strategies, name)
+        value.__module__ = __name__  # its public path, as the eager names'
+        return value
     raise AttributeError(f"module 'jobctl.testing' has no attribute {name!r}")
 
 
@@ -288,3 +291,16 @@ __all__ = [
     "throwaway_postgres",
     "virtual_backend",
 ]
+
+
+# The public names show their public path (this package's) in reprs,
+# tracebacks, pickles and the reference, not the private module's.
+def _private(module: str) -> bool:
+    return module.startswith("jobctl") and "._" in module
+
+
+for _name in __all__:
+    _obj = globals().get(_name)  # None: loaded on first use
+    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
+        _obj.__module__ = __name__
+del _name, _obj, _private

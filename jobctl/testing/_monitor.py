@@ -74,6 +74,10 @@ class ScriptedReplyError(Exception):
         self.desc = desc
         self.error_class = error_class
 
+    def __reduce__(self) -> tuple[type[ScriptedReplyError], tuple[str, str, str]]:
+        # Pickled as made, not from its formatted message.
+        return type(self), (self.command, self.desc, self.error_class)
+
 
 class ScriptedMonitorClosedError(Exception):
     """A :class:`ScriptedMonitor` is closed (by :meth:`~ScriptedMonitor.close`,

@@ -142,7 +142,7 @@ def metrics_url(lines: list[str]) -> str:
 
 
 def test_jobctl_serve_serves_prometheus_metrics_over_http() -> None:
-    argv = ["serve", "--ws-port", "0", "--http-port", "0", "--metrics-port", "0", "--domains", "1"]
+    argv = ["serve", "--feed-port", "0", "--port", "0", "--metrics-port", "0", "--domains", "1"]
     with running(argv) as process:
         assert process.stdout is not None
         url = metrics_url(read_until(process.stdout, r"jobctl serve: metrics "))
@@ -159,7 +159,7 @@ def test_jobctl_serve_serves_prometheus_metrics_over_http() -> None:
 
 def test_jobctl_demo_metrics_count_what_the_demo_did() -> None:
     argv = ["demo", "--migrations", "2", "--metrics-port", "0", "--json"]
-    argv += ["--serve", "--ws-port", "0", "--http-port", "0"]
+    argv += ["--serve", "--feed-port", "0", "--port", "0"]
     with running(argv) as process:
         assert process.stderr is not None
         lines = read_until(process.stderr, r"serving the feed until interrupted")
@@ -216,7 +216,7 @@ def test_a_taken_metrics_port_is_a_one_line_error() -> None:
         taken.listen()
         port = str(taken.getsockname()[1])
         result = subprocess.run(
-            [*JOBCTL, "serve", "--ws-port", "0", "--http-port", "0", "--metrics-port", port],
+            [*JOBCTL, "serve", "--feed-port", "0", "--port", "0", "--metrics-port", port],
             capture_output=True,
             text=True,
             timeout=PATIENCE,
@@ -244,5 +244,5 @@ def test_without_prometheus_client_the_option_says_what_to_install(command: str)
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith(f"jobctl {command}: error: --metrics-port: ")
-    assert "pip install 'jobctl[metrics]'" in result.stderr
+    assert "pip install 'virt-jobctl[metrics]'" in result.stderr
     assert result.stderr.count("\n") == 1

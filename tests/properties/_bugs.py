@@ -61,10 +61,15 @@ def plant_edit(mp: pytest.MonkeyPatch, module: types.ModuleType, old: str, new: 
         )
     namespace: dict[str, object] = {"__name__": module.__name__, "__file__": module.__file__}
     exec(compile(source.replace(old, new), str(module.__file__), "exec"), namespace)
+    # The classes the module defines: the edited source made new ones of
+    # those (what it imports it imported again, the same objects). Their
+    # __module__ names the public package (jobctl), not the module.
     classes = {
         name: value
         for name, value in vars(module).items()
-        if isinstance(value, type) and value.__module__ == module.__name__
+        if isinstance(value, type)
+        and isinstance(namespace.get(name), type)
+        and namespace[name] is not value
     }
     changed = 0
     for name, original in classes.items():

@@ -43,7 +43,7 @@ def _get(url: str) -> tuple[int, str]:
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_demo_serve_starts_the_feed(anyio_backend: Any) -> None:
     command = [sys.executable, "-m", "jobctl", "demo", "--migrations", "1", "--json"]
-    command += ["--serve", "--serve-port", "0", "--http-port", "0"]
+    command += ["--serve", "--feed-port", "0", "--port", "0"]
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )

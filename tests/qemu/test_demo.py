@@ -104,7 +104,8 @@ def test_a_report_with_a_violation_is_not_ok() -> None:
     )
     assert not report.ok and report.violations == 1
     text = report.describe()
-    assert "monitor violations (simulator's detector): n/a" in text
+    assert "monitor violations (simulator's detector): not measurable (" in text
+    assert "None" not in text
     assert "invariant violations (trace checker, all 13): 1" in text and "in flight" in text
     assert report.as_dict()["domstats"]["during_job"] == {
         "count": 3,

@@ -55,6 +55,8 @@ A module below ``_vm`` sees the VM through a protocol of what it needs
 
 from __future__ import annotations
 
+import types as _types
+
 from ._block import Disk
 from ._cli import main
 from ._detector import (
@@ -120,3 +122,16 @@ __all__ = [
     "main",
     "memory_stream_pair",
 ]
+
+
+# The public names show their public path (this package's) in reprs,
+# tracebacks, pickles and the reference, not the private module's.
+def _private(module: str) -> bool:
+    return module.startswith("jobctl") and "._" in module
+
+
+for _name in __all__:
+    _obj = globals().get(_name)  # None: loaded on first use
+    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
+        _obj.__module__ = __name__
+del _name, _obj, _private
