@@ -299,6 +299,8 @@ class PostgresJournalStore:
         return self._journal_id
 
     def statistics(self) -> PostgresStoreStatistics:
+        """The store's counters: transactions written and read, retries after a deadlock or a
+        serialization failure, calls in flight, and whether it is closed."""
         return PostgresStoreStatistics(
             writes=self._writes,
             reads=self._reads,
@@ -473,6 +475,9 @@ class PostgresJournalStore:
         tasks: Sequence[TaskSpec],
         entities: Iterable[Need],
     ) -> CommandRecord:
+        """Record a RUNNING command, all its tasks (PENDING) and its entity associations in one
+        transaction, before any task starts; a command id already recorded raises
+        :class:`JournalStateError`."""
         data_json = _dumps(data, f"data of command {command_id!r}")
         params = [_dumps(spec.params, f"params of task {spec.name!r}") for spec in tasks]
         entity_list = tuple(sorted(entities, key=_by_entity))
@@ -553,6 +558,9 @@ class PostgresJournalStore:
         return await self._run(add, write=True)
 
     async def update_tasks(self, updates: Sequence[TaskUpdate]) -> tuple[TaskRecord, ...]:
+        """Apply task transitions in order, in one transaction, with the command's row locked: each
+        must move its task forward and its command must be RUNNING, or none is applied
+        (:class:`JournalStateError`). Of two managers racing one transition, exactly one wins."""
         encoded = [
             (update, _dumps(update.result, f"result of task {update.task_id!r}"))
             for update in updates
@@ -630,6 +638,11 @@ class PostgresJournalStore:
     async def claim_end(
         self, command_id: str, *, max_attempts: int, last_error: str | None
     ) -> CommandRecord:
+        """Claim the command's end action in one transaction, with the command's row locked
+        (two claimants take turns), as :meth:`JournalStore.claim_end` says: RUNNING with its
+        tasks over becomes ENDING with one attempt, ENDING gets one more, past ``max_attempts``
+        it becomes FAILED, and a final command is returned as it is."""
+
         def claim(conn: psycopg.Connection[Any]) -> CommandRecord:
             command = self._load_command(conn, command_id, lock=True)
             if command.state.final:
@@ -688,6 +701,8 @@ class PostgresJournalStore:
         result: Mapping[str, Any] | None,
         error: str | None,
     ) -> CommandRecord:
+        """Record the command's end (its end action done), in one transaction; only the latest
+        claim may finish it, so a stale claimant's end is refused."""
         if not state.final:
             raise ValueError(f"a command finishes as succeeded or failed, not {state.value!r}")
         command_id = claimed.id
@@ -728,17 +743,24 @@ class PostgresJournalStore:
         return await self._run(finish, write=True)
 
     async def get_command(self, command_id: str) -> CommandRecord:
+        """The command and its tasks, as committed; :class:`JournalNotFoundError` for an unknown
+        id."""
         return await self._run(
             partial(self._load_command, command_id=command_id, lock=False), write=False
         )
 
     async def unfinished_commands(self) -> tuple[CommandRecord, ...]:
+        """Every command not yet finished, with its tasks: what :func:`recover` resolves."""
+
         def query(conn: psycopg.Connection[Any]) -> tuple[CommandRecord, ...]:
             return tuple(self._load(conn, "c.state IN ('running', 'ending')", (), lock=False))
 
         return await self._run(query, write=False)
 
     async def active_commands(self, entity_type: str, entity_id: str) -> tuple[str, ...]:
+        """Ids of the unfinished commands associated with the entity
+        ``entity_type``/``entity_id``."""
+
         def query(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
             rows = conn.execute(
                 "SELECT command_id FROM jobctl_entities WHERE type = %s AND id = %s AND active"
@@ -750,6 +772,7 @@ class PostgresJournalStore:
         return await self._run(query, write=False)
 
     async def save_async_job(self, record: AsyncJobRecord) -> None:
+        """Record (or replace) the domain's async job, in one transaction."""
         private = _dumps(record.private, f"private data of the async job on {record.domain!r}")
         values = (
             record.domain,
@@ -777,6 +800,9 @@ class PostgresJournalStore:
         await self._run(save, write=True)
 
     async def clear_async_job(self, domain: str, job_id: int, session: str) -> None:
+        """Remove the domain's async job record if it is still this job of this session; another's
+        record is left alone."""
+
         def clear(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "DELETE FROM jobctl_async_jobs WHERE domain = %s AND job_id = %s AND session = %s",
@@ -786,6 +812,8 @@ class PostgresJournalStore:
         await self._run(clear, write=True)
 
     async def async_jobs(self) -> tuple[AsyncJobRecord, ...]:
+        """Every recorded async job: what recovery finds still running."""
+
         def query(conn: psycopg.Connection[Any]) -> tuple[AsyncJobRecord, ...]:
             rows = conn.execute(
                 f"SELECT {_ASYNC_COLUMNS} FROM jobctl_async_jobs ORDER BY domain"
