@@ -44,6 +44,7 @@ __all__ = [
     "MonitorSession",
     "Need",
     "RegularJobInfo",
+    "Stamp",
     "TraceEvent",
     "TraceHub",
     "TraceKind",

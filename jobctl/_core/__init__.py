@@ -5,6 +5,7 @@ channel with ``execute(command, arguments)``. Public names are re-exported
 from :mod:`jobctl`; nothing here imports another part of jobctl.
 """
 
+from jobctl._core._clock import Stamp
 from jobctl._core._domain import (
     AbortHook,
     ActiveAsyncJob,
@@ -79,6 +80,7 @@ __all__ = [
     "MonitorSession",
     "Need",
     "RegularJobInfo",
+    "Stamp",
     "TraceEvent",
     "TraceHub",
     "TraceKind",
