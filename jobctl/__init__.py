@@ -47,6 +47,7 @@ __all__ = [
     "MonitorSession",
     "Need",
     "RegularJobInfo",
+    "Stamp",
     "TraceEvent",
     "TraceHub",
     "TraceKind",

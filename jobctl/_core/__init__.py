@@ -7,6 +7,7 @@ from :mod:`jobctl`; nothing here imports another part of jobctl.
 
 import types as _types
 
+from jobctl._core._clock import Stamp
 from jobctl._core._domain import (
     AbortHook,
     ActiveAsyncJob,
@@ -81,6 +82,7 @@ __all__ = [
     "MonitorSession",
     "Need",
     "RegularJobInfo",
+    "Stamp",
     "TraceEvent",
     "TraceHub",
     "TraceKind",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Protocol, final
@@ -40,6 +41,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from jobctl._core._clock import Stamp
 from jobctl._core._errors import (
     JobAbortedError,
     JobBusyError,
@@ -664,6 +666,7 @@ class Domain:
         "_begins",
         "_busy",
         "_cancelled_waits",
+        "_clock",
         "_commands",
         "_completed",
         "_counted_waiters",
@@ -711,6 +714,9 @@ class Domain:
         self._exclusive = False
         self._async: ActiveAsyncJob | None = None
         self._completed: AsyncJobInfo | None = None
+        #: A moment on both clocks, taken on the loop at the domain's first
+        #: job (or in-loop ``info()``): what ``info()`` stamps with off the loop.
+        self._clock: Stamp | None = None
         self._waiters: WaitQueue[Job | None, _Waiter] = WaitQueue()
         self._counted_waiters = 0
         self._holders: dict[object, _JobBase] = {}
@@ -824,15 +830,25 @@ class Domain:
                 section._scope.cancel()
             self._emit(TraceKind.ABORT_DELIVERED, target, {"reason": reason})
 
-    def info(self, *, keep_completed: bool = False) -> DomainInfo:
-        """A frozen snapshot of the domain's job state.
+    def info(self) -> DomainInfo:
+        """A frozen snapshot of the domain's job state, taken now (its
+        ``taken`` stamp converts its times to wall-clock time).
 
-        The last completed async job is included until one call without
-        ``keep_completed`` has returned it.
+        The last completed async job is in every snapshot until the next
+        async job completes and replaces it: reading never consumes it.
+
+        Read off the event loop (between a stepped run's steps), ``taken`` is
+        the moment the domain first stamped on its loop (its times still
+        convert: the two clocks' offset is the same).
         """
+        try:
+            taken = Stamp.now()
+        except RuntimeError:  # no event loop runs in this thread
+            taken = self._clock if self._clock is not None else Stamp(0.0, time.time())
+        else:
+            if self._clock is None:
+                self._clock = taken
         completed = self._completed
-        if not keep_completed:
-            self._completed = None
         barrier = self._barrier
         holder = self._monitor_session
         return DomainInfo(
@@ -846,6 +862,7 @@ class Domain:
             completed_async_job=completed,
             monitor_holder=None if holder is None else holder._job.id,
             barrier_pending=() if barrier is None else tuple(sorted(j.id for j in barrier.jobs)),
+            taken=taken,
         )
 
     def statistics(self) -> DomainStatistics:
@@ -985,6 +1002,8 @@ class Domain:
     ) -> None:
         if job._state != _JobState.NEW:
             raise JobStateError(f"{job!r} cannot be entered twice")
+        if self._clock is None:
+            self._clock = Stamp.now()
         task = current_task_key()
         held = self._holders.get(task)
         if held is not None:

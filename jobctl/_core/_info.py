@@ -1,5 +1,11 @@
 """Frozen snapshots of a domain's job state: what ``Domain.info()`` and
-``Domain.statistics()`` return."""
+``Domain.statistics()`` return.
+
+Each converts to a JSON-ready dict with ``to_json()`` (the schema is in
+docs/JSON.md): job kinds by their value, every time on the event loop's
+clock given with its wall-clock time beside it (a :class:`Stamp`'s JSON),
+converted through the moment the snapshot was taken (``DomainInfo.taken``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any, final
 
 import attrs
 
+from jobctl._core._clock import Stamp
 from jobctl._core._kinds import AsyncJob, Job
 
 __all__ = ["AsyncJobInfo", "DomainInfo", "DomainStatistics", "RegularJobInfo", "WaiterInfo"]
@@ -24,6 +31,16 @@ class RegularJobInfo:
     started: float
     #: Whether the job began inside the async job's interruptible section.
     in_section: bool
+
+    def to_json(self, taken: Stamp) -> dict[str, Any]:
+        """A JSON-ready dict; ``started`` converted through ``taken``."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "owner": self.owner,
+            "started": taken.at(self.started).to_json(),
+            "in_section": self.in_section,
+        }
 
 
 @final
@@ -47,6 +64,23 @@ class AsyncJobInfo:
     #: The error's text for an outcome other than ``"ok"``.
     error: str | None = None
 
+    def to_json(self, taken: Stamp) -> dict[str, Any]:
+        """A JSON-ready dict; ``started`` and ``ended`` converted through
+        ``taken``; ``allowed`` sorted; ``progress`` as a plain dict."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "owner": self.owner,
+            "phase": self.phase,
+            "interruptible": self.interruptible,
+            "allowed": sorted(job.value for job in self.allowed),
+            "started": taken.at(self.started).to_json(),
+            "progress": dict(self.progress),
+            "outcome": self.outcome,
+            "ended": None if self.ended is None else taken.at(self.ended).to_json(),
+            "error": self.error,
+        }
+
 
 @final
 @attrs.frozen
@@ -56,6 +90,14 @@ class WaiterInfo:
     kind: Job | AsyncJob
     owner: str | None
     since: float
+
+    def to_json(self, taken: Stamp) -> dict[str, Any]:
+        """A JSON-ready dict; ``since`` converted through ``taken``."""
+        return {
+            "kind": self.kind.value,
+            "owner": self.owner,
+            "since": taken.at(self.since).to_json(),
+        }
 
 
 @final
@@ -67,12 +109,36 @@ class DomainInfo:
     regular_jobs: tuple[RegularJobInfo, ...]
     async_job: AsyncJobInfo | None
     waiters: tuple[WaiterInfo, ...]
-    #: The last completed async job, kept until one ``info()`` call returned it.
+    #: The last completed async job, kept until the next one completes and
+    #: replaces it: reading it does not consume it, whoever reads first.
     completed_async_job: AsyncJobInfo | None
     #: Job id of the monitor's holder, if any.
     monitor_holder: int | None
     #: Ids of regular jobs that began in a section the async job has left.
     barrier_pending: tuple[int, ...]
+    #: When the snapshot was taken, on both clocks: every other time in it
+    #: converts to wall-clock time through this one.
+    taken: Stamp
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md): every time as a :class:`Stamp`'s
+        JSON, converted through :attr:`taken`."""
+        taken = self.taken
+        return {
+            "name": self.name,
+            "idle": self.idle,
+            "regular_jobs": [job.to_json(taken) for job in self.regular_jobs],
+            "async_job": None if self.async_job is None else self.async_job.to_json(taken),
+            "waiters": [waiter.to_json(taken) for waiter in self.waiters],
+            "completed_async_job": (
+                None
+                if self.completed_async_job is None
+                else self.completed_async_job.to_json(taken)
+            ),
+            "monitor_holder": self.monitor_holder,
+            "barrier_pending": list(self.barrier_pending),
+            "taken": taken.to_json(),
+        }
 
     @property
     def idle(self) -> bool:
@@ -117,3 +183,7 @@ class DomainStatistics:
     commands: int
     #: Current queue length.
     waiting: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the counters, by their names (docs/JSON.md)."""
+        return attrs.asdict(self)

@@ -316,7 +316,7 @@ class JobMetrics:
                 name=name,
                 now=now,
                 statistics=watch.domain.statistics(),
-                info=watch.domain.info(keep_completed=True),
+                info=watch.domain.info(),
                 buckets=tuple(watch.buckets),
                 latency_sum=watch.latency_sum,
                 kinds=tuple(sorted(watch.kinds.items())),

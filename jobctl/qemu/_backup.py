@@ -93,6 +93,18 @@ class BackupResult:
     #: ``closed.outside_monitor`` is the time outside monitor commands.
     closed: ClosedTime
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md); durations in seconds."""
+        return {
+            "domain": self.domain,
+            "job_id": self.job_id,
+            "device": self.device,
+            "target": self.target,
+            "copied": self.copied,
+            "duration": self.duration,
+            "closed": self.closed.to_json(),
+        }
+
 
 @final
 class _JobState:

@@ -16,9 +16,8 @@ is older does it run the QUERY job.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import final
+from typing import Any, final
 
-import anyio
 import attrs
 
 from jobctl._core._domain import Domain
@@ -36,7 +35,8 @@ __all__ = ["BlockStats", "DomainStats", "domstats", "observed_stats"]
 @attrs.frozen
 class DomainStats:
     """What :func:`domstats` gathered, at ``time`` (the event loop's clock;
-    for ``observed`` stats, when the oldest value was observed)."""
+    for ``observed`` stats, when the oldest value was observed) and ``wall``
+    (the same moment in seconds since the Unix epoch)."""
 
     domain: str
     time: float
@@ -52,6 +52,26 @@ class DomainStats:
     partial: bool = False
     #: Built from the VM's observed state (``max_age``): nothing was asked of QEMU.
     observed: bool = False
+    #: ``time`` on the wall clock, seconds since the Unix epoch.
+    wall: float = attrs.field(kw_only=True)
+
+    @property
+    def stamp(self) -> Stamp:
+        """``time`` and ``wall`` together."""
+        return Stamp(self.time, self.wall)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md); ``time`` as a :class:`Stamp`'s JSON."""
+        return {
+            "domain": self.domain,
+            "time": self.stamp.to_json(),
+            "state": self.state,
+            "running": self.running,
+            "block": [attrs.asdict(block) for block in self.block],
+            "migration": None if self.migration is None else self.migration.to_json(),
+            "partial": self.partial,
+            "observed": self.observed,
+        }
 
 
 def observed_stats(vm: VM, max_age: float) -> DomainStats | None:
@@ -67,7 +87,9 @@ def observed_stats(vm: VM, max_age: float) -> DomainStats | None:
     if run is None or state.age(run.observed) > max_age:
         return None
     if run.status == "shutoff":
-        return DomainStats(vm.name, run.observed.monotonic, "shutoff", False, observed=True)
+        return DomainStats(
+            vm.name, run.observed.monotonic, "shutoff", False, observed=True, wall=run.observed.wall
+        )
     block = state.block
     if block is None or state.age(block.observed) > max_age:
         return None
@@ -80,14 +102,16 @@ def observed_stats(vm: VM, max_age: float) -> DomainStats | None:
             return None
         stamps.append(figures)
         migration = observed_migration.progress()
+    oldest = min(stamps, key=lambda stamp: stamp.monotonic)
     return DomainStats(
         vm.name,
-        min(stamp.monotonic for stamp in stamps),
+        oldest.monotonic,
         run.status,
         run.running,
         block.devices,
         migration,
         observed=True,
+        wall=oldest.wall,
     )
 
 
@@ -137,7 +161,8 @@ async def domstats(
             if dom.monitor is None:
                 if observer is not None:
                     observer.saw_shutoff("domstats")
-                return DomainStats(dom.name, anyio.current_time(), "shutoff", False)
+                now = Stamp.now()
+                return DomainStats(dom.name, now.monotonic, "shutoff", False, wall=now.wall)
             migration = None
             async with limit.monitor(job, observer=observer) as mon:
                 status = await mon.execute("query-status")
@@ -150,12 +175,15 @@ async def domstats(
     except JobBusyError:
         if not nowait:
             raise
-        return DomainStats(dom.name, anyio.current_time(), None, False, partial=True)
+        now = Stamp.now()
+        return DomainStats(dom.name, now.monotonic, None, False, partial=True, wall=now.wall)
+    now = Stamp.now()
     return DomainStats(
         dom.name,
-        anyio.current_time(),
+        now.monotonic,
         str(status.get("status", "unknown")),
         bool(status.get("running")),
         tuple(BlockStats.from_entry(entry) for entry in blocks if isinstance(entry, Mapping)),
         migration,
+        wall=now.wall,
     )

@@ -121,6 +121,17 @@ class MigrationResult:
     #: The same for the destination's domain (its MIGRATION_IN job).
     destination_closed: ClosedTime
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md); durations in seconds."""
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "progress": self.progress.to_json(),
+            "duration": self.duration,
+            "closed": self.closed.to_json(),
+            "destination_closed": self.destination_closed.to_json(),
+        }
+
 
 def _listening_uri(configured: str, reply: Mapping[str, Any]) -> str:
     """Where the destination listens: QEMU's chosen port replaces ``:0``."""

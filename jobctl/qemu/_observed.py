@@ -39,7 +39,6 @@ builds (it takes no lock and awaits nothing), but it has no loop time
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Mapping
 from typing import Any, Final, final
@@ -47,6 +46,7 @@ from typing import Any, Final, final
 import anyio
 import attrs
 
+from jobctl._core._clock import Stamp
 from jobctl._core._domain import Domain
 from jobctl._core._kinds import AsyncJob
 from jobctl.qemu._machine import Machine
@@ -86,27 +86,6 @@ def _count(stats: Mapping[str, Any], key: str) -> int:
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int else None
-
-
-@final
-@attrs.frozen
-class Stamp:
-    """When a value was observed: ``monotonic`` on the event loop's clock
-    (``anyio.current_time()``: virtual under a test's clock), ``wall`` in
-    seconds since the Unix epoch (``time.time()``)."""
-
-    monotonic: float
-    wall: float
-
-    @classmethod
-    def now(cls) -> Stamp:
-        """Now (on the event loop's thread)."""
-        return cls(anyio.current_time(), time.time())
-
-    @property
-    def utc(self) -> datetime.datetime:
-        """:attr:`wall` as an aware UTC datetime."""
-        return datetime.datetime.fromtimestamp(self.wall, datetime.UTC)
 
 
 @final
@@ -329,7 +308,7 @@ class Observer:
         )
 
     def _job(self) -> ObservedJob | None:
-        info = self._domain.info(keep_completed=True).async_job
+        info = self._domain.info().async_job
         if info is None:
             return None
         noted = self._phase

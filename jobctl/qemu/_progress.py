@@ -50,6 +50,10 @@ class MigrationProgress:
     dirty_sync_count: int | None = None
     error: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the members, by their names (docs/JSON.md)."""
+        return attrs.asdict(self)
+
     @classmethod
     def from_reply(cls, reply: Mapping[str, Any]) -> MigrationProgress:
         """Parse a ``query-migrate`` reply. A QEMU that never migrated answers

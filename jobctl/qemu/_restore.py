@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Final, final
+from typing import Any, Final, final
 
 import anyio
 import attrs
@@ -60,6 +60,17 @@ class RestoreResult:
     #: How long the domain was closed to queries;
     #: ``closed.outside_monitor`` is the time outside monitor commands.
     closed: ClosedTime
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md); durations in seconds."""
+        return {
+            "domain": self.domain,
+            "path": self.path,
+            "size": self.size,
+            "running": self.running,
+            "duration": self.duration,
+            "closed": self.closed.to_json(),
+        }
 
 
 @final

@@ -28,7 +28,7 @@ resumed if it ran, within ``cleanup_timeout``.
 from __future__ import annotations
 
 import logging
-from typing import Final, final
+from typing import Any, Final, final
 
 import anyio
 import attrs
@@ -73,6 +73,18 @@ class SaveResult:
     #: How long the domain was closed to queries;
     #: ``closed.outside_monitor`` is the time outside monitor commands.
     closed: ClosedTime
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md); durations in seconds."""
+        return {
+            "domain": self.domain,
+            "path": self.path,
+            "progress": self.progress.to_json(),
+            "size": self.size,
+            "running": self.running,
+            "duration": self.duration,
+            "closed": self.closed.to_json(),
+        }
 
 
 async def save(

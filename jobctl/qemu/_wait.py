@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar, final
+from typing import Any, TypeVar, final
 
 import anyio
 import attrs
@@ -79,6 +79,10 @@ class ClosedTime:
     def outside_monitor(self) -> float:
         """``total`` less ``monitor`` and ``barrier`` (never below 0)."""
         return max(0.0, self.total - self.monitor - self.barrier)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (docs/JSON.md), ``outside_monitor`` included."""
+        return {**attrs.asdict(self), "outside_monitor": self.outside_monitor}
 
 
 @final

@@ -44,6 +44,7 @@ from jobctl_simulators.qemu import (
     MigrationModel,
     SimulatedHost,
     SimulatedQemu,
+    SimulatorError,
 )
 
 __all__ = ["FaultPolicy", "SimulatedBackend", "open_simulated_host"]
@@ -55,6 +56,12 @@ FaultPolicy = Callable[[str, bool], FaultPlan | None]
 _MiB: Final = 1 << 20
 #: How many launches a :class:`SimulatedBackend` remembers.
 LAUNCHES_KEPT: Final = 256
+
+#: Numbers the simulated QEMUs of every backend in this process: the hosts
+#: that share a simulated network register their QEMUs in it by name, so
+#: one VM name on two hosts (a migration's two ends) must give two names,
+#: as two real QEMU processes are two processes whatever the VM is called.
+_QEMU_IDS: Final = itertools.count(1)
 
 
 @final
@@ -160,7 +167,7 @@ class SimulatedBackend:
     def incoming_uri(self, name: str) -> str:
         # Unique per incoming machine: the simulated network keys listeners by
         # URI. The socket file is removed when the machine stops.
-        path = self.workdir / f"{name}.{next(self._ids)}.migrate"
+        path = self.workdir / f"{name}.{next(_QEMU_IDS)}.migrate"
         self._sockets.setdefault(name, []).append(path)
         return f"unix:{path}"
 
@@ -185,7 +192,7 @@ class SimulatedBackend:
     async def launch(
         self, name: str, spec: MachineSpec, *, incoming: bool
     ) -> AsyncIterator[_SimulatedProcess]:
-        stem = f"{name}.{next(self._ids)}"
+        stem = f"{name}.{next(_QEMU_IDS)}"
         qemu = SimulatedQemu(
             stem,
             host=self.sim,
@@ -199,9 +206,11 @@ class SimulatedBackend:
             command_latency=self.command_latency,
         )
         monitors = [self.workdir / f"{stem}.qmp{n}" for n in range(1, spec.extra_monitors + 1)]
+        started = False
         try:
             # Leaving it kills the QEMU if it still runs.
             async with unwrap_single(), qemu:
+                started = True
                 for path in monitors:
                     try:
                         await qemu.add_monitor().serve_unix(path)
@@ -212,6 +221,14 @@ class SimulatedBackend:
                         ) from exc
                 self.launches.append((name, spec, incoming))
                 yield _SimulatedProcess(self, name, qemu, tuple(map(str, monitors)))
+        except (ValueError, LookupError, SimulatorError) as exc:
+            if started:
+                raise
+            # The simulator refused to start it (its network, say): the
+            # error a real host raises for a QEMU that does not start.
+            raise MachineStartError(
+                f"simulated QEMU for machine {name!r} on host {self.host!r} did not start: {exc}"
+            ) from exc
         finally:
             for path in (*self._sockets.pop(name, ()), *monitors):
                 path.unlink(missing_ok=True)

@@ -482,14 +482,14 @@ def test_the_fold_of_a_run_is_what_the_domain_reports(
                     await anyio.sleep(t - anyio.current_time())
                     state = recorder.state("vm")
                     assert state == online[0]
-                    agree(state, dom.info(keep_completed=True))
+                    agree(state, dom.info())
                     compared.append(t)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch)
                 await play(dom, regular, async_, aborts)
             end = recorder.state("vm")
-            agree(end, dom.info(keep_completed=True))
+            agree(end, dom.info())
             assert end.idle and end == online[0]
 
     run_virtual(main)

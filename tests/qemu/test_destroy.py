@@ -128,7 +128,7 @@ def check(c: Cluster) -> None:
 def reaped(c: Cluster, vm: VM) -> None:
     """The VM's QEMU on host a is gone, killed, and its domain idle."""
     assert vm.machine is None and vm.domain.monitor is None and c.a.machines == ()
-    assert vm.domain.info(keep_completed=True).idle
+    assert vm.domain.info().idle
 
 
 async def test_destroy_kills_a_stopped_qemu_under_a_stuck_query() -> None:
