@@ -123,6 +123,7 @@ def test_a_layer_loads_nothing_above_it(package: str) -> None:
     loaded = _loaded_by(f"import {package}")
     above = (
         "jobctl.testing",
+        "jobctl.blocking",
         "jobctl.feed",
         "jobctl.metrics",
         "jobctl.demo",

@@ -33,6 +33,7 @@ PACKAGES: Final = (
     "jobctl.feed",
     "jobctl.metrics",
     "jobctl.testing",
+    "jobctl.blocking",
     "jobctl.demo",
     "jobctl_simulators.qemu",
 )
@@ -50,6 +51,7 @@ LAYERS: Final = (
     "jobctl.feed",
     "jobctl.metrics",
     "jobctl.testing",
+    "jobctl.blocking",
     "jobctl.demo",
     "jobctl.cli",
     "jobctl_simulators.qemu",

@@ -1,0 +1,118 @@
+"""Cost of the blocking facade (``jobctl.blocking``) per call, against the
+async call made inside the loop, in one run, on trio and asyncio.
+
+The work is one uncontended QUERY job that enters the monitor and runs one
+no-op command on a ``jobctl.testing.ScriptedMonitor`` (answers at once), so
+what is measured is the facade's own cost:
+
+* ``async``: the job in the loop, timed in the loop (the baseline);
+* ``one call``: the same job as ``BlockingDomain.execute("noop")`` from a
+  plain thread, one round trip, as every ``BlockingVM`` flow is;
+* ``bare round trip``: ``EventLoopThread.call`` of an empty coroutine,
+  what crossing the thread boundary costs on this machine at all (the
+  floor under any facade; printed for reference, not a ratio's base);
+* ``with job``: ``with bdom.job(QUERY) as job, job.monitor() as mon:
+  mon.execute("noop")`` from a plain thread (five round trips: enter the
+  job, enter the monitor, the command, leave the monitor, leave the job).
+
+Rounds are interleaved (async, one call, with job, again), each round times
+``--calls`` calls; the median per call over the rounds is printed with the
+spread (min-max), and each facade form's ratio and µs over the async call.
+
+Run: ``python bench/bench_blocking.py`` (``--quick`` for a short run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jobctl
+from jobctl import Job
+from jobctl.blocking import BlockingDomain, EventLoopThread
+from jobctl.testing import ScriptedMonitor
+
+
+async def query(domain: jobctl.Domain) -> None:
+    async with domain.job(Job.QUERY) as job, job.monitor() as mon:
+        await mon.execute("noop")
+
+
+async def async_round(domain: jobctl.Domain, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        await query(domain)
+    return (time.perf_counter() - start) / calls
+
+
+def one_call_round(bdom: BlockingDomain, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        bdom.execute("noop")
+    return (time.perf_counter() - start) / calls
+
+
+async def nothing() -> None:
+    pass
+
+
+def bare_round(loop: EventLoopThread, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        loop.call(nothing)
+    return (time.perf_counter() - start) / calls
+
+
+def with_job_round(bdom: BlockingDomain, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        with bdom.job(Job.QUERY) as job, job.monitor() as mon:
+            mon.execute("noop")
+    return (time.perf_counter() - start) / calls
+
+
+def spread(samples: list[float]) -> str:
+    us = [s * 1e6 for s in samples]
+    return f"{statistics.median(us):8.1f} µs  (min {min(us):7.1f}, max {max(us):7.1f})"
+
+
+def run(backend: str, calls: int, rounds: int) -> None:
+    with EventLoopThread(backend) as loop:
+        domain = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=jobctl.TraceHub())
+        bdom = BlockingDomain(loop, domain)
+        base: list[float] = []
+        one: list[float] = []
+        full: list[float] = []
+        bare: list[float] = []
+        for _ in range(rounds):
+            base.append(loop.call(async_round, domain, calls))
+            one.append(one_call_round(bdom, calls))
+            full.append(with_job_round(bdom, calls))
+            bare.append(bare_round(loop, calls))
+        median = statistics.median(base)
+        print(f"{backend}: {rounds} interleaved rounds of {calls} calls")
+        print(f"  async (in the loop)   {spread(base)}")
+        print(f"  bare round trip       {spread(bare)}")
+        for name, samples in (("one call", one), ("with job+monitor", full)):
+            m = statistics.median(samples)
+            print(
+                f"  {name:<20}  {spread(samples)}  ratio {m / median:5.1f}x, "
+                f"+{(m - median) * 1e6:6.1f} µs over async"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--calls", type=int, default=None, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    args = parser.parse_args()
+    calls = args.calls or (200 if args.quick else 2000)
+    rounds = args.rounds or (3 if args.quick else 9)
+    for backend in ("trio", "asyncio"):
+        run(backend, calls, rounds)
+
+
+if __name__ == "__main__":
+    main()

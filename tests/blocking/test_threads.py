@@ -1,0 +1,289 @@
+"""jobctl.blocking: the facade from plain threads, on trio and asyncio loops.
+
+Real simulated hosts (sockets, the simulated QEMU) in real time: the loop
+runs in its own thread, so a mock clock cannot drive it. Threads wait for
+each other with barriers and events, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from jobctl import Domain, Job, JobAbortedError, JobBusyError, JobStateError, TraceEvent, TraceKind
+from jobctl.blocking import (
+    BlockingDomain,
+    BlockingExecutor,
+    BlockingVM,
+    EventLoopThread,
+    LoopNotRunningError,
+    LoopThreadError,
+)
+from jobctl.host import Command, CommandContext, CommandExecutor, Entity
+from jobctl.qemu import BackupTarget
+
+from ..qemu._hosts import OPTIONS, Hosts, hosts
+
+#: The bound of every wait in these tests: far above what any step takes.
+WAIT = 60.0
+TARGET = BackupTarget("backup0")
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def loop(request: pytest.FixtureRequest) -> Iterator[EventLoopThread]:
+    with EventLoopThread(request.param) as running:
+        yield running
+
+
+@contextmanager
+def simulated(loop: EventLoopThread) -> Iterator[Hosts]:
+    """Hosts a and b in the loop, with the checker and the strict detector;
+    the trace is checked when the block ends without an error."""
+    with loop.enter(hosts(real_time=True)) as h:
+        yield h
+        loop.run_sync(h.check)
+
+
+def started(loop: EventLoopThread, h: Hosts, name: str) -> tuple[BlockingVM, BlockingVM]:
+    here, there = loop.call(h.started, name)
+    return BlockingVM(loop, here), BlockingVM(loop, there)
+
+
+@contextmanager
+def when(
+    loop: EventLoopThread, h: Hosts, domain: str, kind: TraceKind, **detail: Any
+) -> Iterator[threading.Event]:
+    """A threading.Event set when ``domain`` emits ``kind`` with ``detail``;
+    the listener is subscribed and removed in the loop thread."""
+    seen = threading.Event()
+
+    def listener(event: TraceEvent) -> None:
+        matches = all(event.detail.get(k) == v for k, v in detail.items())
+        if event.domain == domain and event.kind is kind and matches:
+            seen.set()
+
+    subscription = loop.run_sync(h.hub.subscribe, listener)
+    try:
+        yield seen
+    finally:
+        loop.run_sync(subscription.close)
+
+
+def test_64_threads_share_one_loop_and_the_invariants_hold(loop: EventLoopThread) -> None:
+    threads = 64
+    with simulated(loop) as h:
+        vms = [started(loop, h, f"vm{i}")[0] for i in range(4)]
+        start = threading.Barrier(threads)
+        replies: list[Any] = []
+        replies_lock = threading.Lock()
+
+        def backups(vm: BlockingVM) -> None:
+            start.wait(WAIT)
+            for _ in range(2):
+                vm.backup(TARGET)
+
+        def queries(vm: BlockingVM) -> None:
+            start.wait(WAIT)
+            for _ in range(3):
+                stats = vm.domstats()
+                assert stats.state == "running"
+                with vm.domain.job(Job.QUERY, owner="thread") as job, job.monitor() as mon:
+                    first = mon.execute("query-status")
+                    second = mon.execute("query-block-jobs")
+                with replies_lock:
+                    replies.append((first["status"], second))
+
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(backups, vm) for vm in vms]
+            futures += [pool.submit(queries, vms[i % 4]) for i in range(threads - 4)]
+            for future in futures:
+                future.result(WAIT)
+
+        assert len(replies) == 3 * (threads - 4)
+        assert all(status == "running" for status, _ in replies)
+        for vm in vms:
+            info = vm.domain.info()
+            assert info.idle, info
+            stats = vm.domain.statistics()
+            # 2 backups; 45 threads x 3 x (domstats + one job) queries per VM.
+            assert stats.async_begins == 3  # start + 2 backups
+            assert stats.begins >= 15 * 3 * 2
+            vm.destroy()
+    statistics = loop.statistics()
+    assert statistics.refused == 0
+    assert statistics.in_flight == 0
+
+
+def test_cancelling_a_migrate_future_leaves_the_domain_idle(loop: EventLoopThread) -> None:
+    with simulated(loop) as h:
+        src, dst = started(loop, h, "vm1")
+        with when(loop, h, src.name, TraceKind.ASYNC_PHASE, phase="perform") as performing:
+            future = src.migrate_soon(dst, OPTIONS)
+            assert performing.wait(WAIT)
+        assert future.cancel()
+        loop.drain()
+        assert future.cancelled()
+        for vm in (src, dst):
+            info = vm.domain.info()
+            assert info.idle and info.async_job is None, info
+        # The gate is open: a QUERY that may not wait begins at once, and the
+        # VM runs on at the source.
+        assert src.domstats(nowait=True).state == "running"
+        with src.domain.job(Job.QUERY, nowait=True) as job, job.monitor(nowait=True) as mon:
+            assert mon.execute("query-status")["status"] == "running"
+        assert src.observed().run is not None
+        src.destroy()
+
+
+def test_an_abort_from_another_thread_aborts_a_running_migration(loop: EventLoopThread) -> None:
+    with simulated(loop) as h:
+        src, dst = started(loop, h, "vm1")
+        outcome: list[BaseException | None] = []
+
+        def migrator() -> None:
+            try:
+                src.migrate(dst, OPTIONS)
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        with when(loop, h, src.name, TraceKind.ASYNC_PHASE, phase="perform") as performing:
+            thread = threading.Thread(target=migrator)
+            thread.start()
+            assert performing.wait(WAIT)
+        src.abort("enough")
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], JobAbortedError), outcome
+        assert src.domain.info().idle
+        assert src.domain.statistics().aborts == 1
+        assert src.domstats().state == "running"
+        src.destroy()
+
+
+def test_a_blocking_call_from_the_loop_thread_raises_instead_of_deadlocking(
+    loop: EventLoopThread,
+) -> None:
+    bdom = BlockingDomain(loop, Domain("d"))
+
+    def inside() -> str:
+        assert loop.in_loop_thread()
+        with pytest.raises(LoopThreadError, match="deadlock"):
+            bdom.info()
+        with pytest.raises(LoopThreadError):
+            bdom.job(Job.QUERY).__enter__()
+        return "refused"
+
+    assert loop.run_sync(inside) == "refused"
+    assert loop.statistics().refused == 2
+    assert not loop.in_loop_thread()
+    assert bdom.info().idle
+
+
+def test_a_job_blocks_other_threads_as_it_blocks_tasks(loop: EventLoopThread) -> None:
+    """A MODIFY job held by one thread keeps another thread's QUERY waiting
+    (and a nowait one refused) until it ends; the waiter is seen in info()."""
+    bdom = BlockingDomain(loop, Domain("d"))
+    with bdom.job(Job.MODIFY, owner="holder"):
+        refused: list[BaseException] = []
+
+        def busy() -> None:
+            try:
+                with bdom.job(Job.QUERY, nowait=True):
+                    pass
+            except JobBusyError as exc:
+                refused.append(exc)
+
+        other = threading.Thread(target=busy)
+        other.start()
+        other.join(WAIT)
+        assert len(refused) == 1
+        waiting = threading.Event()
+        began = threading.Event()
+
+        def query() -> None:
+            waiting.set()
+            with bdom.job(Job.QUERY, owner="waiter"):
+                began.set()
+
+        thread = threading.Thread(target=query)
+        thread.start()
+        assert waiting.wait(WAIT)
+        loop.call(_until_waiting, bdom.domain)
+        assert not began.is_set()
+        assert [w.owner for w in bdom.info().waiters] == ["waiter"]
+    thread.join(WAIT)
+    assert began.is_set()
+    assert bdom.info().idle
+
+
+def test_jobs_do_not_nest_in_a_thread(loop: EventLoopThread) -> None:
+    """A thread holding a job that asks for another on the same domain is
+    refused at once, as a task is, instead of waiting for itself."""
+    bdom = BlockingDomain(loop, Domain("d", wait_timeout=WAIT))
+    with bdom.job(Job.MODIFY):
+        with pytest.raises(JobStateError, match="do not nest"):
+            with bdom.job(Job.QUERY):
+                pass
+        assert [j.kind for j in bdom.info().regular_jobs] == [Job.MODIFY]
+    with bdom.job(Job.QUERY):  # released: the thread may begin again
+        pass
+    assert bdom.info().idle
+
+
+async def _until_waiting(domain: Domain) -> None:
+    while not domain.info().waiters:
+        await anyio.lowlevel.checkpoint()
+
+
+def test_a_stopped_loop_refuses_calls() -> None:
+    loop = EventLoopThread("asyncio")
+    bdom = BlockingDomain(loop, Domain("d"))
+    with pytest.raises(LoopNotRunningError):
+        bdom.info()
+    with loop:
+        assert loop.statistics().running
+    with pytest.raises(LoopNotRunningError):
+        bdom.statistics()
+    with pytest.raises(ValueError, match="backend"):
+        EventLoopThread("curio")
+
+
+def test_the_executor_takes_commands_from_many_threads(loop: EventLoopThread) -> None:
+    """16 threads submit commands that all need one VM exclusively: the
+    executor's entity lock runs them one at a time (the overlap counter,
+    kept in the loop, never passes 1), and every result comes back."""
+    vm = Entity("vm", "vm1")
+    running = [0, 0]  # now, most at once
+
+    async def work(ctx: CommandContext) -> str:
+        running[0] += 1
+        running[1] = max(running)
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+        running[0] -= 1
+        return ctx.command.name
+
+    with loop.enter(CommandExecutor(workers=4)) as executor:
+        bex = BlockingExecutor(loop, executor)
+        start = threading.Barrier(16)
+
+        def submitter(number: int) -> list[str]:
+            start.wait(WAIT)
+            handles = [
+                bex.submit(Command(f"c{number}.{i}", work, (vm.exclusive(),))) for i in range(3)
+            ]
+            return [handle.result() for handle in handles]
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(submitter, range(16)))
+    assert results == [[f"c{n}.{i}" for i in range(3)] for n in range(16)]
+    assert running == [0, 1]
