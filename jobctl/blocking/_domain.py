@@ -119,13 +119,10 @@ class BlockingDomain:
     async def _abort(self, reason: str, timeout: float | None) -> None:
         await self._domain.abort(reason, timeout=timeout)
 
-    def info(self, *, keep_completed: bool = False) -> DomainInfo:
+    def info(self) -> DomainInfo:
         """:meth:`jobctl.Domain.info`, read in the loop thread: a consistent
         frozen snapshot (the value is safe to keep and share)."""
-        return self._loop.run_sync(self._info, keep_completed)
-
-    def _info(self, keep_completed: bool) -> DomainInfo:
-        return self._domain.info(keep_completed=keep_completed)
+        return self._loop.run_sync(self._domain.info)
 
     def statistics(self) -> DomainStatistics:
         """:meth:`jobctl.Domain.statistics`, read in the loop thread."""
