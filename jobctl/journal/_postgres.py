@@ -51,6 +51,13 @@ from ._records import (
     TaskState,
     TaskUpdate,
 )
+from ._rules import (
+    backend_conflict,
+    claim_of,
+    dumps_object,
+    task_after,
+    transition_backend_id,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -159,15 +166,6 @@ class PostgresStoreStatistics:
     #: Calls running now (on worker threads).
     in_flight: int
     closed: bool
-
-
-def _dumps(value: Mapping[str, Any] | None, what: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be a JSON object: {exc}") from None
 
 
 def _loads(text: object, column: str) -> dict[str, Any]:
@@ -478,8 +476,8 @@ class PostgresJournalStore:
         """Record a RUNNING command, all its tasks (PENDING) and its entity associations in one
         transaction, before any task starts; a command id already recorded raises
         :class:`JournalStateError`."""
-        data_json = _dumps(data, f"data of command {command_id!r}")
-        params = [_dumps(spec.params, f"params of task {spec.name!r}") for spec in tasks]
+        data_json = dumps_object(data, f"data of command {command_id!r}")
+        params = [dumps_object(spec.params, f"params of task {spec.name!r}") for spec in tasks]
         entity_list = tuple(sorted(entities, key=_by_entity))
 
         def add(conn: psycopg.Connection[Any]) -> CommandRecord:
@@ -562,7 +560,7 @@ class PostgresJournalStore:
         must move its task forward and its command must be RUNNING, or none is applied
         (:class:`JournalStateError`). Of two managers racing one transition, exactly one wins."""
         encoded = [
-            (update, _dumps(update.result, f"result of task {update.task_id!r}"))
+            (update, dumps_object(update.result, f"result of task {update.task_id!r}"))
             for update in updates
         ]
 
@@ -587,24 +585,7 @@ class PostgresJournalStore:
                 if raw is None or command_state is None:
                     raise self._corrupt("jobctl_tasks", update.task_id, "its command is missing")
                 task = self._task(raw)
-                if command_state != CommandState.RUNNING:
-                    raise JournalStateError(
-                        f"task {task.id!r} ({task.name}) belongs to command {task.command_id!r},"
-                        f" which is {command_state}: its tasks can no longer change"
-                    )
-                if update.state.rank <= task.state.rank:
-                    raise JournalStateError(
-                        f"task {task.id!r} ({task.name}) cannot go from {task.state.value}"
-                        f" to {update.state.value}"
-                    )
-                backend_id = task.backend_id
-                if update.backend_id is not None and update.backend_id != backend_id:
-                    if backend_id is not None:
-                        raise JournalStateError(
-                            f"task {task.id!r} ({task.name}) already has backend id"
-                            f" {backend_id!r}, not {update.backend_id!r}"
-                        )
-                    backend_id = update.backend_id
+                backend_id = transition_backend_id(task, command_state, update)
                 try:
                     with conn.transaction():
                         conn.execute(
@@ -621,16 +602,7 @@ class PostgresJournalStore:
                         )
                 except psycopg.errors.UniqueViolation:
                     raise _conflict(conn, task.backend, backend_id, task.name) from None
-                out.append(
-                    attrs.evolve(
-                        task,
-                        state=update.state,
-                        backend_id=backend_id,
-                        result=update.result,
-                        error=update.error,
-                        updated=now,
-                    )
-                )
+                out.append(task_after(task, update, backend_id, now))
             return tuple(out)
 
         return await self._run(apply, write=True)
@@ -648,48 +620,22 @@ class PostgresJournalStore:
             if command.state.final:
                 return command
             now = time.time()
-            if command.state is CommandState.RUNNING:
-                unfinished = command.unfinished_tasks
-                if unfinished:
-                    names = ", ".join(f"{t.name} ({t.state.value})" for t in unfinished)
-                    raise JournalStateError(
-                        f"command {command_id!r} cannot end: {len(unfinished)} of its tasks"
-                        f" are not over: {names}"
-                    )
-                ok = all(t.state is TaskState.SUCCEEDED for t in command.tasks)
-                outcome = CommandState.SUCCEEDED if ok else CommandState.FAILED
-                attempts = 1
-            else:
-                assert command.outcome is not None
-                outcome, attempts = command.outcome, command.end_attempts + 1
-            if attempts > max_attempts:
-                why = (
-                    f"last error: {last_error}"
-                    if last_error
-                    else "the process stopped while it ran"
-                )
-                error = f"end action did not complete in {max_attempts} attempts ({why})"
+            decided = claim_of(command, max_attempts, last_error)
+            outcome, attempts, error = decided.outcome, decided.attempts, decided.error
+            if error is not None:
                 conn.execute(
                     "UPDATE jobctl_commands SET state = 'failed', outcome = %s, error = %s,"
                     " updated = %s WHERE id = %s",
                     (outcome.value, error, now, command_id),
                 )
                 _release_entities(conn, command_id)
-                return attrs.evolve(
-                    command, state=CommandState.FAILED, outcome=outcome, error=error, updated=now
-                )
+                return decided.apply(command, now)
             conn.execute(
                 "UPDATE jobctl_commands SET state = 'ending', outcome = %s, end_attempts = %s,"
                 " updated = %s WHERE id = %s",
                 (outcome.value, attempts, now, command_id),
             )
-            return attrs.evolve(
-                command,
-                state=CommandState.ENDING,
-                outcome=outcome,
-                end_attempts=attempts,
-                updated=now,
-            )
+            return decided.apply(command, now)
 
         return await self._run(claim, write=True)
 
@@ -706,7 +652,7 @@ class PostgresJournalStore:
         if not state.final:
             raise ValueError(f"a command finishes as succeeded or failed, not {state.value!r}")
         command_id = claimed.id
-        result_json = _dumps(result, f"result of the end action of command {command_id!r}")
+        result_json = dumps_object(result, f"result of the end action of command {command_id!r}")
 
         def finish(conn: psycopg.Connection[Any]) -> CommandRecord:
             row = conn.execute(
@@ -773,7 +719,9 @@ class PostgresJournalStore:
 
     async def save_async_job(self, record: AsyncJobRecord) -> None:
         """Record (or replace) the domain's async job, in one transaction."""
-        private = _dumps(record.private, f"private data of the async job on {record.domain!r}")
+        private = dumps_object(
+            record.private, f"private data of the async job on {record.domain!r}"
+        )
         values = (
             record.domain,
             record.job_id,
@@ -856,12 +804,7 @@ def _conflict(
         " AND state NOT IN ('succeeded', 'failed')",
         (backend, backend_id),
     ).fetchone()
-    if holder is not None:
-        return JournalStateError(
-            f"task {name!r}: backend id {backend_id!r} on {backend!r} is already used by"
-            f" unfinished task {holder[0]!r}"
-        )
-    return JournalStateError(f"task {name!r} conflicts with a task already in the journal")
+    return backend_conflict(None if holder is None else str(holder[0]), backend, backend_id, name)
 
 
 def _create_or_check(conn: psycopg.Connection[Any], name: str) -> str:

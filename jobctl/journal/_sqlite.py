@@ -44,6 +44,13 @@ from ._records import (
     TaskUpdate,
 )
 from ._rows import ASYNC_JOBS, COMMANDS, ENTITIES, SEAL, TASKS, RowContext, Table
+from ._rules import (
+    backend_conflict,
+    claim_of,
+    dumps_object,
+    task_after,
+    transition_backend_id,
+)
 from ._schema import SCHEMA_VERSION, create_file, inspect, is_corruption, migrate
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore", "SqliteStoreStatistics"]
@@ -84,15 +91,6 @@ class _Write(Generic[T]):
     result: T | None = None
     error: Exception | None = None
     done: bool = False
-
-
-def _dumps(value: Mapping[str, Any] | None, what: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be a JSON object: {exc}") from None
 
 
 def _loads(text: object, column: str) -> dict[str, Any]:
@@ -631,7 +629,7 @@ class SqliteJournalStore:
         tasks: Sequence[TaskSpec],
         entities: Iterable[Need],
     ) -> CommandRecord:
-        data_json = _dumps(data, f"data of command {command_id!r}")
+        data_json = dumps_object(data, f"data of command {command_id!r}")
         task_rows: list[dict[str, Any]] = [
             {
                 "id": f"{command_id}.{position}",
@@ -641,7 +639,7 @@ class SqliteJournalStore:
                 "backend": spec.backend,
                 "backend_id": spec.backend_id,
                 "state": TaskState.PENDING.value,
-                "params": _dumps(spec.params, f"params of task {spec.name!r}"),
+                "params": dumps_object(spec.params, f"params of task {spec.name!r}"),
                 "result": None,
                 "error": None,
             }
@@ -724,7 +722,7 @@ class SqliteJournalStore:
 
     async def update_tasks(self, updates: Sequence[TaskUpdate]) -> tuple[TaskRecord, ...]:
         encoded = [
-            (update, _dumps(update.result, f"result of task {update.task_id!r}"))
+            (update, dumps_object(update.result, f"result of task {update.task_id!r}"))
             for update in updates
         ]
         ctx = self._ctx
@@ -747,24 +745,7 @@ class SqliteJournalStore:
                 if command["id"] != task.command_id:
                     why = f"served with command {command['id']!r}: an index is damaged"
                     raise ctx.corrupt(TASKS, task.id, why)
-                if command["state"] != CommandState.RUNNING:
-                    raise JournalStateError(
-                        f"task {task.id!r} ({task.name}) belongs to command {task.command_id!r},"
-                        f" which is {command['state']}: its tasks can no longer change"
-                    )
-                if update.state.rank <= task.state.rank:
-                    raise JournalStateError(
-                        f"task {task.id!r} ({task.name}) cannot go from {task.state.value}"
-                        f" to {update.state.value}"
-                    )
-                backend_id = task.backend_id
-                if update.backend_id is not None and update.backend_id != backend_id:
-                    if backend_id is not None:
-                        raise JournalStateError(
-                            f"task {task.id!r} ({task.name}) already has backend id"
-                            f" {backend_id!r}, not {update.backend_id!r}"
-                        )
-                    backend_id = update.backend_id
+                backend_id = transition_backend_id(task, command["state"], update)
                 row = {
                     "id": task.id,
                     "command_id": task.command_id,
@@ -782,16 +763,7 @@ class SqliteJournalStore:
                     _update(conn, ctx, TASKS, row, _TASK_CHANGES)
                 except sqlite3.IntegrityError:
                     raise _conflict(conn, task.backend, backend_id, task.name) from None
-                out.append(
-                    attrs.evolve(
-                        task,
-                        state=update.state,
-                        backend_id=backend_id,
-                        result=update.result,
-                        error=update.error,
-                        updated=now,
-                    )
-                )
+                out.append(task_after(task, update, backend_id, now))
             return tuple(out)
 
         return await self._write(apply)
@@ -806,27 +778,9 @@ class SqliteJournalStore:
             if command.state.final:
                 return command
             now = time.time()
-            if command.state is CommandState.RUNNING:
-                unfinished = command.unfinished_tasks
-                if unfinished:
-                    names = ", ".join(f"{t.name} ({t.state.value})" for t in unfinished)
-                    raise JournalStateError(
-                        f"command {command_id!r} cannot end: {len(unfinished)} of its tasks"
-                        f" are not over: {names}"
-                    )
-                ok = all(t.state is TaskState.SUCCEEDED for t in command.tasks)
-                outcome = CommandState.SUCCEEDED if ok else CommandState.FAILED
-                attempts = 1
-            else:
-                assert command.outcome is not None
-                outcome, attempts = command.outcome, command.end_attempts + 1
-            if attempts > max_attempts:
-                why = (
-                    f"last error: {last_error}"
-                    if last_error
-                    else "the process stopped while it ran"
-                )
-                error = f"end action did not complete in {max_attempts} attempts ({why})"
+            decided = claim_of(command, max_attempts, last_error)
+            outcome, attempts, error = decided.outcome, decided.attempts, decided.error
+            if error is not None:
                 failed = {
                     **row,
                     "state": CommandState.FAILED.value,
@@ -836,9 +790,7 @@ class SqliteJournalStore:
                 }
                 _update(conn, ctx, COMMANDS, failed, ("state", "outcome", "error", "updated"))
                 _release_entities(conn, ctx, command_id)
-                return attrs.evolve(
-                    command, state=CommandState.FAILED, outcome=outcome, error=error, updated=now
-                )
+                return decided.apply(command, now)
             ending = {
                 **row,
                 "state": CommandState.ENDING.value,
@@ -847,13 +799,7 @@ class SqliteJournalStore:
                 "updated": now,
             }
             _update(conn, ctx, COMMANDS, ending, ("state", "outcome", "end_attempts", "updated"))
-            return attrs.evolve(
-                command,
-                state=CommandState.ENDING,
-                outcome=outcome,
-                end_attempts=attempts,
-                updated=now,
-            )
+            return decided.apply(command, now)
 
         return await self._write(claim)
 
@@ -868,7 +814,7 @@ class SqliteJournalStore:
         if not state.final:
             raise ValueError(f"a command finishes as succeeded or failed, not {state.value!r}")
         command_id = claimed.id
-        result_json = _dumps(result, f"result of the end action of command {command_id!r}")
+        result_json = dumps_object(result, f"result of the end action of command {command_id!r}")
         ctx = self._ctx
 
         def finish(conn: sqlite3.Connection) -> CommandRecord:
@@ -937,7 +883,9 @@ class SqliteJournalStore:
         return await self._read(query)
 
     async def save_async_job(self, record: AsyncJobRecord) -> None:
-        private = _dumps(record.private, f"private data of the async job on {record.domain!r}")
+        private = dumps_object(
+            record.private, f"private data of the async job on {record.domain!r}"
+        )
         row = {
             "domain": record.domain,
             "job_id": record.job_id,
@@ -987,12 +935,7 @@ def _conflict(
         " AND state NOT IN ('succeeded', 'failed')",
         (backend, backend_id),
     ).fetchone()
-    if holder is not None:
-        return JournalStateError(
-            f"task {name!r}: backend id {backend_id!r} on {backend!r} is already used by"
-            f" unfinished task {holder[0]!r}"
-        )
-    return JournalStateError(f"task {name!r} conflicts with a task already in the journal")
+    return backend_conflict(None if holder is None else str(holder[0]), backend, backend_id, name)
 
 
 def _connect(path: str) -> sqlite3.Connection:
