@@ -37,6 +37,10 @@ class SaveSink:
         #: Why writing failed, if it did.
         self.error: OSError | None = None
         self._done = anyio.Event()
+        # Whether the file may exist: set before it is opened, since the
+        # open (on a worker thread) creates it before it returns.
+        self._touched = False
+        self._scope = anyio.CancelScope()
 
     @property
     def done(self) -> bool:
@@ -48,19 +52,27 @@ class SaveSink:
         await self._done.wait()
 
     async def discard(self) -> None:
-        """Remove what was written (a failed save leaves no partial file)."""
-        if self.opened:
+        """Stop receiving, wait until the receiver has stopped, then remove
+        what was written: a failed save leaves no partial file, even when the
+        stream arrived while the save was being given up (the file's open,
+        on a worker thread, may create it after a caller has looked)."""
+        self._scope.cancel()
+        await self._done.wait()
+        if self._touched:
             await anyio.Path(self.path).unlink(missing_ok=True)
 
     async def _serve(self, listener: anyio.abc.SocketListener) -> None:
         try:
-            async with listener:
-                stream = await listener.accept()
-            async with stream, await anyio.open_file(self.path, "wb") as file:
-                self.opened = True
-                async for chunk in stream:
-                    await file.write(chunk)
-                    self.written += len(chunk)
+            with self._scope:
+                async with listener:
+                    stream = await listener.accept()
+                async with stream:
+                    self._touched = True
+                    async with await anyio.open_file(self.path, "wb") as file:
+                        self.opened = True
+                        async for chunk in stream:
+                            await file.write(chunk)
+                            self.written += len(chunk)
         except OSError as exc:
             self.error = exc
         finally:
