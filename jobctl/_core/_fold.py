@@ -61,6 +61,7 @@ class TracedJob:
 
     @property
     def id(self) -> int:
+        """The job's process-unique id, from its ``job.begin``."""
         return _job_id(self.begin)
 
     @property
@@ -70,10 +71,12 @@ class TracedJob:
 
     @property
     def owner(self) -> str | None:
+        """Who asked for the job, as its ``job.begin`` names it (or None)."""
         return self.begin.owner
 
     @property
     def started(self) -> float:
+        """When it began: its ``job.begin``'s loop-clock time."""
         return self.begin.time
 
 
@@ -89,6 +92,7 @@ class TracedWaiter:
 
     @property
     def id(self) -> int:
+        """The id of the job it asks for, from its ``job.wait``."""
         return _job_id(self.wait)
 
     @property
@@ -98,10 +102,12 @@ class TracedWaiter:
 
     @property
     def owner(self) -> str | None:
+        """Who asked, as its ``job.wait`` names it (or None)."""
         return self.wait.owner
 
     @property
     def since(self) -> float:
+        """When it began to queue: its ``job.wait``'s loop-clock time."""
         return self.wait.time
 
 
@@ -117,6 +123,7 @@ class TracedSection:
 
     @property
     def since(self) -> float:
+        """When the section opened: its ``gate.open``'s loop-clock time."""
         return self.opened.time
 
 
@@ -134,6 +141,7 @@ class TracedBarrier:
 
     @property
     def since(self) -> float:
+        """When the barrier started: its ``barrier.start``'s loop-clock time."""
         return self.start.time
 
 
@@ -175,6 +183,7 @@ class TracedAsyncJob:
 
     @property
     def id(self) -> int:
+        """The async job's process-unique id, from its ``async.begin``."""
         return _job_id(self.begin)
 
     @property
@@ -184,10 +193,12 @@ class TracedAsyncJob:
 
     @property
     def owner(self) -> str | None:
+        """Who asked for the async job, as its ``async.begin`` names it (or None)."""
         return self.begin.owner
 
     @property
     def started(self) -> float:
+        """When it began: its ``async.begin``'s loop-clock time."""
         return self.begin.time
 
     @property
@@ -197,6 +208,9 @@ class TracedAsyncJob:
 
     @property
     def destroy_requested(self) -> bool:
+        """Whether a ``destroy.request`` pre-empted it (delivered to its body
+        or not: see :attr:`destroy_delivered`).
+        """
         return self.destroy_request is not None
 
     @property
@@ -211,6 +225,7 @@ class TracedAsyncJob:
 
     @property
     def ended(self) -> float | None:
+        """None while it runs; then its ``async.end``'s loop-clock time."""
         return None if self.end is None else self.end.time
 
 
@@ -234,6 +249,9 @@ class TracedMonitor:
 
     @property
     def idle(self) -> bool:
+        """Nothing on the monitor: no holder, no session waiting for it, no
+        command in flight.
+        """
         return self.entered is None and not self.waiting and self.command is None
 
 

@@ -282,6 +282,9 @@ class Feed:
         self._subscription = None
 
     def statistics(self) -> FeedStatistics:
+        """The feed's counters now (see :class:`FeedStatistics`): a snapshot,
+        made fresh on each call.
+        """
         return FeedStatistics(
             clients=len(self._clients),
             accepted=self._accepted,

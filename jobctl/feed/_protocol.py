@@ -103,6 +103,10 @@ class Subscription:
         return self.domains is None or domain in self.domains
 
     def to_json(self) -> dict[str, Any]:
+        """The subscription as a snapshot shows it: ``domains`` and ``kinds``
+        sorted (the same subscription always gives the same JSON), None for
+        "every"; a ``subscribe`` message with these fields asks for it again.
+        """
         return {
             "domains": None if self.domains is None else sorted(self.domains),
             "kinds": None if self.kinds is None else sorted(k.value for k in self.kinds),

@@ -149,14 +149,21 @@ class CommandHandle(Generic[T]):
 
     @property
     def id(self) -> int:
+        """The command's id: unique within its executor, numbered from 1 in
+        submission order.
+        """
         return self._item.id
 
     @property
     def command(self) -> Command[T]:
+        """The :class:`Command` that was submitted, as it was."""
         return cast(Command[T], self._item.command)
 
     @property
     def state(self) -> ExecutionState:
+        """The command's state now (see :class:`ExecutionState`): it only moves
+        forward, and once ``state.finished`` it never changes again.
+        """
         return self._item.state
 
     @property
@@ -303,10 +310,14 @@ class CommandExecutor:
 
     @property
     def name(self) -> str:
+        """The executor's name (the ``name`` argument): it names the executor in
+        its errors and its repr.
+        """
         return self._name
 
     @property
     def workers(self) -> int:
+        """How many commands may run at once (the ``workers`` argument)."""
         return self._workers
 
     @property

@@ -54,6 +54,9 @@ class CommandReport:
 
     @property
     def label(self) -> str:
+        """The command's name and executor id (``"backup #3"``): what logs and
+        :meth:`describe` call it.
+        """
         return f"{self.name} #{self.id}"
 
     @property

@@ -40,7 +40,11 @@ class EntityLocker(Protocol):
     block ends.
     """
 
-    def hold(self, needs: Iterable[Need], *, owner: str) -> AbstractAsyncContextManager[object]: ...
+    def hold(self, needs: Iterable[Need], *, owner: str) -> AbstractAsyncContextManager[object]:
+        """A context manager that, on entering, waits until it holds every
+        one of ``needs`` at once, each in its mode, for ``owner``, and
+        releases them all when the block ends (however it ends)."""
+        ...
 
 
 class AsyncJobHandler(Protocol):

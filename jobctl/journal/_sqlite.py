@@ -629,6 +629,13 @@ class SqliteJournalStore:
         tasks: Sequence[TaskSpec],
         entities: Iterable[Need],
     ) -> CommandRecord:
+        """Record a RUNNING command, all its tasks (PENDING) and its entity
+        associations, in one transaction.
+
+        Raises :class:`JournalStateError` if ``command_id`` is already in the
+        journal or a task's backend id is held by another unfinished task;
+        ``data`` and each task's params must be JSON.
+        """
         data_json = dumps_object(data, f"data of command {command_id!r}")
         task_rows: list[dict[str, Any]] = [
             {
@@ -721,6 +728,13 @@ class SqliteJournalStore:
         return await self._write(add)
 
     async def update_tasks(self, updates: Sequence[TaskUpdate]) -> tuple[TaskRecord, ...]:
+        """Apply task transitions in order, in one transaction; each must
+        move its task forward and its command must be RUNNING.
+
+        If one update is refused (:class:`JournalNotFoundError` for an unknown
+        task, :class:`JournalStateError` for an illegal move or a backend id
+        another task holds), none of them is applied.
+        """
         encoded = [
             (update, dumps_object(update.result, f"result of task {update.task_id!r}"))
             for update in updates
@@ -771,6 +785,14 @@ class SqliteJournalStore:
     async def claim_end(
         self, command_id: str, *, max_attempts: int, last_error: str | None
     ) -> CommandRecord:
+        """Claim the command's end action, in one transaction.
+
+        A RUNNING command whose tasks are all over becomes ENDING with its
+        outcome decided and ``end_attempts == 1``; an ENDING one gets
+        ``end_attempts + 1``; past ``max_attempts`` it becomes FAILED (its
+        entity associations released) instead. A final command is returned as
+        it is: its end action will not run again.
+        """
         ctx = self._ctx
 
         def claim(conn: sqlite3.Connection) -> CommandRecord:
@@ -811,6 +833,15 @@ class SqliteJournalStore:
         result: Mapping[str, Any] | None,
         error: str | None,
     ) -> CommandRecord:
+        """Move the ENDING command that :meth:`claim_end` returned as
+        ``claimed`` to its final ``state``, with the end action's result, and
+        release its entity associations, in one transaction.
+
+        Raises :class:`JournalStateError` (and writes nothing) unless the
+        command is ENDING under that same claim (``end_attempts`` unchanged),
+        or if ``state`` is SUCCEEDED but its outcome is not: so it is done
+        exactly once. ``ValueError`` if ``state`` is not final.
+        """
         if not state.final:
             raise ValueError(f"a command finishes as succeeded or failed, not {state.value!r}")
         command_id = claimed.id
@@ -849,10 +880,18 @@ class SqliteJournalStore:
         return await self._write(finish)
 
     async def get_command(self, command_id: str) -> CommandRecord:
+        """The command and its tasks, read in one transaction.
+
+        Raises :class:`JournalNotFoundError` for an unknown id and
+        :class:`JournalCorruptError` for a damaged record.
+        """
         ctx = self._ctx
         return await self._read(lambda conn: _load_command(conn, ctx, command_id)[0])
 
     async def unfinished_commands(self) -> tuple[CommandRecord, ...]:
+        """Every command that is not final (RUNNING or ENDING), oldest first,
+        read in one consistent snapshot.
+        """
         ctx = self._ctx
 
         def query(conn: sqlite3.Connection) -> tuple[CommandRecord, ...]:
@@ -862,6 +901,11 @@ class SqliteJournalStore:
         return await self._read(query)
 
     async def active_commands(self, entity_type: str, entity_id: str) -> tuple[str, ...]:
+        """Ids of the unfinished commands associated with the entity, sorted.
+
+        An association ends when its command becomes final, so an id listed
+        here still holds (or waits for) the entity.
+        """
         ctx = self._ctx
 
         def query(conn: sqlite3.Connection) -> tuple[str, ...]:
@@ -883,6 +927,9 @@ class SqliteJournalStore:
         return await self._read(query)
 
     async def save_async_job(self, record: AsyncJobRecord) -> None:
+        """Replace the domain's async job record with ``record``, in one
+        transaction: a domain has at most one.
+        """
         private = dumps_object(
             record.private, f"private data of the async job on {record.domain!r}"
         )
@@ -905,6 +952,11 @@ class SqliteJournalStore:
         await self._write(save)
 
     async def clear_async_job(self, domain: str, job_id: int, session: str) -> None:
+        """Delete the domain's record if it is still that job's (same
+        ``job_id`` and ``session``); a newer job's record is left alone, and
+        no record at all is not an error.
+        """
+
         def clear(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "DELETE FROM async_jobs WHERE domain = ? AND job_id = ? AND session = ?",
@@ -914,6 +966,7 @@ class SqliteJournalStore:
         await self._write(clear)
 
     async def async_jobs(self) -> tuple[AsyncJobRecord, ...]:
+        """Every async job record, one per domain, sorted by domain."""
         ctx = self._ctx
 
         def query(conn: sqlite3.Connection) -> tuple[AsyncJobRecord, ...]:

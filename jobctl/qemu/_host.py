@@ -140,9 +140,15 @@ class QemuHost(Generic[B]):
 
     @property
     def name(self) -> str:
+        """The host's name (it shows in machine and domain names and in the
+        host's errors).
+        """
         return self._name
 
     def incoming_uri(self, name: str) -> str:
+        """The URI machine ``name``'s incoming migration listens on, as its
+        :attr:`backend` picks it (see :meth:`Host.incoming_uri`).
+        """
         return self.backend.incoming_uri(name)
 
     @property
@@ -158,6 +164,16 @@ class QemuHost(Generic[B]):
         format: str = "qcow2",
         backing: DiskImage | None = None,
     ) -> DiskImage:
+        """Create an image named ``name`` on the host's storage, replacing a
+        file of that name: an empty one of ``size_mib`` MiB in ``format``, or
+        a qcow2 overlay over ``backing`` (as large as it unless ``size_mib``
+        says).
+
+        Every host checks the same way before its backend runs: ``ValueError``
+        for a bad combination (no size and no backing, a raw overlay, a size
+        under 1 MiB, an unknown format), :class:`MachineSpecError` if
+        ``backing`` is not a usable image (see :meth:`DiskImage.check`).
+        """
         if size_mib is not None and not (type(size_mib) is int and size_mib >= 1):
             raise ValueError(f"a disk needs at least 1 MiB, not {size_mib!r}")
         if format not in FORMATS:
@@ -178,6 +194,15 @@ class QemuHost(Generic[B]):
     async def start_machine(
         self, name: str, spec: MachineSpec, *, incoming: bool = False
     ) -> Machine:
+        """Start a machine in a task of the host's task group (paused, waiting
+        for a migration, when ``incoming``) and return it once its QMP monitor
+        is connected.
+
+        Raises :class:`MachineSpecError` before any QEMU starts if a file of
+        ``spec`` is not usable (:meth:`MachineSpec.check_files`),
+        :class:`MachineStartError` if the QEMU did not come up, and
+        :class:`MachineError` once the host is shutting down.
+        """
         if self._closing:
             raise MachineError(f"host {self._name!r} is shutting down")
         # Here, not in the backends: every host refuses the same specs the

@@ -104,6 +104,10 @@ class BlockStats:
 
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any]) -> BlockStats:
+        """The counters of one ``query-blockstats`` entry. Never raises: a
+        counter that is missing or not an int reads as 0, and the device is
+        the entry's ``qdev``, else its ``device``, else its node name, else
+        ``"?"``."""
         stats = entry.get("stats")
         if not isinstance(stats, Mapping):
             stats = {}

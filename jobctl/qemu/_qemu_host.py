@@ -178,7 +178,8 @@ class ProcessBackend:
         self._ids = itertools.count(1)
 
     def incoming_uri(self, name: str) -> str:
-        # QEMU picks a free port; query-migrate's "socket-address" tells which.
+        """``tcp:127.0.0.1:0`` for every machine: QEMU picks a free port,
+        and ``query-migrate``'s ``socket-address`` tells which."""
         return "tcp:127.0.0.1:0"
 
     async def create_disk(
@@ -201,6 +202,15 @@ class ProcessBackend:
     async def launch(
         self, name: str, spec: MachineSpec, *, incoming: bool
     ) -> AsyncIterator[_QemuProcess]:
+        """Start ``qemu-system-x86_64`` for machine ``name`` (``-S -incoming
+        defer`` when ``incoming``) with its QMP sockets and RAM file in
+        :attr:`workdir`, named uniquely per launch.
+
+        Raises :class:`MachineStartError` if the process cannot be spawned.
+        Leaving the block ends the process if it still runs (SIGTERM, then
+        SIGKILL if it has not exited within :attr:`stop_timeout`), reaps it
+        and removes its sockets and RAM file, even when cancelled.
+        """
         stem = f"{_SAFE.sub('_', name)}.{next(self._ids)}"
         ram = self.workdir / f"{stem}.ram"
         sockets = [self.workdir / f"{stem}.qmp{n}" for n in range(spec.extra_monitors + 1)]

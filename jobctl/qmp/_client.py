@@ -180,6 +180,9 @@ class QMPClient:
         return self._closed is not None
 
     def statistics(self) -> QMPStatistics:
+        """The connection's counters now (see :class:`QMPStatistics`): a
+        snapshot, made fresh on each call; still readable after it closed.
+        """
         return QMPStatistics(
             commands_sent=self._commands_sent,
             replies=self._replies,

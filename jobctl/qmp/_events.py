@@ -107,6 +107,9 @@ class EventSubscription:
         return self._dropped
 
     def statistics(self) -> SubscriptionStatistics:
+        """The subscription's counters now (see :class:`SubscriptionStatistics`):
+        a snapshot, made fresh on each call.
+        """
         return SubscriptionStatistics(
             buffered=len(self._buffer),
             max_buffer=self.max_buffer,
@@ -283,6 +286,9 @@ class EventListener:
 
     @property
     def closed(self) -> bool:
+        """Whether the callback will not be called again: after :meth:`close`,
+        or once the connection closed.
+        """
         return self not in self._hub._listeners
 
     def close(self) -> None:

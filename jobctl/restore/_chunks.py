@@ -84,6 +84,13 @@ class ChunkSource(Protocol):
     """
 
     @property
-    def chunk_map(self) -> ChunkMap: ...
+    def chunk_map(self) -> ChunkMap:
+        """The image's chunks: their sizes, and which are known to be all
+        zeros (never fetched). It does not change while a restore runs."""
+        ...
 
-    async def fetch(self, index: int) -> bytes: ...
+    async def fetch(self, index: int) -> bytes:
+        """Chunk ``index``'s bytes, exactly ``chunk_map.length(index)`` of
+        them (the restore fails with :class:`ChunkSizeError` otherwise); an
+        exception fails the restore, naming the chunk."""
+        ...

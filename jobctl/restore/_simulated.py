@@ -64,6 +64,9 @@ class SimulatedChunkStore:
 
     @property
     def chunk_map(self) -> ChunkMap:
+        """The image's chunk layout, every all-zero chunk marked zero (so a
+        restore never fetches one).
+        """
         return self._map
 
     async def fetch(self, index: int) -> bytes:
@@ -80,6 +83,9 @@ class SimulatedChunkStore:
         return self._image[start : start + length]
 
     def statistics(self) -> SimulatedStoreStatistics:
+        """The store's counters now (see :class:`SimulatedStoreStatistics`): a
+        snapshot, its ``fetches`` a copy.
+        """
         return SimulatedStoreStatistics(
             fetches=collections.Counter(self._fetches),
             in_flight=self._in_flight,
@@ -140,10 +146,16 @@ class MemoryTarget:
                 self._writes += 1
 
     def flush(self) -> None:
+        """Count the flush (:attr:`data` is already as durable as memory gets):
+        :meth:`statistics` shows how often the pipeline flushed.
+        """
         with self._lock:
             self._flushes += 1
 
     def statistics(self) -> MemoryTargetStatistics:
+        """The target's counters now (see :class:`MemoryTargetStatistics`), read
+        under its lock: safe while writes run in other threads.
+        """
         with self._lock:
             return MemoryTargetStatistics(
                 writes=self._writes, max_writers=self._max_writers, flushes=self._flushes

@@ -80,6 +80,7 @@ class FileTarget:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called: a write or flush then raises ``ValueError``."""
         return self._fd < 0
 
     def write(self, offset: int, data: bytes) -> None:

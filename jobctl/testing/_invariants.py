@@ -115,6 +115,9 @@ class Violation:
 
     @property
     def title(self) -> str:
+        """The broken invariant's short name (``INVARIANTS[invariant]``), as
+        :meth:`describe` prints it.
+        """
         return INVARIANTS[self.invariant]
 
     def describe(self) -> str:
@@ -173,6 +176,9 @@ class DomainModel:
 
     @property
     def idle(self) -> bool:
+        """No running job, no waiter, no monitor holder and no command in
+        flight: nothing of the domain is left over.
+        """
         return (
             not self.regular_jobs
             and self.async_job is None
@@ -334,6 +340,9 @@ class InvariantChecker:
         dom.recent.append(event)
 
     def feed_all(self, events: Iterable[TraceEvent]) -> None:
+        """Check and fold in each of ``events`` in order, exactly as
+        :meth:`feed` one at a time would.
+        """
         for event in events:
             self.feed(event)
 

@@ -53,6 +53,16 @@ class MonitorOverlap:
 @final
 @attrs.frozen
 class ScriptedMonitorStatistics:
+    """Counters of one :class:`ScriptedMonitor` since it was made.
+
+    ``commands`` counts every :meth:`ScriptedMonitor.execute` call;
+    ``errors`` the ones that failed by the monitor's doing (closed, dropped,
+    garbled, an injected error reply; not the responder's own raises);
+    ``in_flight`` the commands unanswered now, ``max_in_flight`` the most
+    ever at once; ``overlaps`` the commands sent while another was in
+    flight (0 when the one-command rule held); ``closed`` whether it is.
+    """
+
     commands: int
     errors: int
     in_flight: int
@@ -197,6 +207,9 @@ class ScriptedMonitor:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (or a fault closed the channel):
+        every command then fails with :class:`ScriptedMonitorClosedError`.
+        """
         return self._closed
 
     @property
@@ -235,6 +248,9 @@ class ScriptedMonitor:
             scope.cancel()
 
     def statistics(self) -> ScriptedMonitorStatistics:
+        """The monitor's counters now (see :class:`ScriptedMonitorStatistics`):
+        a snapshot, made fresh on each call.
+        """
         return ScriptedMonitorStatistics(
             commands=self._count,
             errors=self._errors,

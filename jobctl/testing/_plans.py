@@ -289,7 +289,14 @@ class Scenario(_Readable):
             raise ValueError(f"domain names must be unique: {names}")
 
     def max_wait(self) -> float:
+        """The longest any request of any of its domains may wait (the
+        largest :meth:`DomainPlan.max_wait`; 0 with no domain).
+        """
         return max((d.max_wait() for d in self.domains), default=0.0)
 
     def horizon(self) -> float:
+        """A time by which every actor of every domain must have finished,
+        however the interleaving went (deadlock otherwise): the domains run
+        independently, so it is the largest :meth:`DomainPlan.horizon`.
+        """
         return max((d.horizon() for d in self.domains), default=0.0)

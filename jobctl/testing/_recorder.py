@@ -113,6 +113,9 @@ class TraceRecorder:
 
     @property
     def closed(self) -> bool:
+        """Whether it stopped recording (:meth:`close`): the events kept so far
+        stay readable, no new one is added.
+        """
         return self._subscription is None
 
     def close(self) -> None:

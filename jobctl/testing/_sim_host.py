@@ -165,8 +165,9 @@ class SimulatedBackend:
             raise LookupError(f"{machine!r} is not running on host {self.host!r}") from None
 
     def incoming_uri(self, name: str) -> str:
-        # Unique per incoming machine: the simulated network keys listeners by
-        # URI. The socket file is removed when the machine stops.
+        """A ``unix:`` URI in :attr:`workdir`, new on every call (the
+        simulated network keys listeners by URI, so two incoming machines
+        never collide); its socket file is removed when the machine stops."""
         path = self.workdir / f"{name}.{next(_QEMU_IDS)}.migrate"
         self._sockets.setdefault(name, []).append(path)
         return f"unix:{path}"
@@ -192,6 +193,16 @@ class SimulatedBackend:
     async def launch(
         self, name: str, spec: MachineSpec, *, incoming: bool
     ) -> AsyncIterator[_SimulatedProcess]:
+        """Start a :class:`~jobctl_simulators.qemu.SimulatedQemu` for machine
+        ``name`` (``-incoming defer``, paused, when ``incoming``) with the
+        backend's current models, latency and faults, its extra monitors on
+        unix sockets in :attr:`workdir`, and record it in :attr:`launches`.
+
+        Raises :class:`MachineStartError` if the simulator refuses to start
+        it or a monitor socket cannot be served. Leaving the block kills the
+        simulated QEMU if it still runs and removes its socket files, even
+        when cancelled.
+        """
         stem = f"{name}.{next(_QEMU_IDS)}"
         qemu = SimulatedQemu(
             stem,

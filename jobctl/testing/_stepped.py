@@ -192,6 +192,9 @@ class SteppedRun:
 
     @property
     def closed(self) -> bool:
+        """Whether the run has ended (after :meth:`close`, or the trio run
+        ended by itself): a new request then raises :class:`SteppedRunError`.
+        """
         return self._done is not None
 
     def close(self) -> None:

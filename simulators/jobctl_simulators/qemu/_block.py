@@ -62,10 +62,16 @@ class Disk:
 
     @property
     def path(self) -> str:
+        """The image file: ``filename``, or a made-up path under
+        ``/var/lib/simulated-qemu/`` named after the node and format.
+        """
         return self.filename or f"/var/lib/simulated-qemu/{self.node_name}.{self.format}"
 
     @property
     def qdev(self) -> str | None:
+        """The QOM path of the attached device's backend (as ``query-block``
+        shows it), or None for a bare node.
+        """
         return None if self.device is None else f"/machine/peripheral/{self.device}/virtio-backend"
 
     def query_block(self) -> dict[str, Any]:

@@ -65,6 +65,15 @@ class ConcurrencyViolation:
 @final
 @attrs.frozen
 class DetectorStatistics:
+    """Counters of one :class:`ConcurrencyDetector` since it was made.
+
+    ``connections`` counts the connections recorded, ``commands`` the
+    requests that arrived, ``answered`` those replied to, ``violations``
+    the requests that arrived while another of their connection was
+    unanswered; unlike :meth:`ConcurrencyDetector.records`, none is ever
+    dropped.
+    """
+
     connections: int
     commands: int
     answered: int
@@ -119,6 +128,9 @@ class ConcurrencyDetector:
         return len(self._violations)
 
     def violations(self) -> tuple[ConcurrencyViolation, ...]:
+        """Every violation seen so far, oldest first (never dropped, whatever
+        ``max_records`` is).
+        """
         return tuple(self._violations)
 
     def records(self, connection: str | None = None) -> tuple[RequestRecord, ...]:
@@ -130,6 +142,7 @@ class ConcurrencyDetector:
         )
 
     def statistics(self) -> DetectorStatistics:
+        """The detector's counters now (see :class:`DetectorStatistics`)."""
         return DetectorStatistics(
             connections=self._connections,
             commands=self._commands,

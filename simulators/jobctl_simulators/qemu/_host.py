@@ -22,7 +22,9 @@ class HostedVm(Protocol):
     (:class:`~jobctl_simulators.qemu.SimulatedQemu` is one.)"""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The VM's name: unique among the running VMs of one host."""
+        ...
 
 
 @final

@@ -32,15 +32,31 @@ class MemoryByteStream(ByteStream):
         self._buffer = bytearray()
 
     async def send(self, item: bytes) -> None:
+        """Queue ``item`` for the peer, whole and in order; never blocks.
+
+        Raises :exc:`anyio.BrokenResourceError` once the peer closed and
+        :exc:`anyio.ClosedResourceError` after this end's :meth:`send_eof`
+        or :meth:`aclose`. An empty ``item`` sends nothing (a checkpoint).
+        """
         if item:
             await self._send.send(bytes(item))
         else:
             await anyio.lowlevel.checkpoint()
 
     async def send_eof(self) -> None:
+        """Half-close: once the peer has read what was sent, its
+        :meth:`receive` raises :exc:`anyio.EndOfStream`; this end can still
+        receive.
+        """
         await self._send.aclose()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Wait for data and return at most ``max_bytes`` of it (bytes the
+        peer sent but not yet returned come first, never lost or reordered).
+
+        Raises :exc:`anyio.EndOfStream` once the peer sent EOF or closed and
+        everything was read; ``ValueError`` if ``max_bytes < 1``.
+        """
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         if self._buffer:
@@ -52,6 +68,10 @@ class MemoryByteStream(ByteStream):
         return chunk
 
     async def aclose(self) -> None:
+        """Close both directions of this end: the peer's :meth:`receive` ends
+        with :exc:`anyio.EndOfStream`, its :meth:`send` raises
+        :exc:`anyio.BrokenResourceError`. Idempotent.
+        """
         await self._send.aclose()
         await self._receive.aclose()
 

@@ -35,6 +35,18 @@ CRASH_STATUS: Final = -6
 @final
 @attrs.frozen
 class VmStatistics:
+    """Counters of one :class:`SimulatedQemu` since it was made (a snapshot:
+    :meth:`SimulatedQemu.statistics` makes a new one each call).
+
+    ``run_state`` is the run state then; ``monitors`` how many monitors it
+    has; ``connections`` counts every client they served,
+    ``open_connections`` those still open;
+    ``commands`` the well-formed commands of known names it took, faulted or
+    not (input refused with an error reply is not counted); ``events``
+    every event emitted;
+    ``faults_injected`` the faults its :class:`FaultPlan` fired.
+    """
+
     run_state: str
     monitors: int
     connections: int
@@ -282,12 +294,17 @@ class SimulatedQemu:
 
     @property
     def monitors(self) -> dict[str, QmpMonitor]:
+        """The VM's monitors by name (a copy: adding to it adds no monitor)."""
         return dict(self._monitors)
 
     def greeting(self) -> dict[str, Any]:
+        """The QMP greeting a client gets on connecting: the version and the
+        ``oob`` capability, as QEMU 7.2 sends it.
+        """
         return {"QMP": {"version": self.version(), "capabilities": ["oob"]}}
 
     def version(self) -> dict[str, Any]:
+        """``query-version``'s return: the simulated QEMU version and ``package``."""
         return {"qemu": dict(QEMU_VERSION), "package": self.package}
 
     def add_event_listener(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
@@ -320,9 +337,13 @@ class SimulatedQemu:
 
     @property
     def running(self) -> bool:
+        """The guest runs (run state ``running``)."""
         return self._run_state == "running"
 
     def set_run_state(self, state: str) -> None:
+        """Set the run state to ``state`` as it is, with no event (unlike
+        :meth:`vm_stop` and :meth:`vm_start`).
+        """
         self._run_state = state
 
     def vm_stop(self, state: str = "paused", *, force: bool = False) -> None:
@@ -342,6 +363,10 @@ class SimulatedQemu:
     # -- block ----------------------------------------------------------------
 
     def blockstats(self, *, query_nodes: bool) -> list[dict[str, Any]]:
+        """``query-blockstats``'s return: with ``query_nodes``, one entry per
+        protocol node and per disk node; else one per disk attached to a
+        device, its protocol node as ``parent``.
+        """
         entries: list[dict[str, Any]] = []
         for disk in self.block.disks.values():
             file_node = self.block.nodes.file_nodes[disk.node_name]
@@ -356,9 +381,11 @@ class SimulatedQemu:
 
     @property
     def detector(self) -> ConcurrencyDetector:
+        """The host's :class:`ConcurrencyDetector` (shared by every VM of the host)."""
         return self.host.detector
 
     def statistics(self) -> VmStatistics:
+        """The VM's counters now (see :class:`VmStatistics`)."""
         return VmStatistics(
             run_state=self._run_state,
             monitors=len(self._monitors),
