@@ -220,8 +220,10 @@ async def migration_paused_before_switchover(env: Env) -> None:
     await s.execute("query-status")
     await s.execute("cont")
     await s.execute("migrate-continue", {"state": "active"})
-    await s.execute("migrate-continue", {"state": "pre-switchover"})
-    await s.until("MIGRATION", status="completed")
+    # The migration thread wakes on migrate-continue and emits "device" (then
+    # "completed") while the main loop writes the reply: in QEMU either may
+    # come first (CI saw "device" before the reply, local runs after it).
+    await s.settle("migrate-continue", {"state": "pre-switchover"}, "MIGRATION", status="completed")
     await d.until("MIGRATION", status="completed")
     await settle_after_completion()
     await s.execute("query-status")
