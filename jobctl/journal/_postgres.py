@@ -55,6 +55,8 @@ from ._rules import (
     backend_conflict,
     claim_of,
     dumps_object,
+    loads_object,
+    loads_optional_object,
     task_after,
     transition_backend_id,
 )
@@ -166,19 +168,6 @@ class PostgresStoreStatistics:
     #: Calls running now (on worker threads).
     in_flight: int
     closed: bool
-
-
-def _loads(text: object, column: str) -> dict[str, Any]:
-    if not isinstance(text, str):
-        raise TypeError(f"column {column!r} holds {type(text).__name__}, not JSON text")
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise TypeError(f"column {column!r} holds JSON {type(value).__name__}, not an object")
-    return value
-
-
-def _loads_optional(text: object, column: str) -> dict[str, Any] | None:
-    return None if text is None else _loads(text, column)
 
 
 def _by_entity(need: Need) -> Entity:
@@ -394,8 +383,8 @@ class PostgresJournalStore:
                 backend=r[4],
                 backend_id=r[5],
                 state=TaskState(r[6]),
-                params=_loads(r[7], "params"),
-                result=_loads_optional(r[8], "result"),
+                params=loads_object(r[7], "params"),
+                result=loads_optional_object(r[8], "result"),
                 error=r[9],
                 updated=r[10],
             )
@@ -443,8 +432,8 @@ class PostgresJournalStore:
                 kind=r[1],
                 state=CommandState(r[2]),
                 outcome=None if r[3] is None else CommandState(r[3]),
-                data=_loads(r[4], "data"),
-                result=_loads_optional(r[5], "result"),
+                data=loads_object(r[4], "data"),
+                result=loads_optional_object(r[5], "result"),
                 error=r[6],
                 end_attempts=r[7],
                 created=r[8],
@@ -782,7 +771,7 @@ class PostgresJournalStore:
                 phase=r[3],
                 owner=r[4],
                 allowed=frozenset(Job(value) for value in allowed),
-                private=_loads(r[6], "private"),
+                private=loads_object(r[6], "private"),
                 session=r[7],
                 saved=r[8],
             )

@@ -22,6 +22,8 @@ __all__ = [
     "backend_conflict",
     "claim_of",
     "dumps_object",
+    "loads_object",
+    "loads_optional_object",
     "task_after",
     "transition_backend_id",
 ]
@@ -36,6 +38,23 @@ def dumps_object(value: Mapping[str, Any] | None, what: str) -> str | None:
         return json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be a JSON object: {exc}") from None
+
+
+def loads_object(text: object, column: str) -> dict[str, Any]:
+    """The JSON object stored as text in ``column``; :class:`TypeError` naming
+    the column when it holds something else (not text, or JSON that is not an
+    object), :class:`json.JSONDecodeError` when the text is not JSON."""
+    if not isinstance(text, str):
+        raise TypeError(f"column {column!r} holds {type(text).__name__}, not JSON text")
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"column {column!r} holds JSON {type(value).__name__}, not an object")
+    return value
+
+
+def loads_optional_object(text: object, column: str) -> dict[str, Any] | None:
+    """:func:`loads_object`, with NULL read as None."""
+    return None if text is None else loads_object(text, column)
 
 
 def transition_backend_id(task: TaskRecord, command_state: str, update: TaskUpdate) -> str | None:

@@ -48,6 +48,8 @@ from ._rules import (
     backend_conflict,
     claim_of,
     dumps_object,
+    loads_object,
+    loads_optional_object,
     task_after,
     transition_backend_id,
 )
@@ -93,19 +95,6 @@ class _Write(Generic[T]):
     done: bool = False
 
 
-def _loads(text: object, column: str) -> dict[str, Any]:
-    if not isinstance(text, str):
-        raise TypeError(f"column {column!r} holds {type(text).__name__}, not JSON text")
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise TypeError(f"column {column!r} holds JSON {type(value).__name__}, not an object")
-    return value
-
-
-def _loads_optional(text: object, column: str) -> dict[str, Any] | None:
-    return None if text is None else _loads(text, column)
-
-
 # -- reading rows: checksum first, then the schema's rules -----------------------------
 
 
@@ -120,8 +109,8 @@ def _task(ctx: RowContext, raw: Sequence[Any]) -> TaskRecord:
             backend=r["backend"],
             backend_id=r["backend_id"],
             state=TaskState(r["state"]),
-            params=_loads(r["params"], "params"),
-            result=_loads_optional(r["result"], "result"),
+            params=loads_object(r["params"], "params"),
+            result=loads_optional_object(r["result"], "result"),
             error=r["error"],
             updated=r["updated"],
         )
@@ -168,14 +157,14 @@ def _command(
             id=r["id"],
             kind=r["kind"],
             state=state,
-            data=_loads(r["data"], "data"),
+            data=loads_object(r["data"], "data"),
             tasks=tuple(tasks),
             entities=tuple(sorted(entities, key=_by_entity)),
             created=r["created"],
             updated=r["updated"],
             outcome=outcome,
             end_attempts=r["end_attempts"],
-            result=_loads_optional(r["result"], "result"),
+            result=loads_optional_object(r["result"], "result"),
             error=r["error"],
         )
     except (TypeError, ValueError) as exc:
@@ -195,7 +184,7 @@ def _async_job(ctx: RowContext, raw: Sequence[Any]) -> AsyncJobRecord:
             phase=r["phase"],
             owner=r["owner"],
             allowed=frozenset(Job(value) for value in allowed),
-            private=_loads(r["private"], "private"),
+            private=loads_object(r["private"], "private"),
             session=r["session"],
             saved=r["saved"],
         )
