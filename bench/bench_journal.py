@@ -122,13 +122,17 @@ class InstantBackend:
         await anyio.lowlevel.checkpoint()
 
 
-async def populate(path: Path, commands: int) -> tuple[set[str], set[str]]:
-    """The journal a manager leaves when it dies with 4 tasks per command in flight."""
+async def fill(journal: Journal, commands: int) -> tuple[set[str], set[str]]:
+    """Fill ``journal`` as a manager leaves it when it dies with 4 tasks per
+    command in flight (a quarter each never started, still running, finished
+    while the manager was down, already recorded done); the backend ids still
+    running and those finished."""
     running: set[str] = set()
     done: set[str] = set()
-    async with open_journal(path, synchronous="normal") as journal:
+    limit = anyio.CapacityLimiter(64)
 
-        async def one(c: int) -> None:
+    async def one(c: int) -> None:
+        async with limit:
             specs = [TaskSpec(f"disk{i}", "storage", backend_id=f"j{c}-{i}") for i in range(4)]
             entities = [Entity("vm", f"vm{c % 100}").exclusive()]
             entities += [Entity("disk", f"vm{c}-disk{i}").exclusive() for i in range(4)]
@@ -142,10 +146,16 @@ async def populate(path: Path, commands: int) -> tuple[set[str], set[str]]:
             running.add(f"j{c}-1")
             done.update((f"j{c}-2", f"j{c}-3"))
 
-        async with anyio.create_task_group() as tg:
-            for c in range(commands):
-                tg.start_soon(one, c)
+    async with anyio.create_task_group() as tg:
+        for c in range(commands):
+            tg.start_soon(one, c)
     return running, done
+
+
+async def populate(path: Path, commands: int) -> tuple[set[str], set[str]]:
+    """:func:`fill` on a new journal file at ``path``."""
+    async with open_journal(path, synchronous="normal") as journal:
+        return await fill(journal, commands)
 
 
 async def end_action(ctx: EndContext) -> Mapping[str, Any]:

@@ -36,16 +36,14 @@ from typing import Literal
 
 import anyio
 import psycopg
-from bench_journal import InstantBackend, end_action
+from bench_journal import InstantBackend, end_action, fill
 
-from jobctl import Entity
 from jobctl.journal import (
     Journal,
     PostgresJournalStore,
     SqliteJournalStore,
     TaskSpec,
     TaskState,
-    TaskUpdate,
     recover,
 )
 from jobctl.testing import ThrowawayPostgres, throwaway_postgres
@@ -149,39 +147,12 @@ async def transitions(journal: Journal, tasks: int, writers: int) -> float:
     return 2 * tasks / took[0]
 
 
-async def populate(journal: Journal, commands: int) -> tuple[set[str], set[str]]:
-    """The journal a manager leaves when it dies with 4 tasks per command in flight."""
-    running: set[str] = set()
-    done: set[str] = set()
-    limit = anyio.CapacityLimiter(64)
-
-    async def one(c: int) -> None:
-        async with limit:
-            specs = [TaskSpec(f"disk{i}", "storage", backend_id=f"j{c}-{i}") for i in range(4)]
-            entities = [Entity("vm", f"vm{c % 100}").exclusive()]
-            entities += [Entity("disk", f"vm{c}-disk{i}").exclusive() for i in range(4)]
-            command = await journal.begin_command(
-                "remove_vm", specs, entities=entities, command_id=f"c{c}"
-            )
-            _never_started, still, finished, recorded = command.tasks
-            updates = [TaskUpdate(t.id, TaskState.RUNNING) for t in (still, finished, recorded)]
-            updates.append(TaskUpdate(recorded.id, TaskState.SUCCEEDED))
-            await journal.update_tasks(updates)
-            running.add(f"j{c}-1")
-            done.update((f"j{c}-2", f"j{c}-3"))
-
-    async with anyio.create_task_group() as tg:
-        for c in range(commands):
-            tg.start_soon(one, c)
-    return running, done
-
-
 async def recovery(store: Store, location: str, sync: Sync, commands: int) -> float:
     """Seconds of ``recover()`` over ``commands`` unfinished commands of 4
     tasks, left by a journal closed without ending them (the open is not
     timed)."""
     async with await open_at(store, location, sync) as dead:
-        running, done = await populate(dead, commands)
+        running, done = await fill(dead, commands)
     async with await open_at(store, location, sync) as journal:
         with _timer() as took:
             report = await recover(

@@ -26,9 +26,8 @@ import asyncio
 import signal
 import socket
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, final
 
 import anyio
@@ -49,32 +48,12 @@ from jobctl.qemu import (
     destroy,
     domstats,
     migrate,
-    open_qemu_host,
     start,
 )
-from jobctl.testing import open_simulated_host
-from jobctl_simulators.qemu import MigrationModel, SimulatedHost
+from jobctl.testing import open_host_pair
+from jobctl_simulators.qemu import MigrationModel
 
 MiB = 1 << 20
-
-
-@asynccontextmanager
-async def two_hosts(qemu: bool) -> AsyncIterator[tuple[Host, Host]]:
-    if qemu:
-        with tempfile.TemporaryDirectory() as storage:  # shared storage for the disk
-            async with (
-                open_qemu_host("a", storage=storage) as a,
-                open_qemu_host("b", storage=storage) as b,
-            ):
-                yield a, b
-    else:
-        network = SimulatedHost(network=True)
-        model = MigrationModel(link_speed=float(256 * MiB))  # as a fast real link
-        async with (
-            open_simulated_host("a", sim=network, migration=model) as a,
-            open_simulated_host("b", sim=network, migration=model) as b,
-        ):
-            yield a, b
 
 
 @final
@@ -201,7 +180,12 @@ class _Server(uvicorn.Server):
 async def main(host: str, port: int, qemu: bool) -> int:
     with socket.create_server((host, port)) as listening:
         bound_host, bound_port = listening.getsockname()[:2]
-        async with two_hosts(qemu) as (a, b), anyio.create_task_group() as tasks:
+        model = MigrationModel(link_speed=float(256 * MiB))  # as a fast real link
+        async with (
+            open_host_pair(qemu=qemu, migration=model) as pair,
+            anyio.create_task_group() as tasks,
+        ):
+            a, b = pair.hosts
             vm = Managed("vm1", (a, b))
             disk = await a.create_disk("vm1", 64)
             await start(vm.current, MachineSpec(ram_mib=64, disk=disk))

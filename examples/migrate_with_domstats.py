@@ -15,49 +15,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 
 from jobctl import Domain, TraceHub
 from jobctl.qemu import (
     VM,
-    Host,
     MachineSpec,
     MigrationOptions,
     destroy,
     domstats,
     migrate,
-    open_qemu_host,
     start,
 )
 from jobctl.testing import (
     REAL_TIME_INSTANT,
     InvariantChecker,
-    open_simulated_host,
+    open_host_pair,
 )
-from jobctl_simulators.qemu import ConcurrencyDetector, SimulatedHost
-
-
-@asynccontextmanager
-async def two_hosts(qemu: bool) -> AsyncIterator[tuple[Host, Host, ConcurrencyDetector | None]]:
-    """Two hosts that can migrate to each other, and the simulator's detector."""
-    if qemu:
-        with tempfile.TemporaryDirectory() as storage:  # shared storage for the disk
-            async with (
-                open_qemu_host("a", storage=storage) as a,
-                open_qemu_host("b", storage=storage) as b,
-            ):
-                yield a, b, None
-    else:
-        network = SimulatedHost(network=True)
-        async with (
-            open_simulated_host("a", sim=network) as a,
-            open_simulated_host("b", sim=network) as b,
-        ):
-            yield a, b, network.detector
 
 
 async def main(migrations: int, qemu: bool) -> int:
@@ -66,7 +41,8 @@ async def main(migrations: int, qemu: bool) -> int:
     checker = InvariantChecker(instant=REAL_TIME_INSTANT)
     latencies: list[float] = []
     with trace.subscribe(checker.feed):
-        async with two_hosts(qemu) as (a, b, detector):
+        async with open_host_pair(qemu=qemu) as pair:
+            a, b = pair.hosts
             # The same VM as each host sees it; it starts on host a.
             here = VM(Domain("vm1@a", trace=trace), a)
             there = VM(Domain("vm1@b", trace=trace), b)
@@ -94,7 +70,7 @@ async def main(migrations: int, qemu: bool) -> int:
                     )
                 done.set()
             await destroy(here)
-            simulated = None if detector is None else detector.violation_count
+            simulated = None if pair.simulator is None else pair.simulator.detector.violation_count
     checker.finish()
     latencies.sort()
     p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0

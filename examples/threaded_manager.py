@@ -14,36 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 
 from jobctl import Domain, TraceHub
 from jobctl.blocking import BlockingVM, EventLoopThread
-from jobctl.qemu import VM, Host, MachineSpec, MigrationOptions, open_qemu_host
-from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker, open_simulated_host
-from jobctl_simulators.qemu import ConcurrencyDetector, SimulatedHost
-
-
-@asynccontextmanager
-async def two_hosts(qemu: bool) -> AsyncIterator[tuple[Host, Host, ConcurrencyDetector | None]]:
-    """Two hosts that can migrate to each other, and the simulator's detector."""
-    if qemu:
-        with tempfile.TemporaryDirectory() as storage:  # shared storage for the disk
-            async with (
-                open_qemu_host("a", storage=storage) as a,
-                open_qemu_host("b", storage=storage) as b,
-            ):
-                yield a, b, None
-    else:
-        network = SimulatedHost(network=True)
-        async with (
-            open_simulated_host("a", sim=network) as a,
-            open_simulated_host("b", sim=network) as b,
-        ):
-            yield a, b, network.detector
+from jobctl.qemu import VM, Host, MachineSpec, MigrationOptions
+from jobctl.testing import REAL_TIME_INSTANT, InvariantChecker, open_host_pair
 
 
 def main(migrations: int, threads: int, backend: str, qemu: bool) -> int:
@@ -55,8 +32,9 @@ def main(migrations: int, threads: int, backend: str, qemu: bool) -> int:
     with (
         trace.subscribe(checker.feed),
         EventLoopThread(backend) as loop,
-        loop.enter(two_hosts(qemu)) as (a, b, detector),
+        loop.enter(open_host_pair(qemu=qemu)) as pair,
     ):
+        a, b = pair.hosts
         # The same VM as each host sees it; it starts on host a.
         here = BlockingVM(loop, loop.run_sync(_vm, "vm1@a", a, trace))
         there = BlockingVM(loop, loop.run_sync(_vm, "vm1@b", b, trace))
@@ -87,7 +65,7 @@ def main(migrations: int, threads: int, backend: str, qemu: bool) -> int:
                 for future in futures:
                     future.result()
         here.destroy()
-        simulated = None if detector is None else detector.violation_count
+        simulated = None if pair.simulator is None else pair.simulator.detector.violation_count
     checker.finish()
     print(f"queries from {threads} threads: {sum(polls)}")
     print(f"monitor violations (simulator's detector): {simulated}")

@@ -443,25 +443,13 @@ async def open_demo_hosts(
     simulated network; each command takes ``command_latency`` seconds, which
     virtual time needs) or, with ``qemu``, real QEMU (sharing a temporary
     storage directory). Everything is stopped and removed on exit."""
-    if qemu:
-        from jobctl.qemu._qemu_host import open_qemu_host
+    from jobctl.testing._host_pair import open_host_pair
 
-        storage = tempfile.mkdtemp(prefix="jobctl-storage-")
-        try:
-            async with (
-                open_qemu_host("host-a", storage=storage) as a,
-                open_qemu_host("host-b", storage=storage) as b,
-            ):
-                yield DemoHosts((a, b), "qemu", None)
-        finally:
-            shutil.rmtree(storage, ignore_errors=True)
-        return
-    from jobctl.testing._sim_host import open_simulated_host
-    from jobctl_simulators.qemu import SimulatedHost
-
-    sim = SimulatedHost(network=True)
-    async with (
-        open_simulated_host("host-a", sim=sim, command_latency=command_latency) as a,
-        open_simulated_host("host-b", sim=sim, command_latency=command_latency) as b,
-    ):
-        yield DemoHosts((a, b), "simulator", lambda: sim.detector.violation_count)
+    async with open_host_pair(
+        ("host-a", "host-b"), qemu=qemu, command_latency=command_latency
+    ) as pair:
+        sim = pair.simulator
+        if sim is None:
+            yield DemoHosts(pair.hosts, "qemu", None)
+        else:
+            yield DemoHosts(pair.hosts, "simulator", lambda: sim.detector.violation_count)

@@ -36,7 +36,8 @@ The pieces
   faults, a gate that holds commands (:meth:`~ScriptedMonitor.hold`) and a
   detector of overlapping commands. :func:`open_simulated_vm` starts a
   simulated QEMU (:mod:`jobctl_simulators.qemu`) with jobctl's QMP client and a
-  domain over it.
+  domain over it. :func:`open_host_pair` opens two hosts that migrate to each
+  other, simulated or (``qemu=True``) real QEMU: what the examples run on.
 * Faults are the simulator's, re-exported here: :class:`Latency`,
   :class:`Stall`, :class:`ErrorReply`, :class:`Drop`, :class:`Garbage`,
   :class:`Die`, scripted by a :class:`FaultRule` (this command, its n-th
@@ -117,6 +118,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
 from jobctl.testing._format import format_event, format_events
+from jobctl.testing._host_pair import HostPair, open_host_pair
 from jobctl.testing._invariants import (
     INVARIANTS,
     DomainModel,
@@ -243,6 +245,7 @@ __all__ = [
     "FaultPolicy",
     "FaultRule",
     "Garbage",
+    "HostPair",
     "InvariantChecker",
     "InvariantViolation",
     "Latency",
@@ -280,6 +283,7 @@ __all__ = [
     "format_event",
     "format_events",
     "monitor_faults",
+    "open_host_pair",
     "open_simulated_host",
     "open_simulated_vm",
     "play_plan",
