@@ -5,8 +5,6 @@ channel with ``execute(command, arguments)``. Public names are re-exported
 from :mod:`jobctl`; nothing here imports another part of jobctl.
 """
 
-import types as _types
-
 from jobctl._core._clock import Stamp
 from jobctl._core._domain import (
     AbortHook,
@@ -55,6 +53,7 @@ from jobctl._core._trace import (
     TraceSubscription,
     default_trace_hub,
 )
+from jobctl._public import publish
 
 __all__ = [
     "DEFAULT_ALLOWED",
@@ -104,8 +103,4 @@ __all__ = [
 
 # The public names show their public path, jobctl.Name (jobctl re-exports
 # them), in reprs, tracebacks, pickles and the reference.
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _obj.__module__.startswith(__name__):
-        _obj.__module__ = "jobctl"
-del _name, _obj
+publish(globals(), "jobctl")

@@ -28,8 +28,7 @@ context manager to :meth:`EventLoopThread.call` / :meth:`~EventLoopThread.enter`
 raises :class:`LoopThreadError` instead of deadlocking.
 """
 
-import types as _types
-
+from jobctl._public import publish
 from jobctl.blocking._domain import BlockingDomain, BlockingJob, BlockingMonitor
 from jobctl.blocking._errors import BlockingError, LoopNotRunningError, LoopThreadError
 from jobctl.blocking._executor import BlockingCommand, BlockingExecutor
@@ -53,12 +52,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

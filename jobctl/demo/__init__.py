@@ -10,8 +10,7 @@ above the flows, the test toolkit and the feed; nothing below imports it.
 simulated hosts until cancelled: what ``jobctl serve`` shows in its feed.
 """
 
-import types as _types
-
+from jobctl._public import publish
 from jobctl.demo._demo import (
     JOBS,
     NOUNS,
@@ -39,12 +38,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

@@ -15,9 +15,8 @@ records too; they are re-exported here for lock users.
 
 from __future__ import annotations
 
-import types as _types
-
 from jobctl._core._entity import Entity, LockMode, Need
+from jobctl._public import publish
 
 from ._command import Command, CommandContext
 from ._errors import (
@@ -61,12 +60,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

@@ -31,7 +31,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover (the test extra installs 
         "jobctl.metrics needs prometheus_client: pip install 'virt-jobctl[metrics]'", name=exc.name
     ) from exc
 
-import types as _types
+
+from jobctl._public import publish
 
 from ._collector import DEFAULT_LATENCY_BUCKETS, MAX_BUCKETS, JobMetrics
 from ._errors import (
@@ -63,12 +64,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

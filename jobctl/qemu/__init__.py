@@ -30,8 +30,7 @@ result tells how long its domain was closed to queries (:class:`ClosedTime`).
 same, written out.
 """
 
-import types as _types
-
+from jobctl._public import publish
 from jobctl.qemu._backup import BackupResult, BackupTarget, backup, qcow2_target
 from jobctl.qemu._block_jobs import QemuBlockJobs
 from jobctl.qemu._domstats import DomainStats, domstats, observed_stats
@@ -156,12 +155,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

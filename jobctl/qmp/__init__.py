@@ -12,8 +12,7 @@ async with open_qmp_unix("/run/vm/qmp.sock") as qmp:
 ```
 """
 
-import types as _types
-
+from jobctl._public import publish
 from jobctl.qmp._client import (
     DEFAULT_CONNECT_TIMEOUT,
     MAX_COMMAND_BYTES,
@@ -79,12 +78,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

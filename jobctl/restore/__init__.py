@@ -5,7 +5,7 @@ them into one :class:`RestoreTarget`. :func:`restore_image` runs the pipeline
 on its own; :func:`restore_disk` runs it as a domain's RESTORE async job.
 """
 
-import types as _types
+from jobctl._public import publish
 
 from ._chunks import ChunkMap, ChunkSource
 from ._errors import ChunkSizeError, DiskRestoreError, RestoreConfigError
@@ -54,12 +54,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())

@@ -113,9 +113,9 @@ scheduler), so the printed scenario and schedule replay on their own too:
 ``run_scenario(Scenario(...), Schedule(...))``.
 """
 
-import types as _types
 from typing import TYPE_CHECKING, Any
 
+from jobctl._public import publish
 from jobctl.testing._decisions import INSTANT, REAL_TIME_INSTANT
 from jobctl.testing._format import format_event, format_events
 from jobctl.testing._host_pair import HostPair, open_host_pair
@@ -299,12 +299,4 @@ __all__ = [
 
 # The public names show their public path (this package's) in reprs,
 # tracebacks, pickles and the reference, not the private module's.
-def _private(module: str) -> bool:
-    return module.startswith("jobctl") and "._" in module
-
-
-for _name in __all__:
-    _obj = globals().get(_name)  # None: loaded on first use
-    if isinstance(_obj, type | _types.FunctionType) and _private(_obj.__module__):
-        _obj.__module__ = __name__
-del _name, _obj, _private
+publish(globals())
