@@ -11,7 +11,7 @@
    stays flat as N grows.
 
 Rounds are interleaved (A, B, A, B, ...) and every figure is printed as
-min / median / max over the rounds.
+median (min-max) over the rounds.
 
 Run: ``python bench/bench_admission.py`` (``--quick`` for a short run).
 Instructions instead of seconds (repeatable on a loaded machine): the
@@ -23,19 +23,15 @@ instructions per job with P parked waiters on backend B, set-up cancelled out.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Any
 
 import anyio
+from _spread import spread
 
 import jobctl
 from jobctl import AsyncJob, Job
 from jobctl.testing import ScriptedMonitor
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
 
 
 async def query_cost(parked: int, n: int) -> float:
@@ -152,12 +148,13 @@ def main() -> None:
         return
     n, rounds = (500, 3) if args.quick else (5_000, 7)
     sizes = (1_000, 5_000) if args.quick else (1_000, 10_000, 30_000)
-    print(f"jobctl admission bench: {rounds} interleaved rounds; min / median / max\n")
+    print(f"jobctl admission bench: {rounds} interleaved rounds; median (min-max)\n")
     for backend in ("trio", "asyncio"):
         r = anyio.run(measure, n, rounds, sizes, backend=backend)
         us = [v * 1e6 for v in r["parked"]]
         print(
-            f"[{backend}] QUERY job with 10,000 parked waiters / with none: {spread(r['ratios'])}"
+            f"[{backend}] QUERY job with 10,000 parked waiters / with none:"
+            f" {spread(r['ratios'], digits=3, unit='x')}"
         )
         print(f"[{backend}]   (cost with 10,000 parked: {spread(us)} us per job)")
         for size in sizes:

@@ -25,8 +25,9 @@ Run: ``python bench/bench_blocking.py`` (``--quick`` for a short run).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+
+from _spread import ratios, spread
 
 import jobctl
 from jobctl import Job
@@ -72,11 +73,6 @@ def with_job_round(bdom: BlockingDomain, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def spread(samples: list[float]) -> str:
-    us = [s * 1e6 for s in samples]
-    return f"{statistics.median(us):8.1f} µs  (min {min(us):7.1f}, max {max(us):7.1f})"
-
-
 def run(backend: str, calls: int, rounds: int) -> None:
     with EventLoopThread(backend) as loop:
         domain = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=jobctl.TraceHub())
@@ -90,15 +86,15 @@ def run(backend: str, calls: int, rounds: int) -> None:
             one.append(one_call_round(bdom, calls))
             full.append(with_job_round(bdom, calls))
             bare.append(bare_round(loop, calls))
-        median = statistics.median(base)
         print(f"{backend}: {rounds} interleaved rounds of {calls} calls")
-        print(f"  async (in the loop)   {spread(base)}")
-        print(f"  bare round trip       {spread(bare)}")
+        print(f"  async (in the loop)   {spread(base, scale=1e6, digits=1, unit=' µs')}")
+        print(f"  bare round trip       {spread(bare, scale=1e6, digits=1, unit=' µs')}")
         for name, samples in (("one call", one), ("with job+monitor", full)):
-            m = statistics.median(samples)
+            over = [a - b for a, b in zip(samples, base, strict=True)]
             print(
-                f"  {name:<20}  {spread(samples)}  ratio {m / median:5.1f}x, "
-                f"+{(m - median) * 1e6:6.1f} µs over async"
+                f"  {name:<20}  {spread(samples, scale=1e6, digits=1, unit=' µs')}  ratio"
+                f" {spread(ratios(samples, base), digits=1, unit='x')},"
+                f" over async +{spread(over, scale=1e6, digits=1, unit=' µs')} (per round)"
             )
 
 

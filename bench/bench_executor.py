@@ -25,7 +25,7 @@ Workloads:
 * ``scale``: 4096 independent commands, to show the per-command cost as the
   queue grows.
 
-Run: ``python bench/bench_executor.py [--repeat 3]``.
+Run: ``python bench/bench_executor.py [--repeat 5]``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import random
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +42,7 @@ from types import ModuleType
 
 import anyio
 import attrs
+from _spread import ratios, spread
 from trio.testing import MockClock
 
 from jobctl.host import Command, CommandContext, CommandExecutor, Entity, Need
@@ -66,8 +68,11 @@ class Row:
     makespan: float
     ideal: float
     bound: float
-    wall_executor: float
-    wall_baseline: float
+    #: Real wall seconds of each repetition, executor and baseline interleaved.
+    wall_executor: list[float]
+    wall_baseline: list[float]
+    #: Whether every repetition gave the same makespan (virtual time: it must).
+    same_makespan: bool
 
 
 def _load_example() -> ModuleType:
@@ -154,47 +159,58 @@ async def run_baseline(works: Sequence[Work], workers: int) -> float:
 def measure(
     name: str, works: Sequence[Work], workers: int, repeat: int, bound: float | None = None
 ) -> Row:
-    executor_walls, baseline_walls = [], []
-    makespan = 0.0
-    for _ in range(repeat):
-        makespan, wall = _virtual(lambda: run_executor(works, workers))
-        executor_walls.append(wall)
-        _, wall = _virtual(lambda: run_baseline(works, workers))
-        baseline_walls.append(wall)
+    executor_walls: list[float] = []
+    baseline_walls: list[float] = []
+    makespans: list[float] = []
+    for r in range(repeat):
+        # Alternate which side goes first, so both see the same machine.
+        for side in ("executor", "baseline") if r % 2 == 0 else ("baseline", "executor"):
+            if side == "executor":
+                makespan, wall = _virtual(lambda: run_executor(works, workers))
+                executor_walls.append(wall)
+                makespans.append(makespan)
+            else:
+                _, wall = _virtual(lambda: run_baseline(works, workers))
+                baseline_walls.append(wall)
     ideal = sum(work.duration for work in works) / workers
     return Row(
         name,
         workers,
         len(works),
-        makespan,
+        makespans[0],
         ideal,
         ideal if bound is None else bound,
-        min(executor_walls),
-        min(baseline_walls),
+        executor_walls,
+        baseline_walls,
+        len(set(makespans)) == 1,
     )
 
 
 def table(rows: Sequence[Row]) -> str:
     header = (
         f"{'workload':<16} {'workers':>7} {'cmds':>5} {'makespan':>9} {'ideal':>9} "
-        f"{'/ideal':>7} {'bound':>9} {'/bound':>7} {'us/cmd':>7} {'base us':>7} {'overhead':>8}"
+        f"{'/ideal':>7} {'bound':>9} {'/bound':>7} {'us/cmd':>7} {'base us':>7} "
+        f"{'overhead, median (min-max)':>28}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
-        per_exec = 1e6 * row.wall_executor / row.commands
-        per_base = 1e6 * row.wall_baseline / row.commands
+        per_exec = 1e6 * statistics.median(row.wall_executor) / row.commands
+        per_base = 1e6 * statistics.median(row.wall_baseline) / row.commands
+        overhead = spread(ratios(row.wall_executor, row.wall_baseline), unit="x")
         lines.append(
             f"{row.workload:<16} {row.workers:>7} {row.commands:>5} {row.makespan:>9.0f} "
             f"{row.ideal:>9.0f} {row.makespan / row.ideal:>7.3f} {row.bound:>9.0f} "
             f"{row.makespan / row.bound:>7.3f} {per_exec:>7.0f} {per_base:>7.0f} "
-            f"{per_exec / per_base:>7.2f}x"
+            f"{overhead:>28}"
         )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repeat", type=int, default=3, help="wall time: best of N runs")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="repetitions, executor and baseline interleaved"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
@@ -222,12 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max(ideal, critical path of conflicting commands kept in submission order);"
     )
     print(
-        "us/cmd = real wall microseconds per command (best of "
-        f"{args.repeat}); base = bare task group + CapacityLimiter, same sleeps\n"
+        "us/cmd = real wall microseconds per command (median of "
+        f"{args.repeat}); base = bare task group + CapacityLimiter, same sleeps;"
+        " overhead = executor / base, per repetition\n"
     )
     print(table(rows))
     worst = max(row.makespan / row.ideal for row in rows if row.workload != "backups mix")
     print(f"\nworst makespan / ideal without conflicts: {worst:.3f} (target <= 1.05)")
+    same = all(row.same_makespan for row in rows)
+    print(
+        f"makespans over the {args.repeat} repetitions: "
+        + ("identical in every row (virtual time)" if same else "DIFFERED (a bug: virtual time)")
+    )
     return 0
 
 

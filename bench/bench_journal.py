@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sqlite3
+import statistics
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+from _spread import ratios, spread
 
 from jobctl import Entity
 from jobctl.journal import (
@@ -189,21 +191,24 @@ def time_scan(path: Path) -> float:
     return time.perf_counter() - start
 
 
-async def time_open(path: Path, rounds: int) -> float:
-    """Median seconds of ``SqliteJournalStore.open`` + ``aclose``."""
+async def time_open(path: Path, rounds: int) -> list[float]:
+    """Seconds of each ``SqliteJournalStore.open`` + ``aclose``."""
     took = []
     for _ in range(rounds):
         start = time.perf_counter()
         store = await SqliteJournalStore.open(path)
         await store.aclose()
         took.append(time.perf_counter() - start)
-    return sorted(took)[len(took) // 2]
+    return took
 
 
 def show_open_cost(path: Path, tasks: int, rounds: int) -> None:
     mib = path.stat().st_size / 2**20
     print(f"Opening a journal of {tasks:,} tasks ({mib:.1f} MiB): the integrity check")
-    print(f"{'what':40} {'seconds':>8} {'ms/MiB':>7} {'ms/10k':>7} {'vs none':>8}")
+    print(
+        f"{'what':40} {'seconds':>8} {'ms/MiB':>7} {'ms/10k':>7} {'vs none':>8}"
+        f"  {'ms, median (min-max) of the opens':>34}"
+    )
     default = _schema.INTEGRITY_PRAGMA
     try:
         bare = 0.0
@@ -213,12 +218,13 @@ def show_open_cost(path: Path, tasks: int, rounds: int) -> None:
             ("open + close, integrity_check (default)", "integrity_check"),
         ]:
             _schema.INTEGRITY_PRAGMA = pragma
-            took = anyio.run(time_open, path, rounds)
+            times = anyio.run(time_open, path, rounds)
+            took = statistics.median(times)
             bare = bare or took
             check_ms = (took - bare) * 1000
             print(
                 f"{label:40} {took:8.4f} {check_ms / mib:7.1f} {check_ms * 10_000 / tasks:7.1f}"
-                f" {took / bare:8.2f}"
+                f" {took / bare:8.2f}  {spread(times, scale=1e3, digits=1):>34}"
             )
     finally:
         _schema.INTEGRITY_PRAGMA = default
@@ -257,38 +263,61 @@ async def journal_entity_queries(path: Path, n: int, readers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer tasks, fewer rounds")
+    parser.add_argument("--repetitions", type=int, default=None, help="interleaved rounds (5)")
     args = parser.parse_args()
     tasks = 200 if args.quick else 1000
     commands = 500 if args.quick else 2500
+    reps = args.repetitions or (2 if args.quick else 5)
     workdir = Path(tempfile.mkdtemp(prefix="bench-journal-"))
     try:
+        print(
+            f"{reps} interleaved repetitions (every case once per repetition);"
+            " median (min-max) over repetitions, ratios taken per repetition"
+        )
+        print()
         print(f"Task state transitions per second ({tasks} tasks x 2 transitions)")
-        print(f"{'mode':8} {'writer':28} {'backend':8} {'per s':>9} {'vs bare':>8}")
-        for sync in ("full", "normal"):
-            bare = baseline_transitions(workdir / f"bare-{sync}.db", tasks, sync)
-            print(f"{sync:8} {'bare sqlite3 loop':28} {'-':8} {bare:9.0f} {1.0:8.2f}")
-            for backend in ("asyncio", "trio"):
-                for writers in (1, 64):
-                    path = workdir / f"j-{sync}-{backend}-{writers}.db"
-                    rate = anyio.run(
-                        journal_transitions, path, tasks, sync, writers, backend=backend
-                    )
-                    label = f"journal, {writers} writer{'s' if writers > 1 else ''}"
-                    print(f"{sync:8} {label:28} {backend:8} {rate:9.0f} {rate / bare:8.2f}")
+        rates: dict[tuple[str, str, str], list[float]] = {}
+        for rep in range(reps):
+            for sync in ("full", "normal"):
+                bare = baseline_transitions(workdir / f"bare-{sync}-{rep}.db", tasks, sync)
+                rates.setdefault((sync, "bare sqlite3 loop", "-"), []).append(bare)
+                for backend in ("asyncio", "trio") if rep % 2 == 0 else ("trio", "asyncio"):
+                    for writers in (1, 64):
+                        path = workdir / f"j-{sync}-{backend}-{writers}-{rep}.db"
+                        rate = anyio.run(
+                            journal_transitions, path, tasks, sync, writers, backend=backend
+                        )
+                        label = f"journal, {writers} writer{'s' if writers > 1 else ''}"
+                        rates.setdefault((sync, label, backend), []).append(rate)
+        print(f"{'mode':8} {'writer':20} {'backend':8} {'per s':>24} {'vs bare':>20}")
+        for (sync, label, backend), values in sorted(rates.items()):
+            bare_values = rates[(sync, "bare sqlite3 loop", "-")]
+            print(
+                f"{sync:8} {label:20} {backend:8} {spread(values, digits=0):>24}"
+                f" {spread(ratios(values, bare_values), unit='x'):>20}"
+            )
 
         print()
         print(f"Recovery of {commands * 4:,} journaled tasks ({commands:,} commands)")
-        print(f"{'what':40} {'backend':8} {'seconds':>8} {'vs scan':>8}")
         seed = workdir / "seed.db"
         running, done = anyio.run(populate, seed, commands)
-        for backend in ("asyncio", "trio"):
-            copy = workdir / f"recover-{backend}.db"
-            copy_journal(seed, copy)
-            scan = time_scan(copy)
-            print(f"{'baseline: read every row once':40} {'-':8} {scan:8.3f} {1.0:8.2f}")
-            took = anyio.run(time_recovery, copy, running, done, backend=backend)
+        scans: list[float] = []
+        took: dict[str, list[float]] = {"asyncio": [], "trio": []}
+        for rep in range(reps):
+            for backend in ("asyncio", "trio") if rep % 2 == 0 else ("trio", "asyncio"):
+                copy = workdir / f"recover-{backend}.db"
+                copy_journal(seed, copy)
+                if backend == "asyncio":
+                    scans.append(time_scan(copy))
+                took[backend].append(anyio.run(time_recovery, copy, running, done, backend=backend))
+        print(f"{'what':34} {'backend':8} {'seconds':>22} {'vs scan':>20}")
+        print(f"{'baseline: read every row once':34} {'-':8} {spread(scans, digits=3):>22}")
+        for backend, values in took.items():
             what = "recover() to every command ended"
-            print(f"{what:40} {backend:8} {took:8.3f} {took / scan:8.1f}")
+            print(
+                f"{what:34} {backend:8} {spread(values, digits=3):>22}"
+                f" {spread(ratios(values, scans), digits=1, unit='x'):>20}"
+            )
         print()
         opened = workdir / "open.db"
         copy_journal(seed, opened)

@@ -13,7 +13,7 @@ Servers, each a fresh process per measured connection: a real QEMU
 backend), which answers much more slowly than QEMU, so client differences
 weigh less there.
 
-Run: ``python bench/bench_qmp.py [--commands 3000] [--sim-commands 1000] [--rounds 3]``
+Run: ``python bench/bench_qmp.py [--commands 3000] [--sim-commands 1000] [--rounds 5]``
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import anyio
+from _spread import ratios, spread
 
 from jobctl.qmp import open_qmp_unix
 
@@ -183,40 +184,46 @@ Result = tuple[float, float, float, float]  # commands/s, p50 µs, p99 µs, CPU 
 
 def measure(
     server: Callable[[], contextlib.AbstractContextManager[str]], commands: int, rounds: int
-) -> dict[str, Result]:
-    """Per client, clients interleaved round by round."""
-    samples: dict[str, list[int]] = {name: [] for name in CLIENTS}
-    cpu = dict.fromkeys(CLIENTS, 0)
-    for _ in range(rounds):
-        for name, run in CLIENTS.items():
+) -> dict[str, list[Result]]:
+    """Per client, one result per round, clients interleaved round by round
+    (each round starts with a different client)."""
+    results: dict[str, list[Result]] = {name: [] for name in CLIENTS}
+    names = list(CLIENTS)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            run = CLIENTS[name]
             with server() as path:
                 run(path, min(200, commands))  # warm up: imports, caches, the server
             with server() as path:
                 started = time.process_time_ns()
-                samples[name] += run(path, commands)
-                cpu[name] += time.process_time_ns() - started
-    results = {}
-    for name, taken in samples.items():
-        cuts = statistics.quantiles(taken, n=100, method="inclusive")
-        rate = len(taken) / (sum(taken) / 1e9)
-        results[name] = (rate, cuts[49] / 1e3, cuts[98] / 1e3, cpu[name] / len(taken) / 1e3)
+                taken = run(path, commands)
+                cpu = time.process_time_ns() - started
+            cuts = statistics.quantiles(taken, n=100, method="inclusive")
+            rate = len(taken) / (sum(taken) / 1e9)
+            results[name].append((rate, cuts[49] / 1e3, cuts[98] / 1e3, cpu / len(taken) / 1e3))
     return results
 
 
-def table(title: str, results: dict[str, Result]) -> str:
-    base_rate, base_p50, base_p99, base_cpu = results[BASELINE]
-    lines = [
-        title,
-        f"{'client':<25}{'cmd/s':>7}{'p50 µs':>9}{'p99 µs':>9}{'CPU µs':>8}"
-        f"{'cmd/s x':>9}{'p50 x':>7}{'p99 x':>7}{'CPU x':>7}",
-    ]
-    for name, (rate, p50, p99, cpu) in results.items():
-        lines.append(
-            f"{name:<25}{rate:>7.0f}{p50:>9.1f}{p99:>9.1f}{cpu:>8.1f}"
-            f"{rate / base_rate:>9.2f}{base_p50 / p50:>7.2f}{base_p99 / p99:>7.2f}"
-            f"{base_cpu / cpu:>7.2f}"
-        )
-    lines.append(f"(x = speed relative to {BASELINE}; higher is faster)")
+def table(title: str, results: dict[str, list[Result]]) -> str:
+    """Each figure as median (min-max) over rounds; the ratios to the baseline
+    are taken round by round (the baseline of the same round)."""
+    base = results[BASELINE]
+    lines = [title]
+    for name, rounds in results.items():
+        rates = [r[0] for r in rounds]
+        lines.append(f"{name}")
+        lines.append(f"  commands/s    {spread(rates, digits=0)}")
+        lines.append(f"  p50 µs        {spread([r[1] for r in rounds], digits=1)}")
+        lines.append(f"  p99 µs        {spread([r[2] for r in rounds], digits=1)}")
+        lines.append(f"  CPU µs/cmd    {spread([r[3] for r in rounds], digits=1)}")
+        if name != BASELINE:
+            lines.append(
+                f"  x {BASELINE}: commands/s"
+                f" {spread(ratios(rates, [b[0] for b in base]), unit='x')},"
+                f" p50 {spread(ratios([b[1] for b in base], [r[1] for r in rounds]), unit='x')},"
+                f" CPU {spread(ratios([b[3] for b in base], [r[3] for r in rounds]), unit='x')}"
+            )
+    lines.append(f"(x = speed relative to {BASELINE} in the same round; higher is faster)")
     return "\n".join(lines)
 
 
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=3000, help="per client and round, QEMU")
     parser.add_argument("--sim-commands", type=int, default=1000, help="same, simulator")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(

@@ -29,6 +29,7 @@ import os
 import time
 
 import anyio
+from _spread import spread
 
 from jobctl.restore import MemoryTarget, RestoreReport, SimulatedChunkStore, restore_image
 
@@ -50,17 +51,25 @@ def run_row(
     return report, elapsed
 
 
-def bench(backend: str, *, chunk: int, latency: float, cost: float, seconds: float) -> None:
+def bench(
+    backend: str, *, chunk: int, latency: float, cost: float, seconds: float, repeat: int
+) -> None:
     write_bound = 1 / cost  # chunks per second
     rows = []
+    shares: dict[int, list[float]] = {c: [] for c in CONCURRENCIES}
     most = max(math.ceil(seconds * min(c / latency, write_bound) / c) * c for c in CONCURRENCIES)
     pool = os.urandom(most * chunk)
     for concurrency in CONCURRENCIES:
         fetch_bound = concurrency / latency
         bound = min(fetch_bound, write_bound)
         count = math.ceil(seconds * bound / concurrency) * concurrency
-        report, elapsed = run_row(backend, pool[: count * chunk], chunk, latency, cost, concurrency)
-        rows.append((concurrency, count, fetch_bound, bound, report, elapsed))
+        for r in range(repeat):
+            report, elapsed = run_row(
+                backend, pool[: count * chunk], chunk, latency, cost, concurrency
+            )
+            shares[concurrency].append(report.throughput / (bound * chunk))
+            if r == 0:
+                rows.append((concurrency, count, fetch_bound, bound, report, elapsed))
 
     mb = chunk / 1e6
     base = rows[0][4].throughput
@@ -91,6 +100,9 @@ def bench(backend: str, *, chunk: int, latency: float, cost: float, seconds: flo
             f"{write_cost * 1e3:>5.2f} {report.writer_busy:>6.2f} {report.writer_idle:>6.2f} "
             f"{report.wall_time:>6.2f}"
         )
+    print(f"share of the bound over {repeat} runs per row, median (min-max):")
+    for concurrency, values in shares.items():
+        print(f"{concurrency:>4} {spread(values, scale=100, digits=1, unit='%')}")
 
 
 def main() -> None:
@@ -101,6 +113,7 @@ def main() -> None:
     parser.add_argument("--cost-ms", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=3.0, help="target time per row")
     parser.add_argument("--quick", action="store_true", help="1 s per row")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row (the table: the first)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     backends = ["trio", "asyncio"] if args.backend == "both" else [args.backend]
@@ -111,6 +124,7 @@ def main() -> None:
             latency=args.latency_ms / 1e3,
             cost=args.cost_ms / 1e3,
             seconds=seconds,
+            repeat=args.repeat,
         )
 
 
