@@ -22,9 +22,10 @@ variant returning a :class:`concurrent.futures.Future`; cancelling the
 future cancels the flow. ``Domain``/``VM``/host objects belong to the
 loop: read them through the facade (``info()``, ``statistics()``,
 ``observed()`` run in the loop thread), and hand any other async call or
-context manager to :meth:`EventLoopThread.call` / :meth:`~EventLoopThread.enter`
-(the journal); a running host executor is wrapped by
-:class:`BlockingExecutor`. A blocking call from the loop thread itself
+context manager to :meth:`EventLoopThread.call` / :meth:`~EventLoopThread.enter`;
+a running host executor is wrapped by :class:`BlockingExecutor`, an open
+task journal by :class:`BlockingJournal` (its end actions may be plain
+functions, run on a worker thread). A blocking call from the loop thread itself
 raises :class:`LoopThreadError` instead of deadlocking.
 """
 
@@ -32,6 +33,7 @@ from jobctl._public import publish
 from jobctl.blocking._domain import BlockingDomain, BlockingJob, BlockingMonitor
 from jobctl.blocking._errors import BlockingError, LoopNotRunningError, LoopThreadError
 from jobctl.blocking._executor import BlockingCommand, BlockingExecutor
+from jobctl.blocking._journal import BlockingJournal
 from jobctl.blocking._loop import EventLoopStatistics, EventLoopThread
 from jobctl.blocking._vm import BlockingVM
 
@@ -41,6 +43,7 @@ __all__ = [
     "BlockingError",
     "BlockingExecutor",
     "BlockingJob",
+    "BlockingJournal",
     "BlockingMonitor",
     "BlockingVM",
     "EventLoopStatistics",
