@@ -175,6 +175,9 @@ class Run:
     stop_at: float | None = None
     duration: float = 0.0
     downtime_ms: int | None = None
+    #: ms the source's domain was closed to queries outside monitor commands
+    #: (the flow's ``result.closed.outside_monitor``)
+    closed_ms: float = 0.0
     errors: int = 0
 
     @property
@@ -365,6 +368,7 @@ async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
                         break
                     run.duration = result.duration
                     run.downtime_ms = result.progress.downtime
+                    run.closed_ms = result.closed.outside_monitor * 1000
                     print(
                         f"migration {number} ({kind}): {run.duration:.2f} s, "
                         f"{len(run.samples)} samples, downtime {run.downtime_ms} ms",
@@ -401,7 +405,7 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
     print()
     header = (
         f"{'#':>2} {'kind':<6} {'secs':>5} {'samples':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'max ms':>7} {'down ms':>7} {'max-down':>8}  max fell in (from STOP)"
+        f"{'max ms':>7} {'down ms':>7} {'max-down':>8} {'closed':>6}  max fell in (from STOP)"
     )
     print(header)
     for run in runs:
@@ -410,8 +414,16 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
         over = "?" if run.downtime_ms is None else f"{s.max * 1000 - run.downtime_ms:+.2f}"
         print(
             f"{run.number:>2} {run.kind:<6} {run.duration:>5.2f} {s.count:>7} {ms(s.p50):>7} "
-            f"{ms(s.p99):>7} {ms(s.max):>7} {down:>7} {over:>8}  {run.worst()}"
+            f"{ms(s.p99):>7} {ms(s.max):>7} {down:>7} {over:>8} {run.closed_ms:>6.2f}"
+            f"  {run.worst()}"
             + (f"  [{run.errors} call(s) cut by QEMU's exit]" if run.errors else "")
+        )
+    closed = [run.closed_ms for run in runs]
+    if closed:
+        print(
+            "closed: ms the source's domain was closed to queries outside monitor commands"
+            f" (aim < 10), over all migrations min / median / max:"
+            f" {spread(closed, lambda v: f'{v:.2f}')}"
         )
     print()
     print("where each migration's slowest 1% of samples (>= its p99) fell:")
