@@ -33,3 +33,17 @@ class LeaseLostError(ClusterError):
         self.epoch = epoch
         self.owner = owner
         self.current_epoch = current_epoch
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled as made (to another process), not from its message alone.
+        fields = {
+            "domain": self.domain,
+            "epoch": self.epoch,
+            "owner": self.owner,
+            "current_epoch": self.current_epoch,
+        }
+        return _rebuild, (type(self), str(self), fields)
+
+
+def _rebuild(cls: type[LeaseLostError], message: str, fields: dict[str, object]) -> Exception:
+    return cls(message, **fields)  # type: ignore[arg-type]

@@ -118,6 +118,16 @@ class StaleEpochError(JournalError):
         self.owner = owner
         self.current_epoch = current_epoch
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled as made (to another process), not from its message alone.
+        fields = {
+            "domain": self.domain,
+            "epoch": self.epoch,
+            "owner": self.owner,
+            "current_epoch": self.current_epoch,
+        }
+        return _rebuild, (type(self), str(self), fields)
+
 
 @final
 class LeaseHeldError(JournalError):
@@ -133,3 +143,16 @@ class LeaseHeldError(JournalError):
         self.owner = owner
         self.epoch = epoch
         self.remaining = remaining
+
+    def __reduce__(self) -> tuple[object, ...]:
+        fields = {
+            "domain": self.domain,
+            "owner": self.owner,
+            "epoch": self.epoch,
+            "remaining": self.remaining,
+        }
+        return _rebuild, (type(self), str(self), fields)
+
+
+def _rebuild(cls: type[Exception], message: str, fields: dict[str, object]) -> Exception:
+    return cls(message, **fields)

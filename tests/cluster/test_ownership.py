@@ -163,3 +163,19 @@ async def test_bad_options_are_refused(postgres_server: ThrowawayPostgres, tmp_p
         a = Ownership(store, "a")
         with pytest.raises(KeyError, match="no lease of domain 'vm9'"):
             await a.wait_lost("vm9")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+def test_the_errors_pickle_as_made(anyio_backend: str) -> None:
+    import pickle
+
+    from jobctl.journal import LeaseHeldError, StaleEpochError
+
+    for exc in (
+        LeaseLostError("m", domain="vm1", epoch=1, owner="b", current_epoch=2),
+        StaleEpochError("m", domain="vm1", epoch=1, owner="b", current_epoch=2),
+        LeaseHeldError("m", domain="vm1", owner="b", epoch=2, remaining=3.0),
+    ):
+        again = pickle.loads(pickle.dumps(exc))
+        assert type(again) is type(exc) and str(again) == "m"
+        assert vars(again) == vars(exc)
