@@ -22,7 +22,7 @@ from jobctl.journal import (
     StaleEpochError,
 )
 
-from ._errors import LeaseLostError
+from ._errors import ClusterError, LeaseLostError
 
 __all__ = ["LeaseState", "LeaseStatus", "Ownership"]
 
@@ -155,6 +155,12 @@ class Ownership:
         clock: :class:`jobctl.journal.LeaseHeldError` names its holder
         otherwise) and return the token, with an epoch above every earlier
         one of the domain."""
+        known = self._leases.get(domain)
+        if known is not None and known.lost:
+            raise ClusterError(
+                f"{self._owner!r} lost domain {domain!r} (epoch {known.token.epoch}) and has not"
+                " forgotten it: stop its flows on the domain, call forget(), then take it again"
+            )
         asked = self._clock()
         grant = await self._store.acquire_lease(domain, self._owner, self._duration)
         self._leases[domain] = _Lease(grant.token, self._bound(asked, grant))
@@ -171,21 +177,33 @@ class Ownership:
         with contextlib.suppress(StaleEpochError):
             await self._store.release_lease(lease.token)
 
+    def forget(self, domain: str) -> None:
+        """Drop a lost lease, so the domain may be taken again. Call it once
+        this manager's flows on the domain have stopped: while a lost lease
+        is remembered, :meth:`take_over` skips the domain and :meth:`acquire`
+        refuses it, so that a flow of the old epoch can never write with the
+        new one. A held lease is left alone (:meth:`release` it)."""
+        lease = self._leases.get(domain)
+        if lease is not None and lease.lost:
+            del self._leases[domain]
+
     async def orphans(self) -> tuple[str, ...]:
         """Domains whose lease ran out on the database's clock or was
-        released, and that this manager does not hold: the ones to take
-        over."""
+        released, and that this manager neither holds nor remembers losing
+        (see :meth:`forget`): the ones to take over."""
         return tuple(
             record.domain
             for record in await self._store.leases()
-            if record.expired and record.domain not in self.tokens()
+            if record.expired and record.domain not in self._leases
         )
 
     async def take_over(self, domains: Iterable[str] | None = None) -> tuple[str, ...]:
         """Acquire each of ``domains`` (default: :meth:`orphans`) that is still
         free; return the ones taken, for ``recover(journal, domains=...)``.
-        One another manager took first is skipped."""
+        One another manager took first, or one this manager lost and has
+        not forgotten, is skipped."""
         candidates = await self.orphans() if domains is None else tuple(domains)
+        candidates = tuple(d for d in candidates if d not in self._leases)
         taken = []
         for domain in candidates:
             try:

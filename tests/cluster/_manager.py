@@ -13,13 +13,18 @@ owns the domain now.
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import psycopg
 
@@ -30,6 +35,7 @@ from jobctl.journal import (
     BackendStatus,
     EndContext,
     Journal,
+    LeaseHeldError,
     PostgresJournalStore,
     StaleEpochError,
     TaskSpec,
@@ -95,6 +101,14 @@ class Manager:
         self.out = open(out, "a", buffering=1)  # noqa: SIM115 - one line per event
         self.lease = lease
         self.backend = TableBackend(conninfo)
+        #: Seconds between two commands on one domain (the Jepsen test's load).
+        self.pause = float(os.environ.get("JOBCTL_PAUSE", "0"))
+        #: Set by SIGUSR1: no new command begins (the test quiesces).
+        self.quiet = False
+        signal.signal(signal.SIGUSR1, self._quiesce)
+
+    def _quiesce(self, signum: int, frame: object) -> None:
+        self.quiet = True
 
     def log(self, event: str, **fields: Any) -> None:
         self.out.write(json.dumps({"event": event, "who": self.name, "t": time.time(), **fields}))
@@ -134,7 +148,7 @@ class Manager:
     async def run_domain(self, journal: Journal, ownership: Ownership, domain: str) -> None:
         monitor = FencedMonitor(ScriptedMonitor(), ownership, domain)
         dom = Domain(domain, monitor=monitor)
-        while True:
+        while not self.quiet:
             try:
                 backend_id = uuid.uuid4().hex
                 command = await journal.begin_command(
@@ -152,16 +166,25 @@ class Manager:
                         break
                     await anyio.sleep(0.05)
                 await journal.update_task(command.tasks[0].id, TaskState.SUCCEEDED, result={})
-                await journal.end_command(
+                final = await journal.end_command(
                     command.id, lambda c: self.end_action(ownership, c), retry_delay=0.05
                 )
-                self.log("ended", domain=domain, command=command.id)
+                self.log("ended", domain=domain, command=command.id, state=final.state.value)
+                if self.pause:
+                    await anyio.sleep(self.pause * random.uniform(0.5, 1.5))
             except StaleEpochError as exc:
                 self.refused("journal", domain, exc)
                 break
             except LeaseLostError as exc:
                 self.refused("monitor", domain, exc)
                 break
+            except Exception as exc:  # give the domain up: another manager recovers it
+                self.log("error", domain=domain, error=f"{type(exc).__name__}: {exc}")
+                await ownership.release(domain)
+                ownership.forget(domain)
+                return
+        else:
+            return
         # The journal refused: the monitor must refuse too, and say who owns it.
         try:
             await monitor.execute("stop")
@@ -169,12 +192,17 @@ class Manager:
             self.refused("monitor", domain, exc)
         else:
             self.log("monitor-not-refused", domain=domain)
+        # This flow of the lost epoch is over: the domain may be taken again.
+        ownership.forget(domain)
 
     async def main(self, mode: str, domains: list[str]) -> None:
         async with await PostgresJournalStore.open(self.conninfo, max_connections=8) as store:
             ownership = Ownership(store, self.name, duration=self.lease)
             journal = Journal(store, fence=ownership)
             async with anyio.create_task_group() as tg:
+                if mode == "member":
+                    await self.member(tg, journal, ownership, domains)
+                    return
                 if mode == "own":
                     for domain in domains:
                         await ownership.acquire(domain)
@@ -209,8 +237,68 @@ class Manager:
                     failed=list(report.failed),
                 )
 
+    async def member(
+        self,
+        tg: anyio.abc.TaskGroup,
+        journal: Journal,
+        ownership: Ownership,
+        domains: list[str],
+    ) -> None:
+        """The Jepsen test's manager: take its share of ``domains``, run
+        commands on each, and take over every domain whose lease runs out."""
+        held = []
+        for domain in domains:
+            try:
+                await ownership.acquire(domain)
+            except LeaseHeldError:
+                continue
+            held.append(domain)
+        self.log("acquired", domains=held)
+        await tg.start(ownership.run)
+        for domain in held:
+            tg.start_soon(self.run_domain, journal, ownership, domain)
+        while True:
+            taken = await ownership.take_over()
+            if taken:
+                self.log("took", domains=list(taken))
+                tg.start_soon(self.take, tg, journal, ownership, taken)
+            await anyio.sleep(random.uniform(0.1, 0.3))
+
+    async def take(
+        self,
+        tg: anyio.abc.TaskGroup,
+        journal: Journal,
+        ownership: Ownership,
+        taken: tuple[str, ...],
+    ) -> None:
+        """Recover the domains taken over, then run commands on them. A
+        recovery cut short (this manager lost a domain meanwhile) gives the
+        domains up: another manager recovers them."""
+        try:
+            async with anyio.create_task_group() as inner:
+                report = await inner.start(
+                    partial(
+                        recover,
+                        journal,
+                        backends={"table": self.backend},
+                        end_actions={"work": lambda c: self.end_action(ownership, c)},
+                        domains=taken,
+                        poll_interval=0.05,
+                        retry_delay=0.05,
+                    )
+                )
+                self.log("recovered", domains=list(taken), commands=list(report.commands))
+                for domain in taken:
+                    tg.start_soon(self.run_domain, journal, ownership, domain)
+        except Exception as exc:
+            self.log("recovery-cut-short", domains=list(taken), error=repr(exc)[:300])
+            for domain in taken:
+                await ownership.release(domain)
+                ownership.forget(domain)
+
 
 if __name__ == "__main__":
     conninfo, name, out, mode, domains, lease = sys.argv[1:7]
     manager = Manager(conninfo, name, out, float(lease))
-    anyio.run(manager.main, mode, domains.split(","), backend="trio")
+    names = [] if domains == "-" else domains.split(",")
+    anyio.run(manager.main, mode, names, backend="trio")

@@ -138,6 +138,7 @@ async def test_past_its_local_bound_a_lease_is_renewed_before_a_command_or_refus
         assert status is not None and status.state is LeaseState.LOST
         # Released: another takes it at once, with the next epoch.
         await b.release("vm1")
+        a.forget("vm1")
         assert await a.orphans() == ("vm1",)
         assert (await a.acquire("vm1")).epoch == 3
 
@@ -179,3 +180,28 @@ def test_the_errors_pickle_as_made(anyio_backend: str) -> None:
         again = pickle.loads(pickle.dumps(exc))
         assert type(again) is type(exc) and str(again) == "m"
         assert vars(again) == vars(exc)
+
+
+async def test_a_lost_domain_is_not_taken_again_until_forgotten(
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    # A flow of the lost epoch may still run in this process: were the domain
+    # taken again, that flow's writes would carry the new epoch and pass.
+    from jobctl.cluster import ClusterError
+
+    conninfo = await fresh(postgres_server)
+    async with await PostgresJournalStore.open(conninfo) as store:
+        a = Ownership(store, "mgr-a", duration=30.0)
+        b = Ownership(store, "mgr-b", duration=30.0)
+        await a.acquire("vm1")
+        expire(conninfo, "vm1")
+        assert await b.take_over() == ("vm1",)
+        await a.renew()  # learns it lost vm1
+        await b.release("vm1")
+        assert await a.orphans() == ()
+        assert await a.take_over(["vm1"]) == ()
+        with pytest.raises(ClusterError, match="has not forgotten it"):
+            await a.acquire("vm1")
+        a.forget("vm1")
+        assert await a.take_over() == ("vm1",)
+        assert a.tokens()["vm1"].epoch == 3
