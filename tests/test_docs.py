@@ -64,7 +64,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_public_package_has_a_reference_page() -> None:
     expected = {"jobctl", "jobctl.qmp", "jobctl.qemu", "jobctl.host", "jobctl.restore"}
-    expected |= {"jobctl.journal", "jobctl.feed", "jobctl.metrics", "jobctl.testing"}
+    expected |= {
+        "jobctl.journal",
+        "jobctl.cluster",
+        "jobctl.feed",
+        "jobctl.metrics",
+        "jobctl.testing",
+    }
     assert expected | {"jobctl_simulators.qemu"} <= set(PACKAGES)
     assert len(PACKAGES) == len(set(PACKAGES))
 

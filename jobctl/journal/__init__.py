@@ -22,7 +22,13 @@ recovery takes them again through any :class:`EntityLocker`, such as a
 ``jobctl.host.EntityLocks``.
 
 Managers that share one database use :class:`PostgresJournalStore` (the
-``postgres`` extra: psycopg 3 and its pool, loaded when a store opens).
+``postgres`` extra: psycopg 3 and its pool, loaded when a store opens). It
+also keeps domain leases: each manager owns its domains with a
+:class:`FencingToken` (owner, epoch), and a :class:`Journal` given a
+``fence`` writes a domain's commands and async jobs with it; a stale epoch
+is refused with :class:`StaleEpochError` (``jobctl.cluster`` holds and
+renews the leases). Domain ownership is PostgreSQL's only: an SQLite journal
+has one writer.
 """
 
 from jobctl._public import publish
@@ -36,8 +42,11 @@ from ._errors import (
     JournalNotFoundError,
     JournalSchemaError,
     JournalStateError,
+    LeaseHeldError,
     RecoveryError,
+    StaleEpochError,
 )
+from ._fencing import Fence, FencingToken, LeaseGrant, LeaseRecord
 from ._files import Seal, read_seal
 from ._follow import follow_command, follow_tasks
 from ._journal import EndAction, EndContext, Journal, JournalStatistics, open_journal
@@ -55,7 +64,7 @@ from ._records import (
 )
 from ._recovery import AsyncJobHandler, EntityLocker, RecoveryReport, recover
 from ._sqlite import SCHEMA_VERSION, SqliteJournalStore, SqliteStoreStatistics
-from ._store import JournalStore
+from ._store import FencedJournalStore, JournalStore
 
 __all__ = [
     "POSTGRES_SCHEMA_VERSION",
@@ -69,6 +78,9 @@ __all__ = [
     "EndAction",
     "EndContext",
     "EntityLocker",
+    "Fence",
+    "FencedJournalStore",
+    "FencingToken",
     "Journal",
     "JournalClosedError",
     "JournalCorruptError",
@@ -80,6 +92,9 @@ __all__ = [
     "JournalStateError",
     "JournalStatistics",
     "JournalStore",
+    "LeaseGrant",
+    "LeaseHeldError",
+    "LeaseRecord",
     "PhaseAction",
     "PostgresJournalStore",
     "PostgresStoreStatistics",
@@ -88,6 +103,7 @@ __all__ = [
     "Seal",
     "SqliteJournalStore",
     "SqliteStoreStatistics",
+    "StaleEpochError",
     "TaskBackend",
     "TaskRecord",
     "TaskSpec",

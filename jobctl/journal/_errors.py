@@ -17,7 +17,9 @@ __all__ = [
     "JournalNotFoundError",
     "JournalSchemaError",
     "JournalStateError",
+    "LeaseHeldError",
     "RecoveryError",
+    "StaleEpochError",
 ]
 
 
@@ -90,3 +92,67 @@ class RecoveryError(JournalError):
     """``recover()`` cannot reconcile the journal: it names a backend, a
     command kind or an async job kind that the caller did not provide a
     handler for. Raised before anything is changed."""
+
+
+@final
+class StaleEpochError(JournalError):
+    """A write for an owned domain was refused: the epoch it carries is not
+    the domain's current one (another manager took the domain over, or the
+    lease was released), or it carries none. ``domain`` is the domain,
+    ``epoch`` the refused epoch (None: none carried), ``owner`` and
+    ``current_epoch`` what the lease row says now (``owner`` None: nobody
+    owns it; ``current_epoch`` None: nobody ever did). Nothing was written."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        domain: str,
+        epoch: int | None,
+        owner: str | None,
+        current_epoch: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.domain = domain
+        self.epoch = epoch
+        self.owner = owner
+        self.current_epoch = current_epoch
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled as made (to another process), not from its message alone.
+        fields = {
+            "domain": self.domain,
+            "epoch": self.epoch,
+            "owner": self.owner,
+            "current_epoch": self.current_epoch,
+        }
+        return _rebuild, (type(self), str(self), fields)
+
+
+@final
+class LeaseHeldError(JournalError):
+    """A domain's lease could not be taken: another manager holds it and it
+    has not expired on the database's clock. ``owner`` and ``epoch`` name the
+    holder; ``remaining`` is how many seconds it still has."""
+
+    def __init__(
+        self, message: str, *, domain: str, owner: str, epoch: int, remaining: float
+    ) -> None:
+        super().__init__(message)
+        self.domain = domain
+        self.owner = owner
+        self.epoch = epoch
+        self.remaining = remaining
+
+    def __reduce__(self) -> tuple[object, ...]:
+        fields = {
+            "domain": self.domain,
+            "owner": self.owner,
+            "epoch": self.epoch,
+            "remaining": self.remaining,
+        }
+        return _rebuild, (type(self), str(self), fields)
+
+
+def _rebuild(cls: type[Exception], message: str, fields: dict[str, object]) -> Exception:
+    return cls(message, **fields)

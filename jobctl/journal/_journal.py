@@ -15,6 +15,7 @@ import attrs
 
 from jobctl._core._entity import Entity, Need
 
+from ._fencing import Fence, FencingToken
 from ._persister import JournalPersister
 from ._records import (
     AsyncJobRecord,
@@ -26,7 +27,7 @@ from ._records import (
     TaskUpdate,
 )
 from ._sqlite import SqliteJournalStore
-from ._store import JournalStore
+from ._store import FencedJournalStore, JournalStore
 
 __all__ = ["EndAction", "EndContext", "Journal", "JournalStatistics", "open_journal"]
 
@@ -111,6 +112,17 @@ class Journal:
       FAILED and its error says so; its outside effects may then be partial.
     * Within one process, concurrent ``end_command`` calls for one command
       do not overlap; the later ones see the final record.
+
+    Several managers on one database (a :class:`FencedJournalStore` such as
+    :class:`PostgresJournalStore`) give each journal a ``fence``: their
+    leases (``jobctl.cluster.Ownership``). A command begun with
+    ``domain=...`` belongs to that domain, and every write of it (its tasks,
+    its end's claim and record) and of the domain's async job carries this
+    manager's epoch of the domain; the store refuses a stale one with
+    :class:`StaleEpochError` naming the domain's owner now, in the
+    transaction that would have written it. So once another manager takes
+    the domain over, this one can no longer change the domain's part of the
+    journal, nor claim an end action of it.
     """
 
     __slots__ = (
@@ -119,16 +131,28 @@ class Journal:
         "_end_action_errors",
         "_end_action_runs",
         "_ending",
+        "_fence",
+        "_fenced",
         "_persister",
         "_session",
         "_store",
         "_task_updates",
     )
 
-    def __init__(self, store: JournalStore) -> None:
+    def __init__(self, store: JournalStore, *, fence: Fence | None = None) -> None:
         self._store = store
+        self._fence = fence
+        self._fenced: FencedJournalStore | None = None
+        if fence is not None:
+            if not isinstance(store, FencedJournalStore):
+                raise TypeError(
+                    f"a fenced journal needs a store that keeps domain leases"
+                    f" (PostgresJournalStore), not {store!r}: domain ownership is for managers"
+                    " sharing one database"
+                )
+            self._fenced = store
         self._session = uuid.uuid4().hex
-        self._persister = JournalPersister(store, self._session)
+        self._persister = JournalPersister(store, self._session, fence=fence)
         self._ending: dict[str, anyio.Event] = {}
         self._commands_begun = 0
         self._task_updates = 0
@@ -140,6 +164,15 @@ class Journal:
     def store(self) -> JournalStore:
         """Where the journal is kept."""
         return self._store
+
+    @property
+    def fence(self) -> Fence | None:
+        """Where this journal's writes take their fencing tokens from (None: unfenced)."""
+        return self._fence
+
+    def _tokens(self) -> Mapping[str, FencingToken]:
+        assert self._fence is not None
+        return self._fence.tokens()
 
     @property
     def session(self) -> str:
@@ -182,6 +215,7 @@ class Journal:
         entities: Iterable[Need] = (),
         data: Mapping[str, Any] | None = None,
         command_id: str | None = None,
+        domain: str | None = None,
     ) -> CommandRecord:
         """Record a command with every task it expects, in one transaction,
         before any of them starts.
@@ -192,7 +226,17 @@ class Journal:
         JSON object the flow wants back after a crash. Task names must be
         unique within the command; backend ids given in advance must not be
         in use by an unfinished task.
+
+        ``domain`` (a fenced journal only) makes the command the owned
+        domain's: this manager must hold the domain's lease now, and every
+        later write of the command carries its epoch
+        (:class:`StaleEpochError` once another manager owns the domain).
         """
+        if domain is not None and self._fenced is None:
+            raise ValueError(
+                f"command for domain {domain!r}: a domain's command needs a fenced journal"
+                " (Journal(store, fence=ownership))"
+            )
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"a command kind is a non-empty string, not {kind!r}")
         if command_id is None:
@@ -219,9 +263,20 @@ class Journal:
                 )
                 raise TypeError(f"entities must be Need values, not {need!r}{hint}")
         _check_unique("entity", [f"{n.entity.type}/{n.entity.id}" for n in needs], command_id)
-        record = await self._store.add_command(
-            command_id, kind, {} if data is None else data, specs, needs
-        )
+        if self._fenced is not None:
+            record = await self._fenced.add_command(
+                command_id,
+                kind,
+                {} if data is None else data,
+                specs,
+                needs,
+                domain=domain,
+                fence=self._tokens(),
+            )
+        else:
+            record = await self._store.add_command(
+                command_id, kind, {} if data is None else data, specs, needs
+            )
         self._commands_begun += 1
         return record
 
@@ -245,7 +300,10 @@ class Journal:
         if not updates:
             await anyio.lowlevel.checkpoint()
             return ()
-        records = await self._store.update_tasks(updates)
+        if self._fenced is not None:
+            records = await self._fenced.update_tasks(updates, fence=self._tokens())
+        else:
+            records = await self._store.update_tasks(updates)
         self._task_updates += len(records)
         return records
 
@@ -271,7 +329,12 @@ class Journal:
 
     async def clear_async_job(self, record: AsyncJobRecord) -> None:
         """Drop ``record``, unless its domain has saved a newer job since."""
-        await self._store.clear_async_job(record.domain, record.job_id, record.session)
+        if self._fenced is not None:
+            await self._fenced.clear_async_job(
+                record.domain, record.job_id, record.session, fence=self._tokens()
+            )
+        else:
+            await self._store.clear_async_job(record.domain, record.job_id, record.session)
 
     # -- the end action ----------------------------------------------------------------
 
@@ -311,9 +374,17 @@ class Journal:
     ) -> CommandRecord:
         last_error: str | None = None
         while True:
-            command = await self._store.claim_end(
-                command_id, max_attempts=max_attempts, last_error=last_error
-            )
+            if self._fenced is not None:
+                command = await self._fenced.claim_end(
+                    command_id,
+                    max_attempts=max_attempts,
+                    last_error=last_error,
+                    fence=self._tokens(),
+                )
+            else:
+                command = await self._store.claim_end(
+                    command_id, max_attempts=max_attempts, last_error=last_error
+                )
             if command.state.final:
                 return command
             context = EndContext(command, command.end_attempts)
@@ -333,9 +404,14 @@ class Journal:
                     for t in command.tasks
                     if t.state is TaskState.FAILED
                 )
-            final = await self._store.finish_command(
-                command, context.outcome, result=result, error=error
-            )
+            if self._fenced is not None:
+                final = await self._fenced.finish_command(
+                    command, context.outcome, result=result, error=error, fence=self._tokens()
+                )
+            else:
+                final = await self._store.finish_command(
+                    command, context.outcome, result=result, error=error
+                )
             self._commands_ended += 1
             return final
 

@@ -41,7 +41,9 @@ from ._errors import (
     JournalNotFoundError,
     JournalSchemaError,
     JournalStateError,
+    LeaseHeldError,
 )
+from ._fencing import FencingToken, LeaseGrant, LeaseRecord, stale_epoch
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
@@ -70,12 +72,23 @@ __all__ = ["POSTGRES_SCHEMA_VERSION", "PostgresJournalStore", "PostgresStoreStat
 T = TypeVar("T")
 
 #: The schema version this module writes (``jobctl_meta.version``).
-POSTGRES_SCHEMA_VERSION: Final = 1
+POSTGRES_SCHEMA_VERSION: Final = 2
 
 #: A transaction that met a deadlock or a serialization failure is run again
 #: this many times at most (each try is a whole transaction: nothing of a
 #: failed try remains).
 _RETRIES: Final = 5
+
+# A domain's lease: its owner (NULL once released), the epoch (only grows:
+# each acquisition adds one; a row is never deleted) and the expiry, always
+# computed on the database's clock.
+_LEASES: Final = """CREATE TABLE jobctl_leases (
+        domain TEXT PRIMARY KEY,
+        owner TEXT,
+        epoch BIGINT NOT NULL CHECK (epoch >= 1),
+        expires TIMESTAMPTZ NOT NULL,
+        acquired TIMESTAMPTZ NOT NULL
+    )"""
 
 _SCHEMA: Final = (
     """CREATE TABLE jobctl_meta (
@@ -95,6 +108,7 @@ _SCHEMA: Final = (
         end_attempts INTEGER NOT NULL CHECK (end_attempts >= 0),
         created DOUBLE PRECISION NOT NULL,
         updated DOUBLE PRECISION NOT NULL,
+        domain TEXT,
         CHECK (state = 'running' OR outcome IS NOT NULL)
     )""",
     "CREATE INDEX jobctl_commands_unfinished ON jobctl_commands (created, id)"
@@ -139,14 +153,18 @@ _SCHEMA: Final = (
         session TEXT NOT NULL,
         saved DOUBLE PRECISION NOT NULL
     )""",
+    _LEASES,
 )
+
+#: Version 1 to 2: commands belong to an owned domain, and domains have leases.
+_UPGRADE_1: Final = ("ALTER TABLE jobctl_commands ADD COLUMN domain TEXT", _LEASES)
 
 #: Any number: the key of the transaction-scoped advisory lock that makes
 #: creators of one database's schema take turns.
 _CREATE_LOCK: Final = 0x6A6F626A
 
 _COMMAND_COLUMNS: Final = (
-    "id, kind, state, outcome, data, result, error, end_attempts, created, updated"
+    "id, kind, state, outcome, data, result, error, end_attempts, created, updated, domain"
 )
 _TASK_COLUMNS: Final = (
     "id, command_id, position, name, backend, backend_id, state, params, result, error, updated"
@@ -440,6 +458,7 @@ class PostgresJournalStore:
                 updated=r[9],
                 tasks=tuple(tasks),
                 entities=tuple(sorted(entities, key=_by_entity)),
+                domain=r[10],
             )
         except (TypeError, ValueError) as exc:
             raise self._corrupt("jobctl_commands", r[0], str(exc)) from None
@@ -461,10 +480,15 @@ class PostgresJournalStore:
         data: Mapping[str, Any],
         tasks: Sequence[TaskSpec],
         entities: Iterable[Need],
+        *,
+        domain: str | None = None,
+        fence: Mapping[str, FencingToken] | None = None,
     ) -> CommandRecord:
         """Record a RUNNING command, all its tasks (PENDING) and its entity associations in one
         transaction, before any task starts; a command id already recorded raises
-        :class:`JournalStateError`."""
+        :class:`JournalStateError`. With ``domain`` the command belongs to that owned domain:
+        ``fence`` must hold the domain's current token (:class:`StaleEpochError` otherwise, in
+        the same transaction), and so must every later write of the command."""
         data_json = dumps_object(data, f"data of command {command_id!r}")
         params = [dumps_object(spec.params, f"params of task {spec.name!r}") for spec in tasks]
         entity_list = tuple(sorted(entities, key=_by_entity))
@@ -472,12 +496,14 @@ class PostgresJournalStore:
         def add(conn: psycopg.Connection[Any]) -> CommandRecord:
             import psycopg.errors
 
+            if domain is not None:
+                _check_fence(conn, domain, fence, required=True)
             now = time.time()
             inserted = conn.execute(
                 f"INSERT INTO jobctl_commands ({_COMMAND_COLUMNS})"
-                " VALUES (%s, %s, 'running', NULL, %s, NULL, NULL, 0, %s, %s)"
+                " VALUES (%s, %s, 'running', NULL, %s, NULL, NULL, 0, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
-                (command_id, kind, data_json, now, now),
+                (command_id, kind, data_json, now, now, domain),
             )
             if inserted.rowcount != 1:
                 raise JournalStateError(f"command id {command_id!r} is already in the journal")
@@ -540,14 +566,19 @@ class PostgresJournalStore:
                 end_attempts=0,
                 result=None,
                 error=None,
+                domain=domain,
             )
 
         return await self._run(add, write=True)
 
-    async def update_tasks(self, updates: Sequence[TaskUpdate]) -> tuple[TaskRecord, ...]:
+    async def update_tasks(
+        self, updates: Sequence[TaskUpdate], *, fence: Mapping[str, FencingToken] | None = None
+    ) -> tuple[TaskRecord, ...]:
         """Apply task transitions in order, in one transaction, with the command's row locked: each
         must move its task forward and its command must be RUNNING, or none is applied
-        (:class:`JournalStateError`). Of two managers racing one transition, exactly one wins."""
+        (:class:`JournalStateError`). Of two managers racing one transition, exactly one wins.
+        A task of an owned domain's command needs that domain's current token in ``fence``
+        (:class:`StaleEpochError` otherwise, and nothing is applied)."""
         encoded = [
             (update, dumps_object(update.result, f"result of task {update.task_id!r}"))
             for update in updates
@@ -558,6 +589,7 @@ class PostgresJournalStore:
 
             now = time.time()
             out = []
+            checked: set[str] = set()
             for update, result_json in encoded:
                 owner = conn.execute(
                     "SELECT command_id FROM jobctl_tasks WHERE id = %s", (update.task_id,)
@@ -565,9 +597,12 @@ class PostgresJournalStore:
                 if owner is None:
                     raise JournalNotFoundError(f"no task {update.task_id!r} in the journal")
                 # The command's row lock orders every writer of its tasks.
-                (command_state,) = conn.execute(
-                    "SELECT state FROM jobctl_commands WHERE id = %s FOR UPDATE", owner
-                ).fetchone() or (None,)
+                command_state, domain = conn.execute(
+                    "SELECT state, domain FROM jobctl_commands WHERE id = %s FOR UPDATE", owner
+                ).fetchone() or (None, None)
+                if domain is not None and domain not in checked:
+                    _check_fence(conn, domain, fence, required=True)
+                    checked.add(domain)
                 raw = conn.execute(
                     f"SELECT {_TASK_COLUMNS} FROM jobctl_tasks WHERE id = %s", (update.task_id,)
                 ).fetchone()
@@ -597,15 +632,24 @@ class PostgresJournalStore:
         return await self._run(apply, write=True)
 
     async def claim_end(
-        self, command_id: str, *, max_attempts: int, last_error: str | None
+        self,
+        command_id: str,
+        *,
+        max_attempts: int,
+        last_error: str | None,
+        fence: Mapping[str, FencingToken] | None = None,
     ) -> CommandRecord:
         """Claim the command's end action in one transaction, with the command's row locked
         (two claimants take turns), as :meth:`JournalStore.claim_end` says: RUNNING with its
         tasks over becomes ENDING with one attempt, ENDING gets one more, past ``max_attempts``
-        it becomes FAILED, and a final command is returned as it is."""
+        it becomes FAILED, and a final command is returned as it is. An owned domain's command
+        needs its current token in ``fence`` (:class:`StaleEpochError`), so a manager whose
+        lease was taken over never runs the end action again."""
 
         def claim(conn: psycopg.Connection[Any]) -> CommandRecord:
             command = self._load_command(conn, command_id, lock=True)
+            if command.domain is not None:
+                _check_fence(conn, command.domain, fence, required=True)
             if command.state.final:
                 return command
             now = time.time()
@@ -635,9 +679,11 @@ class PostgresJournalStore:
         *,
         result: Mapping[str, Any] | None,
         error: str | None,
+        fence: Mapping[str, FencingToken] | None = None,
     ) -> CommandRecord:
         """Record the command's end (its end action done), in one transaction; only the latest
-        claim may finish it, so a stale claimant's end is refused."""
+        claim may finish it, so a stale claimant's end is refused. An owned domain's command
+        needs its current token in ``fence`` (:class:`StaleEpochError`)."""
         if not state.final:
             raise ValueError(f"a command finishes as succeeded or failed, not {state.value!r}")
         command_id = claimed.id
@@ -645,12 +691,15 @@ class PostgresJournalStore:
 
         def finish(conn: psycopg.Connection[Any]) -> CommandRecord:
             row = conn.execute(
-                "SELECT state, end_attempts, outcome FROM jobctl_commands WHERE id = %s FOR UPDATE",
+                "SELECT state, end_attempts, outcome, domain FROM jobctl_commands"
+                " WHERE id = %s FOR UPDATE",
                 (command_id,),
             ).fetchone()
             if row is None:
                 raise JournalNotFoundError(f"no command {command_id!r} in the journal")
-            current, attempts, outcome = row
+            current, attempts, outcome, domain = row
+            if domain is not None:
+                _check_fence(conn, domain, fence, required=True)
             if current != CommandState.ENDING:
                 why = "was already recorded" if current != "running" else "was not claimed"
                 raise JournalStateError(
@@ -706,8 +755,11 @@ class PostgresJournalStore:
 
         return await self._run(query, write=False)
 
-    async def save_async_job(self, record: AsyncJobRecord) -> None:
-        """Record (or replace) the domain's async job, in one transaction."""
+    async def save_async_job(
+        self, record: AsyncJobRecord, *, fence: Mapping[str, FencingToken] | None = None
+    ) -> None:
+        """Record (or replace) the domain's async job, in one transaction. When the domain has
+        an owner, ``fence`` must hold its current token (:class:`StaleEpochError`)."""
         private = dumps_object(
             record.private, f"private data of the async job on {record.domain!r}"
         )
@@ -724,6 +776,7 @@ class PostgresJournalStore:
         )
 
         def save(conn: psycopg.Connection[Any]) -> None:
+            _check_fence(conn, record.domain, fence, required=False)
             conn.execute(
                 f"INSERT INTO jobctl_async_jobs ({_ASYNC_COLUMNS}) VALUES"
                 " (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (domain) DO UPDATE SET"
@@ -736,11 +789,20 @@ class PostgresJournalStore:
 
         await self._run(save, write=True)
 
-    async def clear_async_job(self, domain: str, job_id: int, session: str) -> None:
+    async def clear_async_job(
+        self,
+        domain: str,
+        job_id: int,
+        session: str,
+        *,
+        fence: Mapping[str, FencingToken] | None = None,
+    ) -> None:
         """Remove the domain's async job record if it is still this job of this session; another's
-        record is left alone."""
+        record is left alone. When the domain has an owner, ``fence`` must hold its current token
+        (:class:`StaleEpochError`)."""
 
         def clear(conn: psycopg.Connection[Any]) -> None:
+            _check_fence(conn, domain, fence, required=False)
             conn.execute(
                 "DELETE FROM jobctl_async_jobs WHERE domain = %s AND job_id = %s AND session = %s",
                 (domain, job_id, session),
@@ -756,6 +818,96 @@ class PostgresJournalStore:
                 f"SELECT {_ASYNC_COLUMNS} FROM jobctl_async_jobs ORDER BY domain"
             ).fetchall()
             return tuple(self._async_job(r) for r in rows)
+
+        return await self._run(query, write=False)
+
+    # -- domain leases ------------------------------------------------------------------
+
+    async def acquire_lease(self, domain: str, owner: str, duration: float) -> LeaseGrant:
+        """Take ``domain`` for ``owner`` for ``duration`` seconds on the database's clock, if
+        nobody holds it: never taken, released, or expired on the database's clock. The epoch
+        grows by one (1 for the first owner). A live lease, even ``owner``'s own, raises
+        :class:`LeaseHeldError` naming its holder: a manager never takes over its own live
+        lease, since another process may be running under that name."""
+        _check_lease_args(domain, owner, duration)
+
+        def acquire(conn: psycopg.Connection[Any]) -> LeaseGrant:
+            row = conn.execute(
+                "INSERT INTO jobctl_leases AS l (domain, owner, epoch, expires, acquired)"
+                " VALUES (%(d)s, %(o)s, 1, clock_timestamp() + make_interval(secs => %(s)s),"
+                " clock_timestamp())"
+                " ON CONFLICT (domain) DO UPDATE SET owner = EXCLUDED.owner,"
+                " epoch = l.epoch + 1, expires = EXCLUDED.expires, acquired = EXCLUDED.acquired"
+                " WHERE l.owner IS NULL OR l.expires <= clock_timestamp()"
+                f" RETURNING {_GRANT}",
+                {"d": domain, "o": owner, "s": duration},
+            ).fetchone()
+            if row is not None:
+                return _grant(domain, owner, row)
+            held = conn.execute(
+                "SELECT owner, epoch, EXTRACT(EPOCH FROM expires - clock_timestamp())::float8"
+                " FROM jobctl_leases WHERE domain = %s",
+                (domain,),
+            ).fetchone()
+            assert held is not None
+            holder, epoch, remaining = held
+            raise LeaseHeldError(
+                f"domain {domain!r} is owned by {holder!r} at epoch {epoch} for"
+                f" {max(remaining, 0.0):.1f} s more; {owner!r} cannot take it",
+                domain=domain,
+                owner=holder,
+                epoch=epoch,
+                remaining=remaining,
+            )
+
+        return await self._run(acquire, write=True)
+
+    async def renew_lease(self, token: FencingToken, duration: float) -> LeaseGrant:
+        """Extend ``token``'s lease to ``duration`` seconds from now on the database's clock,
+        if it is still the domain's current one (even past its expiry, as long as nobody took
+        the domain since: then nobody else acted in between). :class:`StaleEpochError` naming
+        the current owner otherwise."""
+        _check_lease_args(token.domain, token.owner, duration)
+
+        def renew(conn: psycopg.Connection[Any]) -> LeaseGrant:
+            row = conn.execute(
+                "UPDATE jobctl_leases AS l SET expires = clock_timestamp()"
+                " + make_interval(secs => %s) WHERE domain = %s AND owner = %s AND epoch = %s"
+                f" RETURNING {_GRANT}",
+                (duration, token.domain, token.owner, token.epoch),
+            ).fetchone()
+            if row is None:
+                raise _stale(conn, token, "lease renewal")
+            return _grant(token.domain, token.owner, row)
+
+        return await self._run(renew, write=True)
+
+    async def release_lease(self, token: FencingToken) -> None:
+        """Give the domain up at once (its epoch stays; the next owner gets the next one), if
+        ``token`` is still current; :class:`StaleEpochError` naming the owner otherwise."""
+
+        def release(conn: psycopg.Connection[Any]) -> None:
+            done = conn.execute(
+                "UPDATE jobctl_leases SET owner = NULL, expires = clock_timestamp()"
+                " WHERE domain = %s AND owner = %s AND epoch = %s",
+                (token.domain, token.owner, token.epoch),
+            )
+            if done.rowcount != 1:
+                raise _stale(conn, token, "lease release")
+
+        await self._run(release, write=True)
+
+    async def leases(self) -> tuple[LeaseRecord, ...]:
+        """Every domain's lease row, by domain, with whether it has expired on the database's
+        clock (a released lease counts as expired): what a manager looks at to take domains
+        over."""
+
+        def query(conn: psycopg.Connection[Any]) -> tuple[LeaseRecord, ...]:
+            rows = conn.execute(
+                "SELECT domain, owner, epoch, EXTRACT(EPOCH FROM expires)::float8,"
+                " owner IS NULL OR expires <= clock_timestamp() FROM jobctl_leases ORDER BY domain"
+            ).fetchall()
+            return tuple(LeaseRecord(r[0], r[1], r[2], r[3], r[4]) for r in rows)
 
         return await self._run(query, write=False)
 
@@ -777,6 +929,61 @@ class PostgresJournalStore:
             )
         except (TypeError, ValueError) as exc:
             raise self._corrupt("jobctl_async_jobs", r[0], str(exc)) from None
+
+
+_GRANT: Final = (
+    "l.epoch, EXTRACT(EPOCH FROM l.expires)::float8,"
+    " EXTRACT(EPOCH FROM l.expires - clock_timestamp())::float8"
+)
+
+
+def _grant(domain: str, owner: str, row: Sequence[Any]) -> LeaseGrant:
+    return LeaseGrant(FencingToken(domain, owner, row[0]), expires=row[1], remaining=row[2])
+
+
+def _check_lease_args(domain: object, owner: object, duration: object) -> None:
+    if not isinstance(domain, str) or not domain:
+        raise ValueError(f"a domain is a non-empty string, not {domain!r}")
+    if not isinstance(owner, str) or not owner:
+        raise ValueError(f"a lease owner is a non-empty string, not {owner!r}")
+    if not isinstance(duration, int | float) or not 0 < duration < 86400:
+        raise ValueError(f"a lease lasts more than 0 and less than 86400 s, not {duration!r}")
+
+
+def _lease_row(conn: psycopg.Connection[Any], domain: str) -> tuple[str | None, int | None]:
+    """The domain's (owner, epoch), its row locked against takeover until the
+    transaction ends; (None, None) when no lease was ever taken."""
+    row = conn.execute(
+        "SELECT owner, epoch FROM jobctl_leases WHERE domain = %s FOR SHARE", (domain,)
+    ).fetchone()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def _stale(conn: psycopg.Connection[Any], token: FencingToken, what: str) -> Exception:
+    owner, epoch = _lease_row(conn, token.domain)
+    return stale_epoch(token.domain, token, owner, epoch, what)
+
+
+def _check_fence(
+    conn: psycopg.Connection[Any],
+    domain: str,
+    fence: Mapping[str, FencingToken] | None,
+    *,
+    required: bool,
+) -> None:
+    """Refuse a write for ``domain`` unless ``fence`` holds its current token
+    (:class:`StaleEpochError`). Without a token the write passes only if it is
+    not ``required`` and the domain has no owner. The lease row stays locked
+    (``FOR SHARE``) until the write commits: a takeover waits for it, so the
+    new owner's recovery sees every write this check let through."""
+    owner, epoch = _lease_row(conn, domain)
+    token = None if fence is None else fence.get(domain)
+    if token is None:
+        if required or owner is not None:
+            raise stale_epoch(domain, None, owner, epoch)
+        return
+    if (owner, epoch) != (token.owner, token.epoch):
+        raise stale_epoch(domain, token, owner, epoch)
 
 
 def _release_entities(conn: psycopg.Connection[Any], command_id: str) -> None:
@@ -835,7 +1042,12 @@ def _create_or_check(conn: psycopg.Connection[Any], name: str) -> str:
                 f"journal {name} has schema version {version}, newer than this jobctl's"
                 f" {POSTGRES_SCHEMA_VERSION}; upgrade jobctl (the database was left unchanged)"
             )
-        if version != POSTGRES_SCHEMA_VERSION or not ours <= tables:
+        if version == 1 and ours <= tables and "jobctl_leases" not in tables:
+            for statement in _UPGRADE_1:
+                conn.execute(statement)
+            conn.execute("UPDATE jobctl_meta SET version = %s", (POSTGRES_SCHEMA_VERSION,))
+            return str(journal_id)
+        if version != POSTGRES_SCHEMA_VERSION or not ours | {"jobctl_leases"} <= tables:
             raise JournalSchemaError(
                 f"journal {name} has schema version {version} but not this version's tables;"
                 " it was left unchanged"

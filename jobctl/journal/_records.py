@@ -190,6 +190,10 @@ class CommandRecord:
     #: What the end action returned, recorded with the final state.
     result: Mapping[str, Any] | None = attrs.field(converter=_frozen_optional_mapping)
     error: str | None
+    #: The owned domain the command belongs to (a fenced journal's
+    #: ``begin_command(domain=...)``): every later write of the command must
+    #: carry that domain's current epoch. None for a command of no domain.
+    domain: str | None = None
 
     def task(self, name: str) -> TaskRecord:
         """The task called ``name``."""

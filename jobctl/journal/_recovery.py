@@ -190,6 +190,7 @@ async def recover(
     poll_interval: float = 1.0,
     max_attempts: int = 3,
     retry_delay: float = 1.0,
+    domains: Iterable[str] | None = None,
     task_status: anyio.abc.TaskStatus[RecoveryReport] = anyio.TASK_STATUS_IGNORED,
 ) -> RecoveryReport:
     """Reconcile the journal with the backends after a restart, and finish
@@ -218,12 +219,24 @@ async def recover(
     after step 4, while steps 5 go on in the task group. Safe to run again
     after a crash during recovery.
 
+    With ``domains`` (a fenced journal, after taking those domains over
+    from a manager that died or stopped answering) it recovers only the
+    commands and async jobs of those domains, and may run while this
+    journal runs commands of its other domains: the old owner's writes of
+    them are refused by their epoch, so what recovery reads stays true. It
+    writes with the new owner's epoch: run it once the leases are held.
+
     Errors leave as themselves, not wrapped in an :class:`ExceptionGroup`
     (a group only when several fail at once). A damaged journal raises
     :class:`JournalCorruptError` naming the file, including a command or
     task that recovery read and then could not find again.
     """
-    if journal.statistics().commands_begun:
+    only: frozenset[str] | None = None
+    if domains is not None:
+        only = frozenset(domains)
+        if journal.fence is None:
+            raise ValueError("recover(domains=...) takes domains over: it needs a fenced journal")
+    elif journal.statistics().commands_begun:
         raise JournalStateError(
             "recover() reconciles what a dead process left: run it at start-up, before"
             " this journal begins commands of its own"
@@ -231,6 +244,9 @@ async def recover(
     handlers: Mapping[AsyncJob, AsyncJobHandler] = async_handlers or {}
     commands = await journal.unfinished_commands()
     jobs = tuple(job for job in await journal.async_jobs() if job.session != journal.session)
+    if only is not None:
+        commands = tuple(c for c in commands if c.domain in only)
+        jobs = tuple(job for job in jobs if job.domain in only)
     _check_handlers(commands, jobs, backends, end_actions, handlers)
 
     unfinished = [

@@ -10,10 +10,11 @@ step, so two writers cannot both win a compare-and-set.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jobctl._core._entity import Need
 
+from ._fencing import FencingToken, LeaseGrant, LeaseRecord
 from ._records import (
     AsyncJobRecord,
     CommandRecord,
@@ -23,7 +24,7 @@ from ._records import (
     TaskUpdate,
 )
 
-__all__ = ["JournalStore"]
+__all__ = ["FencedJournalStore", "JournalStore"]
 
 
 class JournalStore(Protocol):
@@ -107,4 +108,96 @@ class JournalStore(Protocol):
 
     async def aclose(self) -> None:
         """Finish the writes in flight and close. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class FencedJournalStore(JournalStore, Protocol):
+    """A :class:`JournalStore` that also keeps domain leases and checks
+    fencing tokens: several managers may share it, each owning some domains
+    (:class:`PostgresJournalStore` is one; the SQLite store has one writer
+    and keeps no leases).
+
+    Every write takes ``fence``, the writer's tokens by domain; a write for
+    an owned domain whose token is missing or stale raises
+    :class:`StaleEpochError` in the transaction that would have written it.
+    Lease times are the database's clock's, never the caller's.
+    """
+
+    async def add_command(
+        self,
+        command_id: str,
+        kind: str,
+        data: Mapping[str, Any],
+        tasks: Sequence[TaskSpec],
+        entities: Iterable[Need],
+        *,
+        domain: str | None = None,
+        fence: Mapping[str, FencingToken] | None = None,
+    ) -> CommandRecord:
+        """:meth:`JournalStore.add_command`; with ``domain``, the command
+        belongs to that owned domain and ``fence`` must hold its token."""
+        ...
+
+    async def update_tasks(
+        self, updates: Sequence[TaskUpdate], *, fence: Mapping[str, FencingToken] | None = None
+    ) -> tuple[TaskRecord, ...]:
+        """:meth:`JournalStore.update_tasks`, fenced."""
+        ...
+
+    async def claim_end(
+        self,
+        command_id: str,
+        *,
+        max_attempts: int,
+        last_error: str | None,
+        fence: Mapping[str, FencingToken] | None = None,
+    ) -> CommandRecord:
+        """:meth:`JournalStore.claim_end`, fenced."""
+        ...
+
+    async def finish_command(
+        self,
+        claimed: CommandRecord,
+        state: CommandState,
+        *,
+        result: Mapping[str, Any] | None,
+        error: str | None,
+        fence: Mapping[str, FencingToken] | None = None,
+    ) -> CommandRecord:
+        """:meth:`JournalStore.finish_command`, fenced."""
+        ...
+
+    async def save_async_job(
+        self, record: AsyncJobRecord, *, fence: Mapping[str, FencingToken] | None = None
+    ) -> None:
+        """:meth:`JournalStore.save_async_job`, fenced when the domain has an owner."""
+        ...
+
+    async def clear_async_job(
+        self,
+        domain: str,
+        job_id: int,
+        session: str,
+        *,
+        fence: Mapping[str, FencingToken] | None = None,
+    ) -> None:
+        """:meth:`JournalStore.clear_async_job`, fenced when the domain has an owner."""
+        ...
+
+    async def acquire_lease(self, domain: str, owner: str, duration: float) -> LeaseGrant:
+        """Take a domain nobody holds (:class:`LeaseHeldError` otherwise),
+        with the next epoch."""
+        ...
+
+    async def renew_lease(self, token: FencingToken, duration: float) -> LeaseGrant:
+        """Extend a current lease (:class:`StaleEpochError` otherwise)."""
+        ...
+
+    async def release_lease(self, token: FencingToken) -> None:
+        """Give a current lease up (:class:`StaleEpochError` otherwise)."""
+        ...
+
+    async def leases(self) -> tuple[LeaseRecord, ...]:
+        """Every domain's lease row."""
         ...

@@ -76,7 +76,7 @@ async def test_a_newer_or_foreign_schema_is_refused_and_left_unchanged(
     async with await PostgresJournalStore.open(conninfo):
         pass
     sql(conninfo, f"UPDATE jobctl_meta SET version = {POSTGRES_SCHEMA_VERSION + 1}")
-    with pytest.raises(JournalSchemaError, match=r"schema version 2, newer than this jobctl's 1"):
+    with pytest.raises(JournalSchemaError, match=r"schema version 3, newer than this jobctl's 2"):
         await PostgresJournalStore.open(conninfo)
     assert sql(conninfo, "SELECT version FROM jobctl_meta") == [(POSTGRES_SCHEMA_VERSION + 1,)]
     # A database with some of the tables but no meta row: not ours to reset.
