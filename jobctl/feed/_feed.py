@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, Protocol, final
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +33,8 @@ from ._state import DEFAULT_MAX_DOMAINS, FeedState
 __all__ = [
     "DEFAULT_BUFFER",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_AGE",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_PING_INTERVAL",
@@ -61,6 +65,10 @@ DEFAULT_MAX_HANDSHAKES: Final = 64
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 3.0
 DEFAULT_PING_INTERVAL: Final = 10.0
 DEFAULT_PING_TIMEOUT: Final = 10.0
+#: The recent past a new client is sent first: at most this many events, none
+#: older than ``DEFAULT_HISTORY_AGE`` seconds.
+DEFAULT_HISTORY: Final = 2000
+DEFAULT_HISTORY_AGE: Final = 120.0
 #: A client whose ping has gone unanswered this long (or ``ping_timeout``, if
 #: shorter) may be dropped to make room for a fresh one when the feed is full.
 #: A live client answers within a round trip.
@@ -222,6 +230,8 @@ class Feed:
         max_clients: int = DEFAULT_MAX_CLIENTS,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_domains: int = DEFAULT_MAX_DOMAINS,
+        history: int = DEFAULT_HISTORY,
+        history_age: float = DEFAULT_HISTORY_AGE,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
@@ -236,6 +246,12 @@ class Feed:
         self._max_clients = _count("max_clients", max_clients)
         self._handshakes = PendingPool(_count("max_handshakes", max_handshakes))
         self._state = FeedState(max_domains=max_domains)
+        # The recent past, oldest first: every event folded into the state,
+        # up to ``history`` of them (0: none kept).
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(f"history must be an int of at least 0, not {history!r}")
+        self._history: deque[TraceEvent] = deque(maxlen=history)
+        self._history_age = _positive("history_age", history_age)
         # Every client holding a slot; insertion order is arrival order.
         self._clients: dict[_Client, None] = {}
         # Set (and replaced) whenever a slot is freed; made when first awaited.
@@ -290,6 +306,8 @@ class Feed:
         try:
             self._events += 1
             self._state.fold(event)
+            if self._history.maxlen:
+                self._history.append(event)
             for client in self._clients:
                 if client.subscription.matches(event) and not client.outbox.put_nowait(event):
                     self._dropped += 1
@@ -491,17 +509,33 @@ class Feed:
                 client.subscription = request
             client.outbox.resync_nowait()
 
+    def _recent(self, subscription: Subscription, now: float) -> list[TraceEvent]:
+        """The kept past this client wants, up to the state's last event."""
+        oldest = now - self._history_age
+        return [e for e in self._history if e.time >= oldest and subscription.matches(e)]
+
     async def _write(self, ws: _WebSocket, client: _Client) -> None:
         # The hello goes out here, beside the heartbeat: a client that reads
         # nothing stalls this task only, and the heartbeat sees it.
-        await ws.send_message(encode(hello_message(anyio.current_time(), self._buffer)))
+        now = anyio.current_time()
+        await ws.send_message(encode(hello_message(now, self._buffer, wall=time.time())))
         outbox = client.outbox
         reported = 0
         # Events up to this seq are folded into the last snapshot sent.
         folded = 0
+        first = True
         batch: list[dict[str, Any]] = []
+
+        def event_json(event: TraceEvent, offset: float) -> dict[str, Any]:
+            data = event.to_json()
+            data["wall"] = round(event.time + offset, 6)
+            return data
+
         while True:
             entry: TraceEvent | Resync | None = await outbox.get()
+            # Wall-clock time minus the loop's clock, now: a trace event's
+            # wall-clock time is its ``t`` plus this.
+            offset = time.time() - anyio.current_time()
             # Take everything waiting, events in batches: on a busy event loop
             # this task gets few turns, and each message costs several.
             while entry is not None:
@@ -512,11 +546,20 @@ class Feed:
                     if entry.dropped:
                         reported += entry.dropped
                         await ws.send_message(encode(dropped_message(entry.dropped, reported)))
-                    snapshot = self._state.snapshot(anyio.current_time(), client.subscription)
+                    now = anyio.current_time()
+                    # Taken together with the snapshot, in one step: the past
+                    # ends exactly where the snapshot's seq does.
+                    past = self._recent(client.subscription, now) if first else []
+                    snapshot = self._state.snapshot(now, client.subscription)
+                    snapshot["wall"] = now + offset
                     folded = snapshot["seq"]
+                    for start in range(0, len(past), MAX_BATCH):
+                        chunk = [event_json(e, offset) for e in past[start : start + MAX_BATCH]]
+                        await ws.send_message(encode(events_message(chunk, history=True)))
+                    first = False
                     await ws.send_message(encode(snapshot))
                 elif entry.seq > folded:
-                    batch.append(entry.to_json())
+                    batch.append(event_json(entry, offset))
                     if len(batch) == MAX_BATCH:
                         await ws.send_message(encode(events_message(batch)))
                         batch = []

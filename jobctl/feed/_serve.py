@@ -16,6 +16,8 @@ from ._backend import current_backend, require
 from ._feed import (
     DEFAULT_BUFFER,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_AGE,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_PING_INTERVAL,
@@ -128,6 +130,8 @@ async def serve_feed(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ping_interval: float = DEFAULT_PING_INTERVAL,
     ping_timeout: float = DEFAULT_PING_TIMEOUT,
+    history: int = DEFAULT_HISTORY,
+    history_age: float = DEFAULT_HISTORY_AGE,
     task_status: anyio.abc.TaskStatus[FeedAddress] = anyio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``hub``'s trace (default: :data:`jobctl.default_trace_hub`) until cancelled.
@@ -144,7 +148,9 @@ async def serve_feed(
     at most ``max_handshakes`` connections still in their handshake (default
     64; one more drops the oldest), each for at most ``handshake_timeout``
     seconds (default 3); a ping every ``ping_interval`` seconds (default 10),
-    to be answered within ``ping_timeout`` (default 10). The page's port has
+    to be answered within ``ping_timeout`` (default 10). A new client is sent
+    the recent past first: the last ``history`` events (default 2000), none
+    older than ``history_age`` seconds (default 120). The page's port has
     the same bounds on connections still sending their request
     (``max_handshakes``, ``handshake_timeout``). The address handed to
     ``task_status`` carries the :class:`Feed` (``address.feed``), to read its
@@ -182,6 +188,8 @@ async def serve_feed(
             handshake_timeout=handshake_timeout,
             max_clients=max_clients,
             max_handshakes=max_handshakes,
+            history=history,
+            history_age=history_age,
         )
         page = PageServer(
             {
