@@ -15,7 +15,8 @@ Unknown VMs are 404, a second migration while one runs 409, bad input 400.
 It prints ``listening on http://HOST:PORT`` once it serves; SIGINT or SIGTERM
 stops it and its machines.
 
-Run: ``.venv/bin/python examples/asyncio_manager.py [--port N] [--qemu]``
+Run: ``.venv/bin/python examples/asyncio_manager.py [--port N] [--qemu] [--feed-port N]``
+(``--feed-port``: the live feed and its page too, in the same asyncio task group)
 (needs the ``examples`` extra: ``pip install -e '.[examples]'``).
 """
 
@@ -28,6 +29,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, final
 
 import anyio
@@ -39,6 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from jobctl import Domain, JobError
+from jobctl.feed import serve_feed
 from jobctl.qemu import (
     VM,
     FlowError,
@@ -177,7 +180,7 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def main(host: str, port: int, qemu: bool) -> int:
+async def main(host: str, port: int, qemu: bool, feed_port: int | None = None) -> int:
     with socket.create_server((host, port)) as listening:
         bound_host, bound_port = listening.getsockname()[:2]
         model = MigrationModel(link_speed=float(256 * MiB))  # as a fast real link
@@ -190,9 +193,15 @@ async def main(host: str, port: int, qemu: bool) -> int:
             disk = await a.create_disk("vm1", 64)
             await start(vm.current, MachineSpec(ram_mib=64, disk=disk))
             manager = Manager({vm.name: vm}, tasks)
+            if feed_port is not None:
+                # The live feed and its timeline page, in this asyncio program's
+                # own task group (extra `feed`: wsproto; no trio needed).
+                feed = await tasks.start(partial(serve_feed, http_port=feed_port))
             config = uvicorn.Config(manager.app(), log_level="warning", lifespan="off")
             server = _Server(config)
             print(f"listening on http://{bound_host}:{bound_port}", flush=True)
+            if feed_port is not None:
+                print(f"feed page on {feed.page_url} (websocket {feed.ws_url})", flush=True)
             await server.serve(sockets=[listening])
             tasks.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -206,8 +215,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
     parser.add_argument("--qemu", action="store_true", help="real QEMU instead of the simulator")
+    parser.add_argument(
+        "--feed-port", type=int, default=None, help="serve the live feed's page here (0: any)"
+    )
     args = parser.parse_args(argv)
-    return asyncio.run(main(args.host, args.port, args.qemu))
+    return asyncio.run(main(args.host, args.port, args.qemu, args.feed_port))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOW = 4 << 20
 
 
+#: The feed's line, read by manager() for the test that asked for a feed.
+_feed_lines: list[str] = []
+
+
 @contextmanager
 def manager(*args: str) -> Iterator[httpx.Client]:
     process = subprocess.Popen(
@@ -35,6 +39,8 @@ def manager(*args: str) -> Iterator[httpx.Client]:
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line.startswith("listening on http://"), (line, process.stderr)
+        if "--feed-port" in args:
+            _feed_lines.append(process.stdout.readline())
         with httpx.Client(base_url=line.split()[-1], timeout=30) as client:
             yield client
         process.send_signal(signal.SIGTERM)
@@ -113,3 +119,27 @@ def test_the_asyncio_manager_on_real_qemu() -> None:
     require_qemu()
     with manager("--qemu") as client:
         scenario(client)
+
+
+def test_the_asyncio_manager_serves_the_live_feed() -> None:
+    """The feed in an asyncio program's task group: a real websocket client
+    sees the migration the HTTP API started."""
+    import json
+    import re
+
+    from websockets.sync.client import connect
+
+    with manager("--feed-port", "0") as client:
+        # The line after "listening on": where the feed is.
+        feed_line = _feed_lines.pop()
+        found = re.search(r"\(websocket (ws://\S+)\)", feed_line)
+        assert found is not None, feed_line
+        with connect(found.group(1)) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "hello"
+            assert client.post(f"/domains/vm1/migrate?bandwidth={SLOW * 64}").status_code == 202
+            seen: set[str] = set()
+            while "async.begin" not in seen:
+                message = json.loads(ws.recv(timeout=30))
+                if message["type"] == "events":
+                    seen |= {e["kind"] for e in message["events"] if e["domain"] == "vm1"}
+        until(lambda: not client.get("/domains/vm1/migration").json()["migrating"])

@@ -122,6 +122,31 @@ def test_installed_it_runs_and_imports(fresh_venv: Path, wheel: Path) -> None:
     assert Path(lines[2]).is_relative_to(fresh_venv)
 
 
+def test_without_extras_no_trio_and_each_extra_is_named(fresh_venv: Path) -> None:
+    """An asyncio user installs no trio; what needs an extra says which."""
+    python = fresh_venv / "bin" / "python"
+    probe = (
+        "import importlib.util, anyio, jobctl, jobctl.feed, jobctl.qemu\n"
+        "print(importlib.util.find_spec('trio'), importlib.util.find_spec('trio_websocket'))\n"
+        "try:\n"
+        "    anyio.run(jobctl.feed.serve_feed, backend='asyncio')\n"
+        "except jobctl.feed.FeedBackendError as exc:\n"
+        "    print(exc)\n"
+    )
+    lines = _run(python, "-c", probe, cwd=fresh_venv.parent).splitlines()
+    assert lines[0] == "None None"
+    assert lines[1].endswith("pip install 'virt-jobctl[feed]'")
+    demo = subprocess.run(
+        [fresh_venv / "bin" / "jobctl", "demo", "--count", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=fresh_venv.parent,
+    )
+    assert demo.returncode == 1
+    assert "pip install 'virt-jobctl[trio]'" in demo.stderr
+
+
 def test_the_testing_extra_brings_what_jobctl_testing_needs(fresh_venv: Path, wheel: Path) -> None:
     python = fresh_venv / "bin" / "python"
     _run(fresh_venv / "bin" / "pip", "install", "-q", f"{wheel}[testing]", cwd=fresh_venv.parent)

@@ -29,12 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``jobctl`` parser: ``--version``, and one subparser per command,
     each with its description; a bad option is a one-line error (status 2)."""
     from jobctl import __version__
-    from jobctl.cli import _demo as _demo_cli
-    from jobctl.cli import _serve as _serve_cli
 
     parser = _Parser(prog="jobctl", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"jobctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    try:
+        from jobctl.cli import _demo as _demo_cli
+        from jobctl.cli import _serve as _serve_cli
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("trio", "trio_websocket"):
+            raise
+        missing = exc.name
+
+        def needs_trio(args: argparse.Namespace) -> int:
+            print(
+                f"jobctl: jobctl {args.command} runs on trio, and {missing} is not "
+                "installed: pip install 'virt-jobctl[trio]'",
+                file=sys.stderr,
+            )
+            return 1
+
+        for name in ("demo", "serve"):
+            command = sub.add_parser(name, help=f"(needs the trio extra) jobctl {name}")
+            # Any options: the answer is the same.
+            command.set_defaults(run=needs_trio, any_options=True)
+        return parser
     demo = sub.add_parser(
         "demo",
         help="migrations with domstats on simulated (or real) QEMU",
@@ -53,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jobctl`` with ``argv`` (default: the process's arguments) and
     return the exit status; Ctrl-C before a command handles it is status 130."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "any_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

@@ -9,7 +9,9 @@
 :class:`Feed` is the websocket side alone (serve its
 :meth:`~Feed.handle_stream` however you like); :class:`PageServer` serves the
 page. The message schema is in :mod:`jobctl.feed._protocol` and
-``jobctl/feed/SCHEMA.md``. Trio only (trio-websocket is).
+``jobctl/feed/SCHEMA.md``. It runs in trio (over trio-websocket: ``pip install
+'virt-jobctl[trio]'``) and in asyncio applications (over wsproto: ``pip install
+'virt-jobctl[feed]'``); :class:`FeedBackendError` says what is missing.
 
 Under load and hostile clients (see :class:`Feed`): only a completed
 handshake holds a client slot; unfinished handshakes have their own bounded
@@ -21,9 +23,12 @@ from __future__ import annotations
 
 from jobctl._public import publish
 
+from ._backend import FeedBackendError
 from ._feed import (
     DEFAULT_BUFFER,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_AGE,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_PING_INTERVAL,
@@ -41,6 +46,8 @@ from ._state import FeedState
 __all__ = [
     "DEFAULT_BUFFER",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_AGE",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_PING_INTERVAL",
@@ -50,6 +57,7 @@ __all__ = [
     "UNRESPONSIVE_AFTER",
     "Feed",
     "FeedAddress",
+    "FeedBackendError",
     "FeedConfigError",
     "FeedProtocolError",
     "FeedState",

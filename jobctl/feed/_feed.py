@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Collection
-from typing import Any, Final, final
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, Final, Protocol, final
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import attrs
-import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_server_stream,
-)
 
 from jobctl import TraceEvent, TraceHub, TraceSubscription, default_trace_hub
 
+from ._backend import ConnectionGone, current_backend, require
 from ._outbox import Outbox, Resync
 from ._pool import PendingPool
 from ._protocol import (
@@ -36,6 +33,8 @@ from ._state import DEFAULT_MAX_DOMAINS, FeedState
 __all__ = [
     "DEFAULT_BUFFER",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_AGE",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_PING_INTERVAL",
@@ -66,6 +65,10 @@ DEFAULT_MAX_HANDSHAKES: Final = 64
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 3.0
 DEFAULT_PING_INTERVAL: Final = 10.0
 DEFAULT_PING_TIMEOUT: Final = 10.0
+#: The recent past a new client is sent first: at most this many events, none
+#: older than ``DEFAULT_HISTORY_AGE`` seconds.
+DEFAULT_HISTORY: Final = 2000
+DEFAULT_HISTORY_AGE: Final = 120.0
 #: A client whose ping has gone unanswered this long (or ``ping_timeout``, if
 #: shorter) may be dropped to make room for a fresh one when the feed is full.
 #: A live client answers within a round trip.
@@ -116,67 +119,50 @@ class _Client:
         #: When the ping now in flight was sent (None: none in flight).
         self.ping_sent: float | None = None
         #: Cancelled when the client is evicted.
-        self.scope = trio.CancelScope()
+        self.scope = anyio.CancelScope()
 
 
-@final
-class _WatchedStream(trio.abc.Stream):
-    """A stream that tells when it ended (closed, or the peer's EOF or
-    failure). trio-websocket's handshake waits for a request even after its
-    reader gave up on the stream: a plain HTTP request gets its ``400``,
-    then the wait would last the whole handshake timeout."""
+class _WebSocket(Protocol):
+    """A websocket connection as the feed uses it (see ``_ws_trio``,
+    ``_ws_anyio``); a connection that ends raises :class:`ConnectionGone`."""
 
-    __slots__ = ("_stream", "ended")
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
-        self.ended = trio.Event()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.ended.set()
-            raise
-        if not data:
-            self.ended.set()
-        return data
-
-    async def aclose(self) -> None:
-        self.ended.set()
-        await self._stream.aclose()
+    @property
+    def closed(self) -> bool: ...
+    async def get_message(self) -> str | bytes: ...
+    async def send_message(self, message: str) -> None: ...
+    async def ping(self) -> None: ...
+    async def aclose(self, code: int, reason: str) -> None: ...
 
 
-async def _receive_request(
-    nursery: trio.Nursery, stream: _WatchedStream
-) -> WebSocketRequest | None:
-    """The client's handshake request; None if the stream ended first.
-    trio-websocket's reader task goes into ``nursery``."""
-    requests: list[WebSocketRequest] = []
-    async with trio.open_nursery() as race:
+class _WebSocketRequest(Protocol):
+    @property
+    def path(self) -> str: ...
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+    async def reject(self, status: int, body: bytes) -> None: ...
+    async def accept(self) -> _WebSocket: ...
 
-        async def until_ended() -> None:
-            await stream.ended.wait()
-            race.cancel_scope.cancel()
 
-        race.start_soon(until_ended)
-        requests.append(
-            await wrap_server_stream(nursery, stream, max_message_size=MAX_CLIENT_MESSAGE)
-        )
-        race.cancel_scope.cancel()
-    return requests[0] if requests else None
+_ReceiveRequest = Callable[[Any, Any, int], Awaitable[_WebSocketRequest | None]]
+
+
+def _transport() -> _ReceiveRequest:
+    """The websocket I/O for the running event loop (imported on first use)."""
+    if current_backend() == "trio":
+        require("trio_websocket", extra="trio", why="the feed in trio")
+        from . import _ws_trio
+
+        return _ws_trio.receive_request
+    require("wsproto", extra="feed", why="the feed in asyncio")
+    from . import _ws_anyio
+
+    return _ws_anyio.receive_request
 
 
 def _only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_cancelled(e) for e in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
+    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 def _positive(name: str, value: float) -> float:
@@ -224,7 +210,11 @@ class Feed:
 
     Use it as a context manager: the hub subscription lives as long as the
     ``with`` block. Serve connections with :meth:`handle_stream` (e.g. under
-    :func:`trio.serve_tcp`). Trio only.
+    :func:`trio.serve_tcp`, or an anyio listener's ``serve``). It runs in
+    trio (over trio-websocket: the ``trio`` extra) and in asyncio (over
+    wsproto: the ``feed`` extra); used elsewhere, or without the package it
+    needs there, :meth:`handle_stream` raises :class:`FeedBackendError`
+    naming what to install.
     """
 
     def __init__(
@@ -240,6 +230,8 @@ class Feed:
         max_clients: int = DEFAULT_MAX_CLIENTS,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_domains: int = DEFAULT_MAX_DOMAINS,
+        history: int = DEFAULT_HISTORY,
+        history_age: float = DEFAULT_HISTORY_AGE,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
@@ -254,10 +246,16 @@ class Feed:
         self._max_clients = _count("max_clients", max_clients)
         self._handshakes = PendingPool(_count("max_handshakes", max_handshakes))
         self._state = FeedState(max_domains=max_domains)
+        # The recent past, oldest first: every event folded into the state,
+        # up to ``history`` of them (0: none kept).
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(f"history must be an int of at least 0, not {history!r}")
+        self._history: deque[TraceEvent] = deque(maxlen=history)
+        self._history_age = _positive("history_age", history_age)
         # Every client holding a slot; insertion order is arrival order.
         self._clients: dict[_Client, None] = {}
-        # Set (and replaced) whenever a slot is freed.
-        self._room = trio.Event()
+        # Set (and replaced) whenever a slot is freed; made when first awaited.
+        self._room: anyio.Event | None = None
         self._subscription: TraceSubscription | None = None
         self._accepted = self._refused = self._events = self._dropped = 0
         self._unresponsive = self._protocol_errors = 0
@@ -308,6 +306,8 @@ class Feed:
         try:
             self._events += 1
             self._state.fold(event)
+            if self._history.maxlen:
+                self._history.append(event)
             for client in self._clients:
                 if client.subscription.matches(event) and not client.outbox.put_nowait(event):
                     self._dropped += 1
@@ -331,8 +331,9 @@ class Feed:
         """Free ``client``'s slot (idempotent)."""
         if client in self._clients:
             del self._clients[client]
-            self._room.set()
-            self._room = trio.Event()
+            if self._room is not None:
+                self._room.set()
+            self._room = None
 
     def _least_responsive(self) -> _Client | None:
         """The client whose unanswered ping has waited longest, if any."""
@@ -349,31 +350,39 @@ class Feed:
             if victim is None or victim.ping_sent is None:
                 return None
             ripe = victim.ping_sent + self._unresponsive_after
-            if ripe <= trio.current_time():
+            if ripe <= anyio.current_time():
                 del self._clients[victim]
                 victim.scope.cancel()
                 self._evicted += 1
                 return self._register()
             if ripe > deadline:
                 return None
+            if self._room is None:
+                self._room = anyio.Event()
             room = self._room
-            with trio.move_on_at(ripe):
+            with anyio.CancelScope(deadline=ripe):
                 await room.wait()
 
     # -- connections ---------------------------------------------------------
 
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def handle_stream(self, stream: Any) -> None:
         """Serve one client connection until it ends; closes ``stream``.
 
         A client's misbehaviour (bad handshake, bad messages, silence, a
         dropped connection) ends its connection only, and so does a failure
         of the feed's own (logged once, counted): whatever runs beside the
         feed, such as job control, never sees an exception from here.
+
+        ``stream`` is a byte stream of the running event loop: a
+        :class:`trio.abc.Stream` in trio, an :class:`anyio.abc.ByteStream` in
+        asyncio. Outside trio and asyncio, or without trio-websocket (in trio)
+        or wsproto (in asyncio), it raises :class:`FeedBackendError` at once.
         """
+        receive_request = _transport()
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 try:
-                    admitted = await self._handshake(nursery, _WatchedStream(stream))
+                    admitted = await self._handshake(nursery, receive_request, stream)
                     if admitted is not None:
                         await self._run_client(*admitted)
                 finally:
@@ -386,12 +395,12 @@ class Feed:
         finally:
             # Shielded: under cancellation an await here would raise Cancelled
             # and lose whatever is propagating.
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
 
     async def _handshake(
-        self, nursery: trio.Nursery, stream: _WatchedStream
-    ) -> tuple[WebSocketConnection, _Client] | None:
+        self, nursery: Any, receive_request: _ReceiveRequest, stream: Any
+    ) -> tuple[_WebSocket, _Client] | None:
         """In the handshake pool, within the handshake time: the request, a
         slot, the answer. The connection and its client (holding a slot), or
         None: refused, timed out, evicted from the pool, or gone."""
@@ -399,21 +408,21 @@ class Feed:
         kept = False
         try:
             with self._handshakes.admit():
-                deadline = trio.current_time() + self._handshake_timeout
+                deadline = anyio.current_time() + self._handshake_timeout
                 request = None
-                with trio.move_on_at(deadline) as waiting:
-                    request = await _receive_request(nursery, stream)
+                with anyio.CancelScope(deadline=deadline) as waiting:
+                    request = await receive_request(nursery, stream, MAX_CLIENT_MESSAGE)
                 if waiting.cancelled_caught:
                     self._handshake_timeouts += 1
                 if request is None:
                     return None
                 refusal = self._refusal(request)
                 if refusal is None:
-                    with trio.move_on_at(deadline):
+                    with anyio.CancelScope(deadline=deadline):
                         client = await self._take_slot(deadline)
                     if client is None:
                         refusal = 503, f"too many clients (at most {self._max_clients})"
-                with trio.move_on_after(CLOSE_TIMEOUT):
+                with anyio.move_on_after(CLOSE_TIMEOUT):
                     if refusal is not None:
                         self._refused += 1
                         status, reason = refusal
@@ -423,14 +432,14 @@ class Feed:
                     ws = await request.accept()
                     kept = True
                     return ws, client
-        except ConnectionClosed:
+        except ConnectionGone:
             pass  # the client went away
         finally:
             if client is not None and not kept:
                 self._release(client)
         return None
 
-    def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
+    def _refusal(self, request: _WebSocketRequest) -> tuple[int, str] | None:
         url = urlsplit(request.path)
         if url.path != FEED_PATH:
             return 404, f"no such endpoint; the feed is at {FEED_PATH}"
@@ -446,25 +455,25 @@ class Feed:
             return 403, "this origin may not read the feed"
         return None
 
-    async def _run_client(self, ws: WebSocketConnection, client: _Client) -> None:
+    async def _run_client(self, ws: _WebSocket, client: _Client) -> None:
         self._accepted += 1
         try:
             # Cancelled by an eviction: the client ends quietly, its stream cut.
             with client.scope:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     for part in (self._heartbeat, self._write, self._read):
                         nursery.start_soon(self._until_done, nursery, part, ws, client)
         except BaseException as exc:
             # Cancelled (the server is shutting down) or a failure of the
             # feed's own: say which, then go. The close frame goes out at once;
             # its answer is awaited briefly.
-            if ws.closed is None:
+            if not ws.closed:
                 if _only_cancelled(exc):
                     code, reason = 1001, "the feed is shutting down"
                 else:
                     code, reason = 1011, "the feed failed"
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
                     await ws.aclose(code, reason)
             raise
         finally:
@@ -474,20 +483,20 @@ class Feed:
 
     @staticmethod
     async def _until_done(
-        nursery: trio.Nursery,
-        part: Callable[[WebSocketConnection, _Client], Awaitable[None]],
-        ws: WebSocketConnection,
+        nursery: anyio.abc.TaskGroup,
+        part: Callable[[_WebSocket, _Client], Awaitable[None]],
+        ws: _WebSocket,
         client: _Client,
     ) -> None:
         """Run one part of a client's service; when it ends, end the others."""
         try:
             await part(ws, client)
-        except ConnectionClosed:
+        except ConnectionGone:
             pass
         finally:
             nursery.cancel_scope.cancel()
 
-    async def _read(self, ws: WebSocketConnection, client: _Client) -> None:
+    async def _read(self, ws: _WebSocket, client: _Client) -> None:
         while True:
             data = await ws.get_message()
             try:
@@ -500,17 +509,33 @@ class Feed:
                 client.subscription = request
             client.outbox.resync_nowait()
 
-    async def _write(self, ws: WebSocketConnection, client: _Client) -> None:
+    def _recent(self, subscription: Subscription, now: float) -> list[TraceEvent]:
+        """The kept past this client wants, up to the state's last event."""
+        oldest = now - self._history_age
+        return [e for e in self._history if e.time >= oldest and subscription.matches(e)]
+
+    async def _write(self, ws: _WebSocket, client: _Client) -> None:
         # The hello goes out here, beside the heartbeat: a client that reads
         # nothing stalls this task only, and the heartbeat sees it.
-        await ws.send_message(encode(hello_message(trio.current_time(), self._buffer)))
+        now = anyio.current_time()
+        await ws.send_message(encode(hello_message(now, self._buffer, wall=time.time())))
         outbox = client.outbox
         reported = 0
         # Events up to this seq are folded into the last snapshot sent.
         folded = 0
+        first = True
         batch: list[dict[str, Any]] = []
+
+        def event_json(event: TraceEvent, offset: float) -> dict[str, Any]:
+            data = event.to_json()
+            data["wall"] = round(event.time + offset, 6)
+            return data
+
         while True:
             entry: TraceEvent | Resync | None = await outbox.get()
+            # Wall-clock time minus the loop's clock, now: a trace event's
+            # wall-clock time is its ``t`` plus this.
+            offset = time.time() - anyio.current_time()
             # Take everything waiting, events in batches: on a busy event loop
             # this task gets few turns, and each message costs several.
             while entry is not None:
@@ -521,32 +546,41 @@ class Feed:
                     if entry.dropped:
                         reported += entry.dropped
                         await ws.send_message(encode(dropped_message(entry.dropped, reported)))
-                    snapshot = self._state.snapshot(trio.current_time(), client.subscription)
+                    now = anyio.current_time()
+                    # Taken together with the snapshot, in one step: the past
+                    # ends exactly where the snapshot's seq does.
+                    past = self._recent(client.subscription, now) if first else []
+                    snapshot = self._state.snapshot(now, client.subscription)
+                    snapshot["wall"] = now + offset
                     folded = snapshot["seq"]
+                    for start in range(0, len(past), MAX_BATCH):
+                        chunk = [event_json(e, offset) for e in past[start : start + MAX_BATCH]]
+                        await ws.send_message(encode(events_message(chunk, history=True)))
+                    first = False
                     await ws.send_message(encode(snapshot))
                 elif entry.seq > folded:
-                    batch.append(entry.to_json())
+                    batch.append(event_json(entry, offset))
                     if len(batch) == MAX_BATCH:
                         await ws.send_message(encode(events_message(batch)))
                         batch = []
                 try:
                     entry = outbox.get_nowait()
-                except trio.WouldBlock:
+                except anyio.WouldBlock:
                     entry = None
             if batch:
                 await ws.send_message(encode(events_message(batch)))
                 batch = []
 
-    async def _heartbeat(self, ws: WebSocketConnection, client: _Client) -> None:
+    async def _heartbeat(self, ws: _WebSocket, client: _Client) -> None:
         # The first ping goes out at once: a client that reads nothing is
         # known as such within a round trip, not a ping interval.
         while True:
-            client.ping_sent = trio.current_time()
-            with trio.move_on_after(self._ping_timeout) as scope:
+            client.ping_sent = anyio.current_time()
+            with anyio.move_on_after(self._ping_timeout) as scope:
                 await ws.ping()
             if scope.cancelled_caught:
                 client.unresponsive = True
                 self._unresponsive += 1
                 return
             client.ping_sent = None
-            await trio.sleep(self._ping_interval)
+            await anyio.sleep(self._ping_interval)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Generic, TypeVar, final
 
+import anyio
+import anyio.lowlevel
 import attrs
-import trio
 
 __all__ = ["Outbox", "OutboxStatistics", "Resync"]
 
@@ -51,7 +52,7 @@ class Outbox(Generic[T]):
     holds at most ``2 * capacity + 1`` entries.
     """
 
-    __slots__ = ("_capacity", "_dropped", "_entries", "_items", "_lot")
+    __slots__ = ("_capacity", "_dropped", "_entries", "_items", "_waiter")
 
     def __init__(self, capacity: int) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
@@ -60,7 +61,13 @@ class Outbox(Generic[T]):
         self._entries: deque[T | _Gap] = deque()
         self._items = 0
         self._dropped = 0
-        self._lot = trio.lowlevel.ParkingLot()
+        # The consumer's wake-up, while it waits (one consumer).
+        self._waiter: anyio.Event | None = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
 
     def put_nowait(self, item: T) -> bool:
         """Queue ``item``; if full, drop it (count it) and return False."""
@@ -70,7 +77,7 @@ class Outbox(Generic[T]):
             return False
         self._entries.append(item)
         self._items += 1
-        self._lot.unpark()
+        self._wake()
         return True
 
     def resync_nowait(self) -> None:
@@ -83,13 +90,13 @@ class Outbox(Generic[T]):
             return entries[-1]
         gap = _Gap(0)
         entries.append(gap)
-        self._lot.unpark()
+        self._wake()
         return gap
 
     def get_nowait(self) -> T | Resync:
-        """Take the oldest entry; raise :class:`trio.WouldBlock` when empty."""
+        """Take the oldest entry; raise :class:`anyio.WouldBlock` when empty."""
         if not self._entries:
-            raise trio.WouldBlock
+            raise anyio.WouldBlock
         entry = self._entries.popleft()
         if isinstance(entry, _Gap):
             return Resync(entry.dropped)
@@ -98,16 +105,18 @@ class Outbox(Generic[T]):
 
     async def get(self) -> T | Resync:
         """Take the oldest entry, waiting for one. Always a checkpoint."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         try:
             entry = self.get_nowait()
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             pass
         else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await anyio.lowlevel.cancel_shielded_checkpoint()
             return entry
         while not self._entries:
-            await self._lot.park()
+            if self._waiter is None:
+                self._waiter = anyio.Event()
+            await self._waiter.wait()
         return self.get_nowait()
 
     def statistics(self) -> OutboxStatistics:

@@ -14,9 +14,10 @@ from importlib import resources
 from typing import Any, Final, final
 from urllib.parse import urlsplit
 
+import anyio
 import h11
-import trio
 
+from ._backend import ConnectionGone, receive_some, send_all
 from ._pool import PendingPool
 
 __all__ = ["PageServer"]
@@ -83,17 +84,21 @@ class PageServer:
         """Connections dropped to make room for newer ones."""
         return self._pending.evicted
 
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Answer one request on ``stream``, then close it."""
+    async def handle_stream(self, stream: Any) -> None:
+        """Answer one request on ``stream``, then close it.
+
+        ``stream``: a :class:`trio.abc.Stream` or an :class:`anyio.abc.ByteStream`
+        (the page is served in trio and in asyncio alike).
+        """
         try:
-            with self._pending.admit(), trio.move_on_after(self._request_timeout):
+            with self._pending.admit(), anyio.move_on_after(self._request_timeout):
                 await self._answer(stream)
-        except trio.BrokenResourceError:
+        except ConnectionGone:
             pass  # the client went away
         finally:
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
 
-    async def _answer(self, stream: trio.abc.Stream) -> None:
+    async def _answer(self, stream: Any) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
         try:
             request = await _receive_request(conn, stream)
@@ -115,20 +120,24 @@ class PageServer:
         await _respond(conn, stream, 200, body, content_type=content_type, head=head)
 
 
-async def _receive_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
+async def _receive_request(conn: h11.Connection, stream: Any) -> h11.Request | None:
     while True:
         event = conn.next_event()
         if isinstance(event, h11.Request):
             return event
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(_MAX_REQUEST)))
+            try:
+                data = await receive_some(stream, _MAX_REQUEST)
+            except ConnectionGone:
+                return None
+            conn.receive_data(data)
         else:
             return None  # the client closed before a whole request
 
 
 async def _respond(
     conn: h11.Connection,
-    stream: trio.abc.Stream,
+    stream: Any,
     status: int,
     body: bytes,
     *,
@@ -148,4 +157,4 @@ async def _respond(
     if not head:
         data += conn.send(h11.Data(data=body)) or b""
     data += conn.send(h11.EndOfMessage()) or b""
-    await stream.send_all(data)
+    await send_all(stream, data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import final
 
-import trio
+import anyio
 
 __all__ = ["PendingPool"]
 
@@ -27,7 +27,7 @@ class _Member:
 
     def __init__(self, pool: PendingPool) -> None:
         self._pool = pool
-        self.scope = trio.CancelScope()
+        self.scope = anyio.CancelScope()
 
     def __enter__(self) -> _Member:
         self.scope.__enter__()
@@ -40,7 +40,7 @@ class _Member:
         tb: TracebackType | None,
     ) -> bool:
         self._pool._leave(self)
-        return self.scope.__exit__(exc_type, exc, tb)
+        return bool(self.scope.__exit__(exc_type, exc, tb))
 
 
 @final

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, final
 
@@ -199,20 +200,25 @@ def encode(message: Mapping[str, Any]) -> str:
         return json.dumps(_finite(message), separators=(",", ":"), allow_nan=False, default=str)
 
 
-def hello_message(now: float, buffer: int) -> dict[str, Any]:
+def hello_message(now: float, buffer: int, *, wall: float | None = None) -> dict[str, Any]:
     return {
         "v": FEED_SCHEMA_VERSION,
         "type": "hello",
         "t": now,
+        "wall": time.time() if wall is None else wall,
         "trace_schema": TRACE_SCHEMA_VERSION,
         "kinds": list(_ALL_KINDS),
         "buffer": buffer,
     }
 
 
-def events_message(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """An ``events`` message carrying ``TraceEvent.to_json()`` dicts, in order."""
-    return {"v": FEED_SCHEMA_VERSION, "type": "events", "events": events}
+def events_message(events: list[dict[str, Any]], *, history: bool = False) -> dict[str, Any]:
+    """An ``events`` message carrying ``TraceEvent.to_json()`` dicts, in order
+    (``history``: the recent past, sent on connecting before the snapshot)."""
+    message: dict[str, Any] = {"v": FEED_SCHEMA_VERSION, "type": "events", "events": events}
+    if history:
+        message["history"] = True
+    return message
 
 
 def dropped_message(count: int, total: int) -> dict[str, Any]:

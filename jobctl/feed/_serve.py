@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Final, NoReturn, final
+from typing import Any, Final, NoReturn, final
 
+import anyio
+import anyio.abc
 import attrs
-import trio
 
 from jobctl import TraceHub
 
+from ._backend import current_backend, require
 from ._feed import (
     DEFAULT_BUFFER,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_AGE,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_PING_INTERVAL,
@@ -92,11 +96,25 @@ def _page_origins(host: str, http_port: int) -> frozenset[str]:
     return frozenset(f"http://{name}:{http_port}" for name in names)
 
 
-async def _listen(host: str, port: int) -> trio.SocketListener:
-    listeners = await trio.open_tcp_listeners(port, host=host)
+async def _listen(host: str, port: int) -> anyio.abc.SocketListener:
     # An IP address gives exactly one listener.
-    (listener,) = listeners
+    multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    (listener,) = multi.listeners
+    assert isinstance(listener, anyio.abc.SocketListener)
     return listener
+
+
+async def _serve(listener: anyio.abc.SocketListener, handler: Any) -> None:
+    """Serve each connection in a task of its own, until cancelled. In trio,
+    the handler is given the trio stream itself (trio-websocket wants one)."""
+    async with listener, anyio.create_task_group() as tg:
+        if current_backend() == "trio":
+            trio = require("trio", extra="trio", why="the feed in trio")
+            raw = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+            trio_listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw.dup()))
+            await trio.serve_listeners(handler, [trio_listener])
+        else:
+            await listener.serve(handler, tg)
 
 
 async def serve_feed(
@@ -112,7 +130,9 @@ async def serve_feed(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ping_interval: float = DEFAULT_PING_INTERVAL,
     ping_timeout: float = DEFAULT_PING_TIMEOUT,
-    task_status: trio.TaskStatus[FeedAddress] = trio.TASK_STATUS_IGNORED,
+    history: int = DEFAULT_HISTORY,
+    history_age: float = DEFAULT_HISTORY_AGE,
+    task_status: anyio.abc.TaskStatus[FeedAddress] = anyio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``hub``'s trace (default: :data:`jobctl.default_trace_hub`) until cancelled.
 
@@ -128,22 +148,34 @@ async def serve_feed(
     at most ``max_handshakes`` connections still in their handshake (default
     64; one more drops the oldest), each for at most ``handshake_timeout``
     seconds (default 3); a ping every ``ping_interval`` seconds (default 10),
-    to be answered within ``ping_timeout`` (default 10). The page's port has
+    to be answered within ``ping_timeout`` (default 10). A new client is sent
+    the recent past first: the last ``history`` events (default 2000), none
+    older than ``history_age`` seconds (default 120). The page's port has
     the same bounds on connections still sending their request
     (``max_handshakes``, ``handshake_timeout``). The address handed to
     ``task_status`` carries the :class:`Feed` (``address.feed``), to read its
     :meth:`~Feed.statistics`.
+
+    It runs in trio (the ``trio`` extra: trio-websocket) and in asyncio, for
+    instance inside an anyio task group of an asyncio application (the
+    ``feed`` extra: wsproto); start it with ``await tg.start(serve_feed, ...)``.
+    Without the package the running event loop needs, it raises
+    :class:`FeedBackendError` naming the extra, before listening.
     """
     bind = check_listen(host, token)
-    listeners: list[trio.SocketListener] = []
+    if current_backend() == "trio":
+        require("trio_websocket", extra="trio", why="the feed in trio")
+    else:
+        require("wsproto", extra="feed", why="the feed in asyncio")
+    listeners: list[anyio.abc.SocketListener] = []
     try:
         for port in (ws_port, http_port):
             listeners.append(await _listen(bind, port))
         ws_listener, http_listener = listeners
         address = FeedAddress(
             bind,
-            ws_listener.socket.getsockname()[1],
-            http_listener.socket.getsockname()[1],
+            ws_listener.extra(anyio.abc.SocketAttribute.local_port),
+            http_listener.extra(anyio.abc.SocketAttribute.local_port),
             token is not None,
         )
         feed = Feed(
@@ -156,6 +188,8 @@ async def serve_feed(
             handshake_timeout=handshake_timeout,
             max_clients=max_clients,
             max_handshakes=max_handshakes,
+            history=history,
+            history_age=history_age,
         )
         page = PageServer(
             {
@@ -170,12 +204,12 @@ async def serve_feed(
         address = attrs.evolve(address, feed=feed)
     except BaseException:
         for listener in listeners:
-            await trio.aclose_forcefully(listener)
+            await anyio.aclose_forcefully(listener)
         raise
     with feed:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, feed.handle_stream, [ws_listener])
-            await nursery.start(trio.serve_listeners, page.handle_stream, [http_listener])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, ws_listener, feed.handle_stream)
+            tg.start_soon(_serve, http_listener, page.handle_stream)
             task_status.started(address)
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover

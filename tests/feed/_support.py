@@ -100,11 +100,21 @@ async def refusal(
         return await refused(client, path=path, headers=headers)
 
 
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    message = json.loads(await ws.get_message())
-    assert isinstance(message, dict)
-    assert message["v"] == 1
-    return message
+async def receive(ws: WebSocketConnection, *, history: bool = False) -> dict[str, Any]:
+    """The next message; the recent past sent on connecting (``events`` with
+    ``history``) is skipped unless ``history``. Each event's ``wall`` (its
+    wall-clock time) is checked, then taken out, so that events compare equal
+    to ``TraceEvent.to_json()``."""
+    while True:
+        message = json.loads(await ws.get_message())
+        assert isinstance(message, dict)
+        assert message["v"] == 1
+        if message["type"] == "events":
+            for event in message["events"]:
+                assert isinstance(event.pop("wall"), float)
+            if message.get("history") and not history:
+                continue
+        return message
 
 
 async def receive_type(ws: WebSocketConnection, kind: str) -> dict[str, Any]:

@@ -8,5 +8,6 @@ import trio.testing
 
 @pytest.fixture
 def anyio_backend() -> Any:
-    """The feed is trio-only (trio-websocket): trio, in virtual time."""
+    """In-memory feed tests: trio, in virtual time (test_backends.py runs the
+    feed over real sockets in trio and in asyncio)."""
     return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})

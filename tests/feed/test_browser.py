@@ -7,7 +7,10 @@ except under ``CI=true``, where it fails instead.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -139,3 +142,92 @@ async def test_jobctl_demo_serve_shows_its_migrations() -> None:
         await wait_for_view(page, migrating, "lanes with the demo's migrations")
         assert page.exceptions == []
         assert process.returncode is None, "the demo stopped serving"
+
+
+#: What the page tells a person, read from its DOM.
+STORY = """(() => {
+  if (!document.getElementById("domains")) return { state: "loading", domains: [], commands: 0 };
+  const fail = getComputedStyle(document.body).getPropertyValue("--fail").trim();
+  const commands = [...document.querySelectorAll("svg line.command")];
+  const swatches = [...document.querySelectorAll(".legend .sw")].map(
+    (i) => getComputedStyle(i).backgroundColor);
+  return {
+    state: document.body.dataset.state,
+    past: Number(document.getElementById("n-past").textContent),
+    times: [...document.querySelectorAll("#recent time")].map((t) => [t.textContent, t.dateTime]),
+    recent: [...document.querySelectorAll("#recent li b")].map((b) => b.textContent),
+    legend: [...document.querySelectorAll(".legend li")].map((li) => li.textContent),
+    swatches,
+    fail,
+    commandStrokes: [...new Set(commands.map((l) => getComputedStyle(l).stroke))],
+    commands: commands.length,
+    domains: [...document.querySelectorAll("#domains tbody tr")].map((tr) => ({
+      domain: tr.dataset.domain,
+      host: tr.querySelector(".host").textContent,
+      state: tr.querySelector(".state").textContent,
+      phase: tr.querySelector(".phase").textContent,
+      destination: tr.querySelector(".destination").textContent,
+      error: tr.querySelector(".error").textContent,
+    })),
+  };
+})()"""
+
+
+async def test_the_page_tells_the_story_in_wall_clock_time_from_before_it_opened() -> None:
+    """Wall-clock times, the recent past on connecting, a legend whose
+    colours mean one thing each (monitor commands are not the failure
+    colour), and per domain its host, state, phase with progress,
+    destination and last error in plain words."""
+    chromium = require_chromium()
+    hub = TraceHub()
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(partial(serve_feed, hub))
+        nursery.start_soon(partial(simulated_workload, hub, domains=2, seed=3))
+        await trio.sleep(3)  # the workload runs before the page is opened
+        opened = time.time()
+        async with open_page(chromium, address.page_url) as page:
+            seen: dict[str, Any] = {"phase": set(), "destination": set(), "error": set()}
+            story: dict[str, Any] = {}
+            with trio.move_on_after(60):
+                while True:
+                    story = await page.evaluate(STORY)
+                    for row in story.get("domains", []):
+                        for key in seen:
+                            if row[key]:
+                                seen[key].add(row[key])
+                    if story.get("state") == "live" and all(seen.values()) and story["commands"]:
+                        break
+                    await trio.sleep(0.25)
+            assert all(seen.values()), f"the panel never showed all of {seen}; {story}"
+            assert story["past"] > 0, "nothing from before the page was opened"
+            # Local wall-clock times with milliseconds; their UTC instant is now.
+            assert story["times"]
+            for text, iso in story["times"]:
+                assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", text), text
+                instant = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+                assert opened - 30 < instant < time.time() + 5
+            # Plain words, not trace kinds.
+            assert not any(
+                re.search(r"\b(gate|barrier|job|monitor)\.[a-z_]+", w) for w in story["recent"]
+            )
+            # The legend: each colour once; commands drawn in their own colour.
+            assert "command sent to QEMU" in story["legend"]
+            assert "failed" in story["legend"]
+            assert len(set(story["swatches"])) == len(story["swatches"]), story["swatches"]
+            assert story["commandStrokes"] and all(
+                stroke != _rgb(story["fail"]) for stroke in story["commandStrokes"]
+            )
+            domains = {row["domain"]: row for row in story["domains"]}
+            assert set(domains) == {"vm-1@host-a", "vm-1@host-b", "vm-2@host-a", "vm-2@host-b"}
+            assert {row["host"] for row in story["domains"]} == {"host-a", "host-b"}
+            assert seen["destination"] <= {"host-a", "host-b"}
+            assert any("%" in phase for phase in seen["phase"]), seen["phase"]
+            assert any("abort" in error for error in seen["error"]), seen["error"]
+            assert page.exceptions == []
+        nursery.cancel_scope.cancel()
+
+
+def _rgb(hex_colour: str) -> str:
+    """``#rrggbb`` as the browser's computed ``rgb(r, g, b)``."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import NoReturn
 
 import pytest
@@ -427,3 +428,68 @@ def test_every_event_is_delivered_once_or_covered_by_a_snapshot(
         assert covered == (seen.events[-1].seq if seen.events else covered)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_new_client_gets_the_recent_past_then_live_events_without_gap_or_duplicate() -> (
+    None
+):
+    hub = TraceHub()
+    seen = Recorder(hub)
+    with Feed(hub, history=5, history_age=60) as feed:
+        emit(hub, "old", TraceKind.GATE_OPEN)
+        await trio.sleep(61)  # older than history_age: not sent
+        for _ in range(8):  # only the last 5 are kept
+            emit(hub, "vm", TraceKind.GATE_OPEN)
+        async with connected(feed) as ws:
+            emit(hub, "vm", TraceKind.GATE_CLOSE)  # while the client is being set up
+            await receive_type(ws, "hello")
+            past = await receive(ws, history=True)
+            assert (past["type"], past["history"]) == ("events", True)
+            snapshot = await receive_type(ws, "snapshot")
+            assert isinstance(snapshot["wall"], float)
+            emit(hub, "vm", TraceKind.GATE_OPEN)
+            emit(hub, "vm", TraceKind.GATE_CLOSE)
+            live = await receive_events(ws, 2)
+            past_seqs = [e["seq"] for e in past["events"]]
+            # The past ends where the snapshot does; live events go on from there.
+            assert past_seqs[-1] == snapshot["seq"]
+            seqs = past_seqs + [e["seq"] for e in live]
+            assert seqs == [e.seq for e in seen.events[-len(seqs) :]]
+            assert len(past_seqs) == 5
+
+
+async def test_the_recent_past_is_bounded_by_age_too() -> None:
+    hub = TraceHub()
+    with Feed(hub, history=100, history_age=60) as feed:
+        emit(hub, "old", TraceKind.GATE_OPEN)
+        await trio.sleep(61)
+        for _ in range(3):
+            emit(hub, "vm", TraceKind.GATE_OPEN)
+        async with connected(feed) as ws:
+            await receive_type(ws, "hello")
+            past = await receive(ws, history=True)
+            assert [e["domain"] for e in past["events"]] == ["vm"] * 3
+            assert (await receive_type(ws, "snapshot"))["seq"] == past["events"][-1]["seq"]
+
+
+async def test_each_event_has_its_wall_clock_time() -> None:
+    hub = TraceHub()
+    with Feed(hub) as feed:
+        async with connected(feed) as ws:
+            hello = await receive_type(ws, "hello")
+            await receive_type(ws, "snapshot")
+            await trio.sleep(5)
+            emit(hub, "vm", TraceKind.GATE_OPEN)
+            raw = json.loads(await ws.get_message())
+            (event,) = raw["events"]
+            # Wall-clock (UTC, seconds since the epoch), not the loop's
+            # (virtual) clock: it is now, give or take, whatever ``t`` says.
+            assert hello["wall"] <= event["wall"] <= time.time()
+            assert abs(event["wall"] - event["t"]) > 1e6
+
+
+def test_history_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="history must be"):
+        Feed(TraceHub(), history=-1)
+    with pytest.raises(ValueError, match="history_age"):
+        Feed(TraceHub(), history_age=0)

@@ -15,6 +15,57 @@
   const AXIS_H = 18;
 
   const $ = (id) => document.getElementById(id);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  const OUTCOME_MARK = { error: "fail", aborted: "abort", destroyed: "destroy", cancelled: "cancelled" };
+  const OUTCOME_WORDS = { ok: "finished", error: "failed", cancelled: "was cancelled", aborted: "was aborted", destroyed: "was ended by destroy" };
+  function bytes(n) {
+    if (typeof n !== "number") return "";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${n.toFixed(n < 10 && i ? 1 : 0)} ${units[i]}`;
+  }
+  // A trace event in plain words (the kinds: jobctl/_core/_trace.py, TraceKind).
+  function words(e) {
+    const d = e.detail || {};
+    const job = e.job ? `${e.job} job` : "a job";
+    switch (e.kind) {
+      case "job.wait": return `${job} waits to begin`;
+      case "job.wait_failed": return `${job} gave up waiting (${d.result || "?"})`;
+      case "job.begin": return `${job} began${d.in_section ? " inside the window" : ""}`;
+      case "job.end": return `${job} ${OUTCOME_WORDS[d.outcome] || "ended"}`;
+      case "async.begin": return `${e.job || "async job"} started`;
+      case "async.end": return `${e.job || "async job"} ${OUTCOME_WORDS[d.outcome] || "ended"}${d.error ? ": " + d.error : ""}`;
+      case "async.phase": return `now in phase ${d.phase}`;
+      case "async.allowed": return `jobs allowed in its windows: ${(d.allowed || []).join(", ") || "none"}`;
+      case "async.progress": return `progress${progressText(d.progress) ? ": " + progressText(d.progress) : ""}`;
+      case "gate.open": return "window opened: allowed jobs may begin";
+      case "gate.close": return "window closing: no new job may begin";
+      case "barrier.start": return `waiting for ${(d.pending || []).length} job(s) to finish`;
+      case "barrier.end": return `jobs of the window finished (waited ${typeof d.waited === "number" ? (d.waited * 1000).toFixed(1) + " ms" : "?"})`;
+      case "monitor.wait": return `${job} waits for the monitor`;
+      case "monitor.wait_failed": return `${job} gave up waiting for the monitor`;
+      case "monitor.enter": return `${job} took the monitor`;
+      case "monitor.exit": return `${job} let go of the monitor`;
+      case "command.sent": return `sent ${d.command || "a command"} to QEMU`;
+      case "command.answered": return `QEMU answered ${d.command || "a command"}${d.error ? " with an error: " + d.error : ""}`;
+      case "abort.request": return `abort requested${d.reason ? ": " + d.reason : ""}`;
+      case "destroy.request": return "destroy requested";
+      default: return e.kind.replace(/[._]/g, " ");
+    }
+  }
+  function progressText(p) {
+    if (!p || typeof p !== "object") return "";
+    const parts = [];
+    if (typeof p.percent === "number") parts.push(`${Math.round(p.percent)}%`);
+    else if (p.total_mib) parts.push(`${Math.round((100 * p.transferred_mib) / p.total_mib)}%`);
+    if (typeof p.remaining === "number") parts.push(`${bytes(p.remaining)} left`);
+    if (p.status && p.status !== "active") parts.push(p.status);
+    return parts.join(", ");
+  }
+  // A domain named "vm@host" (as jobctl demo and serve name them) is on that host.
+  const vmOf = (name) => name.split("@")[0];
+  const hostOf = (name) => (name.includes("@") ? name.slice(name.lastIndexOf("@") + 1) : "");
   const esc = (s) =>
     String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
@@ -31,6 +82,8 @@
       this.phase = null;
       this.phases = 0;
       this.progress = null;
+      this.lastError = null; // {t, text}
+      this.lastEnd = null; // {job, outcome, t}
     }
     begin(key, t, props) {
       this.end(key, t);
@@ -76,6 +129,8 @@
   const ui = {
     lanes: new Map(),
     offset: null, // server clock minus local clock, seconds
+    wallOffset: null, // wall-clock (UTC, s) minus the server's loop clock
+    past: 0, // events of the recent past received on connecting
     window: 30,
     pausedAt: null,
     events: 0,
@@ -94,6 +149,15 @@
     if (ui.offset === null || offset > ui.offset) ui.offset = offset;
   }
 
+  // A loop-clock time as a local wall-clock time, with milliseconds.
+  function clock(t, withMs = true) {
+    if (ui.wallOffset === null) return t.toFixed(3);
+    const d = new Date((t + ui.wallOffset) * 1000);
+    const hms = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    return withMs ? `${hms}.${pad(d.getMilliseconds(), 3)}` : hms;
+  }
+  const isoOf = (t) => (ui.wallOffset === null ? "" : new Date((t + ui.wallOffset) * 1000).toISOString());
+
   function lane(name) {
     let l = ui.lanes.get(name);
     if (!l) {
@@ -107,7 +171,7 @@
     return `${e.job || "?"} #${e.job_id}${e.owner ? " by " + e.owner : ""}`;
   }
 
-  function applyEvent(e) {
+  function applyEvent(e, past) {
     const l = lane(e.domain);
     const t = e.t;
     const d = e.detail || {};
@@ -120,7 +184,8 @@
         break;
       case "job.wait_failed":
         l.end("w" + e.job_id, t);
-        l.mark("jobs", "fail", t, `${who(e)}: ${d.result}`);
+        l.mark("jobs", d.result === "cancelled" ? "cancelled" : "fail", t, `${who(e)}: ${d.result}`);
+        if (d.result !== "cancelled") l.lastError = { t, text: words(e) };
         break;
       case "job.begin": {
         const wait = l.end("w" + e.job_id, t);
@@ -144,6 +209,7 @@
         const iv = l.end("j" + e.job_id, t);
         if (iv) {
           if (d.outcome && d.outcome !== "ok") iv.cls += " " + d.outcome;
+          if (d.outcome === "error") l.lastError = { t, text: `${e.job} job failed${d.error ? ": " + d.error : ""}` };
           if (iv.job === "QUERY") sample(iv.during ? "query_async" : "query_idle", t - iv.t0);
         }
         break;
@@ -153,12 +219,16 @@
         l.asyncJob = { id: e.job_id, job: e.job, owner: e.owner };
         l.phase = null;
         l.progress = null;
+        l.destination = null;
         l.begin("a", t, { row: "async", cls: "async", id: e.job_id, title: who(e) });
         break;
       case "async.end":
         for (const key of ["p", "g", "b", "a"]) l.end(key, t);
-        if (d.outcome && d.outcome !== "ok") l.mark("async", d.outcome, t, `${who(e)}: ${d.outcome}`);
+        if (d.outcome && d.outcome !== "ok") l.mark("async", OUTCOME_MARK[d.outcome] || "fail", t, `${who(e)}: ${words(e)}`);
+        if (d.outcome === "error" || d.outcome === "aborted" || d.outcome === "destroyed") l.lastError = { t, text: words(e) };
+        l.lastEnd = { job: e.job, outcome: d.outcome, t };
         l.asyncJob = null;
+        l.progress = null;
         l.phase = null;
         break;
       case "async.phase":
@@ -212,7 +282,7 @@
       default:
         break; // async.allowed, command.answered: shown in the recent list only
     }
-    ui.recent.unshift(e);
+    ui.recent.unshift(Object.assign({ past: !!past }, e));
     if (ui.recent.length > 30) ui.recent.pop();
   }
 
@@ -240,6 +310,11 @@
         l.asyncJob = null;
         l.phase = null;
       }
+      const last = dom.last_async;
+      if (last && last.outcome !== "ok" && (!l.lastError || l.lastError.t < last.t)) {
+        l.lastError = { t: last.t, text: `${last.job} ${OUTCOME_WORDS[last.outcome] || "ended"}${last.error ? ": " + last.error : ""}` };
+      }
+      if (last && (!l.lastEnd || l.lastEnd.t < last.t)) l.lastEnd = { job: last.job, outcome: last.outcome, t: last.t };
       if (dom.interruptible) want.set("g", { id: "g", props: { row: "gate", cls: "window", id: "g", title: "interruptible window" }, since: dom.interruptible.since });
       if (dom.barrier) want.set("b", { id: "b", props: { row: "gate", cls: "barrier", id: "b", title: "barrier" }, since: dom.barrier.since });
       if (dom.monitor) want.set("m", { id: dom.monitor.id, props: { row: "monitor", cls: "monitor", id: dom.monitor.id, title: `monitor: ${who(dom.monitor)}` }, since: dom.monitor.since });
@@ -339,21 +414,24 @@
     }
     switch (m.type) {
       case "hello":
+        if (typeof m.wall === "number") ui.wallOffset = m.wall - m.t;
         if (m.trace_schema !== TRACE_SCHEMA) setStatus("error", `unsupported trace schema ${m.trace_schema}`);
         if (ui.offset !== null && Math.abs(m.t - serverNow()) > 2) forget(); // another server's clock
         syncClock(m.t);
         break;
       case "snapshot":
+        if (typeof m.wall === "number") ui.wallOffset = m.wall - m.t;
         syncClock(m.t);
         applySnapshot(m);
         retry = 1;
         setStatus("live", "live");
         break;
       case "events":
+        if (m.history) ui.past += m.events.length; // the recent past, before the snapshot
         for (const e of m.events) {
           if (e.v !== TRACE_SCHEMA) continue;
           syncClock(e.t);
-          applyEvent(e);
+          applyEvent(e, m.history);
         }
         break;
       case "dropped":
@@ -407,7 +485,7 @@
       const xx = x(now - ago).toFixed(1);
       const anchor = ago === 0 ? "end" : "middle";
       out.push(`<line x1="${xx}" x2="${xx}" y1="${AXIS_H - 4}" y2="${height}"/>`);
-      out.push(`<text x="${xx}" y="${AXIS_H - 6}" text-anchor="${anchor}">${ago === 0 ? "now" : "−" + ago + " s"}</text>`);
+      out.push(`<text x="${xx}" y="${AXIS_H - 6}" text-anchor="${anchor}">${ago === 0 ? "now" : clock(now - ago, false)}</text>`);
     }
     out.push("</g>");
 
@@ -415,7 +493,7 @@
       const l = ui.lanes.get(name);
       const y = AXIS_H + i * LANE_H;
       const a = l.asyncJob;
-      const progress = l.progress && l.progress.total_mib ? ` ${Math.round((100 * l.progress.transferred_mib) / l.progress.total_mib)}%` : "";
+      const progress = progressText(l.progress) ? " " + progressText(l.progress).split(",")[0] : "";
       const clip = (text) => (text.length > 22 ? text.slice(0, 21) + "…" : text);
       out.push(
         `<g class="lane" data-domain="${esc(name)}" data-events="${l.events}" data-async="${esc(a ? a.job : "")}" data-phase="${esc(l.phase || "")}">`,
@@ -481,9 +559,43 @@
     $("n-events").textContent = ui.events;
     $("n-dropped").textContent = ui.dropped;
     $("n-domains").textContent = ui.lanes.size;
+    $("n-past").textContent = ui.past;
     $("recent").innerHTML = ui.recent
-      .map((e) => `<li>${(e.t % 1000).toFixed(3)} <b>${esc(e.kind)}</b> ${esc(e.domain)}${e.job ? " " + esc(e.job) + " #" + e.job_id : ""}</li>`)
+      .map((e) => `<li class="${e.past ? "past" : "live"}" data-kind="${esc(e.kind)}"><time datetime="${isoOf(e.t)}">${clock(e.t)}</time> ${esc(e.domain)}: <b>${esc(words(e))}</b></li>`)
       .join("");
+  }
+
+  // One row per domain: where it is, what it does, how far, and what went wrong last.
+  function drawDomains() {
+    const rows = [];
+    const names = [...ui.lanes.keys()].sort();
+    for (const name of names) {
+      const l = ui.lanes.get(name);
+      const a = l.asyncJob;
+      let state = "idle";
+      let destination = "";
+      const peers = names.filter((n) => n !== name && vmOf(n) === vmOf(name));
+      if (a) {
+        state = a.job === "MIGRATION_OUT" ? "migrating out" : a.job === "MIGRATION_IN" ? "receiving a migration" : `running ${a.job}`;
+        if (a.job === "MIGRATION_OUT") {
+          const to = peers.find((n) => { const p = ui.lanes.get(n).asyncJob; return p && p.job === "MIGRATION_IN"; });
+          if (to) l.destination = hostOf(to) || to; // kept once the peer's job has ended
+          destination = l.destination || "";
+        }
+      } else if (l.lastEnd && l.lastEnd.job === "MIGRATION_OUT" && l.lastEnd.outcome === "ok") {
+        state = "moved away";
+      } else if (l.lastEnd && l.lastEnd.job === "MIGRATION_IN" && l.lastEnd.outcome === "ok") {
+        state = "running here";
+      }
+      const phase = a ? [l.phase || "starting", progressText(l.progress)].filter(Boolean).join(" · ") : "";
+      const error = l.lastError ? `${clock(l.lastError.t)} ${l.lastError.text}` : "";
+      rows.push(
+        `<tr data-domain="${esc(name)}"><th>${esc(vmOf(name))}</th><td class="host">${esc(hostOf(name))}</td>` +
+          `<td class="state">${esc(state)}</td><td class="phase">${esc(phase)}</td>` +
+          `<td class="destination">${esc(destination)}</td><td class="error">${esc(error)}</td></tr>`,
+      );
+    }
+    $("domains").querySelector("tbody").innerHTML = rows.join("");
   }
 
   function draw() {
@@ -495,6 +607,7 @@
     drawTimeline();
     drawLatency();
     drawCounters();
+    drawDomains();
   }
 
   // -- controls ------------------------------------------------------------
