@@ -250,17 +250,20 @@ async def _main(
     config, counters = run.config, run.counters
     async with unwrap_single(), trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, nursery.cancel_scope, run.signals)
-        if feed is not None:
-            from jobctl.feed import serve_feed
-
-            address = await nursery.start(partial(serve_feed, hub, **feed))
-            print(f"{_PROG}: timeline page {address.page_url}", file=sys.stderr, flush=True)
         on_vm = None
         if metrics is not None:
             from jobctl.cli._serve import serve_domain_metrics
 
             serving = partial(serve_domain_metrics, hub, *metrics, _PROG, sys.stderr)
             on_vm = await nursery.start(serving)
+        if feed is not None:
+            from jobctl.cli._serve import feed_describer
+            from jobctl.feed import serve_feed
+
+            on_vm, describe = feed_describer(on_vm)
+            serving_feed = partial(serve_feed, hub, describe=describe, **feed)
+            address = await nursery.start(serving_feed)
+            print(f"{_PROG}: timeline page {address.page_url}", file=sys.stderr, flush=True)
         bar = _ProgressBar(counters, sys.stderr, NOUNS[config.job]) if sys.stderr.isatty() else None
         if bar is not None:
             nursery.start_soon(bar.run)

@@ -298,6 +298,28 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+def feed_describer(
+    also: Callable[[VM], object] | None = None,
+) -> tuple[Callable[[VM], object], Callable[[str], dict[str, Any] | None]]:
+    """``(on_vm, describe)``: ``on_vm`` keeps each VM the workload makes (and
+    calls ``also``); ``describe`` tells the feed a domain's host and QEMU run
+    state, from the VM's observed state (never asking QEMU)."""
+    vms: dict[str, VM] = {}
+
+    def on_vm(vm: VM) -> object:
+        vms[vm.domain.name] = vm
+        return None if also is None else also(vm)
+
+    def describe(name: str) -> dict[str, Any] | None:
+        vm = vms.get(name)
+        if vm is None:
+            return None
+        run = vm.observed.run
+        return {"host": vm.host.name, "run_state": None if run is None else run.status}
+
+    return on_vm, describe
+
+
 async def _main(
     options: dict[str, Any],
     domains: int,
@@ -308,12 +330,13 @@ async def _main(
     with trio.move_on_after(math.inf if duration is None else duration):
         async with unwrap_single(), trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            address = await nursery.start(partial(serve_feed, **options))
-            announce(address)
-            on_vm = None
+            metrics_vm = None
             if metrics_port is not None:
                 prog, host = "jobctl serve", options["host"]
                 serving = partial(serve_domain_metrics, None, host, metrics_port, prog, sys.stdout)
-                on_vm = await nursery.start(serving)
+                metrics_vm = await nursery.start(serving)
+            on_vm, describe = feed_describer(metrics_vm)
+            address = await nursery.start(partial(serve_feed, describe=describe, **options))
+            announce(address)
             workload = partial(simulated_workload, domains=domains, seed=seed, on_vm=on_vm)
             nursery.start_soon(workload)

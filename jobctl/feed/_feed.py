@@ -6,7 +6,7 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Protocol, final
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +19,7 @@ from ._backend import ConnectionGone, current_backend, require
 from ._outbox import Outbox, Resync
 from ._pool import PendingPool
 from ._protocol import (
+    FEED_SCHEMA_VERSION,
     FeedProtocolError,
     Subscription,
     dropped_message,
@@ -69,6 +70,8 @@ DEFAULT_PING_TIMEOUT: Final = 10.0
 #: older than ``DEFAULT_HISTORY_AGE`` seconds.
 DEFAULT_HISTORY: Final = 2000
 DEFAULT_HISTORY_AGE: Final = 120.0
+#: How often a feed with ``describe`` sends its ``status`` message, in seconds.
+DEFAULT_STATUS_INTERVAL: Final = 0.25
 #: A client whose ping has gone unanswered this long (or ``ping_timeout``, if
 #: shorter) may be dropped to make room for a fresh one when the feed is full.
 #: A live client answers within a round trip.
@@ -232,6 +235,8 @@ class Feed:
         max_domains: int = DEFAULT_MAX_DOMAINS,
         history: int = DEFAULT_HISTORY,
         history_age: float = DEFAULT_HISTORY_AGE,
+        describe: Callable[[str], Mapping[str, Any] | None] | None = None,
+        status_interval: float = DEFAULT_STATUS_INTERVAL,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
@@ -252,6 +257,8 @@ class Feed:
             raise ValueError(f"history must be an int of at least 0, not {history!r}")
         self._history: deque[TraceEvent] = deque(maxlen=history)
         self._history_age = _positive("history_age", history_age)
+        self._describe = describe
+        self._status_interval = _positive("status_interval", status_interval)
         # Every client holding a slot; insertion order is arrival order.
         self._clients: dict[_Client, None] = {}
         # Set (and replaced) whenever a slot is freed; made when first awaited.
@@ -461,7 +468,10 @@ class Feed:
             # Cancelled by an eviction: the client ends quietly, its stream cut.
             with client.scope:
                 async with anyio.create_task_group() as nursery:
-                    for part in (self._heartbeat, self._write, self._read):
+                    parts = [self._heartbeat, self._write, self._read]
+                    if self._describe is not None:
+                        parts.append(self._status)
+                    for part in parts:
                         nursery.start_soon(self._until_done, nursery, part, ws, client)
         except BaseException as exc:
             # Cancelled (the server is shutting down) or a failure of the
@@ -570,6 +580,40 @@ class Feed:
             if batch:
                 await ws.send_message(encode(events_message(batch)))
                 batch = []
+
+    def _status_message(self, subscription: Subscription) -> dict[str, Any]:
+        """The ``status`` message: what ``describe`` says of each known domain
+        (a domain it says nothing of, or fails on, is left out)."""
+        assert self._describe is not None
+        domains: dict[str, Any] = {}
+        for name in self._state.names():
+            if not subscription.wants_domain(name):
+                continue
+            try:
+                described = self._describe(name)
+            except Exception:
+                self._listener_errors += 1
+                if self._listener_errors == 1:
+                    logger.exception("jobctl.feed: describe(%r) failed", name)
+                continue
+            if described is not None:
+                domains[name] = dict(described)
+        now = anyio.current_time()
+        return {
+            "v": FEED_SCHEMA_VERSION,
+            "type": "status",
+            # The last trace event when this was taken: the status may
+            # overtake events still in the client's outbox.
+            "seq": self._state.seq,
+            "t": now,
+            "wall": time.time(),
+            "domains": domains,
+        }
+
+    async def _status(self, ws: _WebSocket, client: _Client) -> None:
+        while True:
+            await anyio.sleep(self._status_interval)
+            await ws.send_message(encode(self._status_message(client.subscription)))
 
     async def _heartbeat(self, ws: _WebSocket, client: _Client) -> None:
         # The first ping goes out at once: a client that reads nothing is

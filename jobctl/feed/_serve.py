@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn, final
 
 import anyio
@@ -132,6 +133,7 @@ async def serve_feed(
     ping_timeout: float = DEFAULT_PING_TIMEOUT,
     history: int = DEFAULT_HISTORY,
     history_age: float = DEFAULT_HISTORY_AGE,
+    describe: Callable[[str], Mapping[str, Any] | None] | None = None,
     task_status: anyio.abc.TaskStatus[FeedAddress] = anyio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``hub``'s trace (default: :data:`jobctl.default_trace_hub`) until cancelled.
@@ -150,7 +152,10 @@ async def serve_feed(
     seconds (default 3); a ping every ``ping_interval`` seconds (default 10),
     to be answered within ``ping_timeout`` (default 10). A new client is sent
     the recent past first: the last ``history`` events (default 2000), none
-    older than ``history_age`` seconds (default 120). The page's port has
+    older than ``history_age`` seconds (default 120). With ``describe``
+    (domain name to a JSON-ready dict, e.g. its host and run state from
+    :attr:`jobctl.qemu.VM.observed`; None: nothing known), every client gets
+    a ``status`` message four times a second. The page's port has
     the same bounds on connections still sending their request
     (``max_handshakes``, ``handshake_timeout``). The address handed to
     ``task_status`` carries the :class:`Feed` (``address.feed``), to read its
@@ -190,6 +195,7 @@ async def serve_feed(
             max_handshakes=max_handshakes,
             history=history,
             history_age=history_age,
+            describe=describe,
         )
         page = PageServer(
             {

@@ -103,6 +103,10 @@ class FeedState:
     def __len__(self) -> int:
         return len(self._domains)
 
+    def names(self) -> list[str]:
+        """The domains known now, by name."""
+        return sorted(self._domains)
+
     def fold(self, event: TraceEvent) -> None:
         """Apply one trace event."""
         self.seq = max(self.seq, event.seq)

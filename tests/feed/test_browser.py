@@ -20,6 +20,7 @@ import trio
 from jobctl import TraceHub
 from jobctl.demo import simulated_workload
 from jobctl.feed import serve_feed
+from jobctl.qemu import VM
 
 from .._requires import require_chromium
 from ._chromium import Page, open_page
@@ -165,6 +166,7 @@ STORY = """(() => {
       domain: tr.dataset.domain,
       host: tr.querySelector(".host").textContent,
       state: tr.querySelector(".state").textContent,
+      run: tr.querySelector(".run").textContent,
       phase: tr.querySelector(".phase").textContent,
       destination: tr.querySelector(".destination").textContent,
       error: tr.querySelector(".error").textContent,
@@ -180,9 +182,21 @@ async def test_the_page_tells_the_story_in_wall_clock_time_from_before_it_opened
     destination and last error in plain words."""
     chromium = require_chromium()
     hub = TraceHub()
+    vms: dict[str, VM] = {}
+
+    def describe(name: str) -> dict[str, Any] | None:
+        """Host and run state, from the VM's observed state."""
+        vm = vms.get(name)
+        if vm is None or vm.observed.run is None:
+            return None
+        return {"host": vm.host.name, "run_state": vm.observed.run.status}
+
+    def keep(vm: VM) -> None:
+        vms[vm.domain.name] = vm
+
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(partial(serve_feed, hub))
-        nursery.start_soon(partial(simulated_workload, hub, domains=2, seed=3))
+        address = await nursery.start(partial(serve_feed, hub, describe=describe))
+        nursery.start_soon(partial(simulated_workload, hub, domains=2, seed=3, on_vm=keep))
         await trio.sleep(3)  # the workload runs before the page is opened
         opened = time.time()
         async with open_page(chromium, address.page_url) as page:
@@ -221,6 +235,9 @@ async def test_the_page_tells_the_story_in_wall_clock_time_from_before_it_opened
             assert set(domains) == {"vm-1@host-a", "vm-1@host-b", "vm-2@host-a", "vm-2@host-b"}
             assert {row["host"] for row in story["domains"]} == {"host-a", "host-b"}
             assert seen["destination"] <= {"host-a", "host-b"}
+            # The run state, from the VMs' observed state (the feed's ``status``).
+            states = {row["run"] for row in story["domains"]}
+            assert states & {"running", "paused", "inmigrate", "postmigrate", "shutoff"}, states
             assert any("%" in phase for phase in seen["phase"]), seen["phase"]
             assert any("abort" in error for error in seen["error"]), seen["error"]
             assert page.exceptions == []

@@ -493,3 +493,29 @@ def test_history_options_are_checked() -> None:
         Feed(TraceHub(), history=-1)
     with pytest.raises(ValueError, match="history_age"):
         Feed(TraceHub(), history_age=0)
+
+
+async def test_describe_is_sent_as_a_status_message_every_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = TraceHub()
+
+    def describe(name: str) -> dict[str, str] | None:
+        if name == "broken":
+            raise RuntimeError("a bug in describe")
+        return {"host": "host-a", "run_state": "running"} if name == "vm" else None
+
+    with Feed(hub, describe=describe, status_interval=2) as feed:
+        for name in ("vm", "unknown", "broken"):
+            emit(hub, name, TraceKind.GATE_OPEN)
+        async with connected(feed) as ws:
+            await receive_type(ws, "hello")
+            await receive_type(ws, "snapshot")
+            start = trio.current_time()
+            status = await receive_type(ws, "status")
+            assert trio.current_time() - start == 2
+            assert status["domains"] == {"vm": {"host": "host-a", "run_state": "running"}}
+            assert isinstance(status["wall"], float)
+            await receive_type(ws, "status")  # and again: the connection lives on
+        assert feed.statistics().listener_errors == 2
+        assert caplog.text.count("describe('broken') failed") == 1

@@ -131,6 +131,8 @@
     offset: null, // server clock minus local clock, seconds
     wallOffset: null, // wall-clock (UTC, s) minus the server's loop clock
     past: 0, // events of the recent past received on connecting
+    seq: 0, // the last trace event applied (or covered by a snapshot)
+    pendingStatus: null, // a status message ahead of the events drawn
     window: 30,
     pausedAt: null,
     events: 0,
@@ -351,6 +353,8 @@
     ui.gapStart = null;
     ui.lastT = null;
     ui.offset = null;
+    ui.seq = 0;
+    ui.pendingStatus = null;
     for (const list of Object.values(stats)) list.length = 0;
   }
 
@@ -398,6 +402,13 @@
     retry = Math.min(retry * 2, 10);
   }
 
+  function applyStatus() {
+    const m = ui.pendingStatus;
+    if (!m || (typeof m.seq === "number" && m.seq > ui.seq)) return;
+    for (const [name, info] of Object.entries(m.domains || {})) lane(name).status = info;
+    ui.pendingStatus = null;
+  }
+
   function onMessage(ws, data) {
     let m;
     try {
@@ -423,6 +434,8 @@
         if (typeof m.wall === "number") ui.wallOffset = m.wall - m.t;
         syncClock(m.t);
         applySnapshot(m);
+        ui.seq = Math.max(ui.seq, m.seq);
+        applyStatus();
         retry = 1;
         setStatus("live", "live");
         break;
@@ -432,7 +445,15 @@
           if (e.v !== TRACE_SCHEMA) continue;
           syncClock(e.t);
           applyEvent(e, m.history);
+          ui.seq = Math.max(ui.seq, e.seq);
         }
+        applyStatus();
+        break;
+      case "status": // what the embedder tells of each domain (host, run state)
+        // Taken at event m.seq: shown once the page has drawn that far, so
+        // that the run state and the jobs on screen are of the same moment.
+        ui.pendingStatus = m;
+        applyStatus();
         break;
       case "dropped":
         ui.dropped += m.count;
@@ -587,11 +608,12 @@
       } else if (l.lastEnd && l.lastEnd.job === "MIGRATION_IN" && l.lastEnd.outcome === "ok") {
         state = "running here";
       }
+      const st = l.status || {};
       const phase = a ? [l.phase || "starting", progressText(l.progress)].filter(Boolean).join(" · ") : "";
       const error = l.lastError ? `${clock(l.lastError.t)} ${l.lastError.text}` : "";
       rows.push(
-        `<tr data-domain="${esc(name)}"><th>${esc(vmOf(name))}</th><td class="host">${esc(hostOf(name))}</td>` +
-          `<td class="state">${esc(state)}</td><td class="phase">${esc(phase)}</td>` +
+        `<tr data-domain="${esc(name)}"><th>${esc(vmOf(name))}</th><td class="host">${esc(st.host || hostOf(name))}</td>` +
+          `<td class="run">${esc(st.run_state || "")}</td><td class="state">${esc(state)}</td><td class="phase">${esc(phase)}</td>` +
           `<td class="destination">${esc(destination)}</td><td class="error">${esc(error)}</td></tr>`,
       );
     }
