@@ -11,6 +11,7 @@ from typing import final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from jobctl.journal import (
@@ -285,12 +286,25 @@ class Ownership:
             lease.valid_until = self._bound(asked, grant)
 
     async def renew(self) -> None:
-        """Renew every held lease once, now. A lease another manager took
-        becomes LOST; one the database cannot be asked about keeps its local
-        bound, and the database error propagates."""
-        for lease in list(self._leases.values()):
+        """Renew every held lease once, now, in one transaction. A lease
+        another manager took becomes LOST; if the database cannot be asked,
+        the leases keep their local bounds and the database error propagates."""
+        leases = {lease.token.domain: lease for lease in self._leases.values() if not lease.lost}
+        if not leases:
+            await anyio.lowlevel.checkpoint()
+            return
+        asked = self._clock()
+        grants, stale = await self._store.renew_leases(
+            [lease.token for lease in leases.values()], self._duration
+        )
+        for grant in grants:
+            lease = leases[grant.token.domain]
+            if not lease.lost and lease.token == grant.token:
+                lease.valid_until = self._bound(asked, grant)
+        for exc in stale:
+            lease = leases[exc.domain]
             if not lease.lost:
-                await self._renew(lease)
+                self._lose(lease, exc)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -42,6 +42,7 @@ from ._errors import (
     JournalSchemaError,
     JournalStateError,
     LeaseHeldError,
+    StaleEpochError,
 )
 from ._fencing import FencingToken, LeaseGrant, LeaseRecord, stale_epoch
 from ._records import (
@@ -882,6 +883,45 @@ class PostgresJournalStore:
 
         return await self._run(renew, write=True)
 
+    async def renew_leases(
+        self, tokens: Sequence[FencingToken], duration: float
+    ) -> tuple[tuple[LeaseGrant, ...], tuple[StaleEpochError, ...]]:
+        """:meth:`renew_lease` for many leases in one transaction (one statement): the grants
+        of the ones still current, and a :class:`StaleEpochError` naming the owner now for each
+        of the others."""
+        for token in tokens:
+            _check_lease_args(token.domain, token.owner, duration)
+
+        def renew(
+            conn: psycopg.Connection[Any],
+        ) -> tuple[tuple[LeaseGrant, ...], tuple[StaleEpochError, ...]]:
+            if not tokens:
+                return (), ()
+            rows = conn.execute(
+                "UPDATE jobctl_leases AS l SET expires = clock_timestamp()"
+                " + make_interval(secs => %s) FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+                " AS t(domain, owner, epoch)"
+                " WHERE l.domain = t.domain AND l.owner = t.owner AND l.epoch = t.epoch"
+                f" RETURNING l.domain, {_GRANT}",
+                (
+                    duration,
+                    [t.domain for t in tokens],
+                    [t.owner for t in tokens],
+                    [t.epoch for t in tokens],
+                ),
+            ).fetchall()
+            by_domain = {t.domain: t for t in tokens}
+            grants = tuple(_grant(r[0], by_domain[r[0]].owner, r[1:]) for r in rows)
+            renewed = {grant.token.domain for grant in grants}
+            stale = tuple(
+                _stale(conn, token, "lease renewal")
+                for token in tokens
+                if token.domain not in renewed
+            )
+            return grants, stale
+
+        return await self._run(renew, write=True)
+
     async def release_lease(self, token: FencingToken) -> None:
         """Give the domain up at once (its epoch stays; the next owner gets the next one), if
         ``token`` is still current; :class:`StaleEpochError` naming the owner otherwise."""
@@ -959,7 +999,7 @@ def _lease_row(conn: psycopg.Connection[Any], domain: str) -> tuple[str | None, 
     return (None, None) if row is None else (row[0], row[1])
 
 
-def _stale(conn: psycopg.Connection[Any], token: FencingToken, what: str) -> Exception:
+def _stale(conn: psycopg.Connection[Any], token: FencingToken, what: str) -> StaleEpochError:
     owner, epoch = _lease_row(conn, token.domain)
     return stale_epoch(token.domain, token, owner, epoch, what)
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from jobctl._core._entity import Need
 
+from ._errors import StaleEpochError
 from ._fencing import FencingToken, LeaseGrant, LeaseRecord
 from ._records import (
     AsyncJobRecord,
@@ -192,6 +193,13 @@ class FencedJournalStore(JournalStore, Protocol):
 
     async def renew_lease(self, token: FencingToken, duration: float) -> LeaseGrant:
         """Extend a current lease (:class:`StaleEpochError` otherwise)."""
+        ...
+
+    async def renew_leases(
+        self, tokens: Sequence[FencingToken], duration: float
+    ) -> tuple[tuple[LeaseGrant, ...], tuple[StaleEpochError, ...]]:
+        """Extend many leases in one transaction: the grants of the current
+        ones, a :class:`StaleEpochError` for each of the others."""
         ...
 
     async def release_lease(self, token: FencingToken) -> None:

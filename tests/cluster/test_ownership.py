@@ -4,6 +4,7 @@ asyncio, against a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +44,7 @@ async def fresh(server: ThrowawayPostgres) -> str:
     return await anyio.to_thread.run_sync(server.create_database)
 
 
-async def test_a_takeover_is_learnt_by_the_renewer_and_refuses_the_old_owner(
+async def test_a_takeover_is_learnt_at_renewal_and_refuses_the_old_owner(
     postgres_server: ThrowawayPostgres,
 ) -> None:
     conninfo = await fresh(postgres_server)
@@ -71,14 +72,12 @@ async def test_a_takeover_is_learnt_by_the_renewer_and_refuses_the_old_owner(
         assert sent == ["query-status"]
 
         # a stops answering past its lease (its renewer does not run); b
-        # takes the domain; a's renewer, running again, learns it.
+        # takes the domain; a's next renewal learns it.
         expire(conninfo, "vm1")
         assert await b.orphans() == ("vm1",)
         assert await b.take_over() == ("vm1",)
-        async with anyio.create_task_group() as tg:
-            await tg.start(a.run)
-            lost = await a.wait_lost("vm1")  # the renewer's next round
-            tg.cancel_scope.cancel()
+        await a.renew()  # what the renewer (run) does each round, once
+        lost = await a.wait_lost("vm1")
         assert (lost.state, lost.owner, lost.current_epoch) == (LeaseState.LOST, "mgr-b", 2)
         assert a.tokens() == {} and b.tokens()["vm1"].epoch == 2
         with pytest.raises(
@@ -205,3 +204,23 @@ async def test_a_lost_domain_is_not_taken_again_until_forgotten(
         a.forget("vm1")
         assert await a.take_over() == ("vm1",)
         assert a.tokens()["vm1"].epoch == 3
+
+
+async def test_the_renewer_keeps_the_lease_past_its_duration(
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    # The database's clock runs in real time: the renewer must keep the lease
+    # alive across several durations, and then b cannot take it.
+    conninfo = await fresh(postgres_server)
+    async with await PostgresJournalStore.open(conninfo) as store:
+        a = Ownership(store, "mgr-a", duration=0.5, margin=0.1, renew_interval=0.05)
+        b = Ownership(store, "mgr-b", duration=0.5)
+        await a.acquire("vm1")
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.run)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:  # real time: the database's
+                await anyio.to_thread.run_sync(time.sleep, 0.05)
+            with pytest.raises(LeaseHeldError):
+                await b.acquire("vm1")
+            tg.cancel_scope.cancel()

@@ -249,3 +249,22 @@ async def test_the_same_owner_name_in_a_later_epoch_fences_its_earlier_one(
         with pytest.raises(StaleEpochError, match=r"epoch 1 of 'a' is stale: .* 'a' at epoch 2"):
             await Journal(store, fence=paused).update_task(command.tasks[0].id, TaskState.STARTING)
         await Journal(store, fence=restarted).update_task(command.tasks[0].id, TaskState.STARTING)
+
+
+async def test_many_leases_renew_in_one_transaction(postgres_server: ThrowawayPostgres) -> None:
+    conninfo = await fresh(postgres_server)
+    async with await PostgresJournalStore.open(conninfo) as store:
+        tokens = [(await store.acquire_lease(d, "a", 30.0)).token for d in ("vm1", "vm2", "vm3")]
+        expire(conninfo, "vm2")
+        await store.acquire_lease("vm2", "b", 30.0)
+        grants, stale = await store.renew_leases(tokens, 60.0)
+        assert sorted((g.token for g in grants), key=lambda t: t.domain) == [tokens[0], tokens[2]]
+        assert all(g.remaining > 50.0 for g in grants)
+        (refused,) = stale
+        assert (refused.domain, refused.epoch, refused.owner, refused.current_epoch) == (
+            "vm2",
+            1,
+            "b",
+            2,
+        )
+        assert await store.renew_leases([], 60.0) == ((), ())
