@@ -83,10 +83,9 @@ async def main(conninfo: str) -> list[str]:
         # 1. A owns vm1 and drives it through a fenced monitor.
         token = await a.acquire("vm1")
         log.append(f"mgr-a owns vm1 at epoch {token.epoch}")
-        vm = VM(Domain("vm1"), host)
+        vm = VM(Domain("vm1"), host, fence=a)  # attached machines are fenced by A's lease
         machine = await start(vm, MachineSpec(ram_mib=64, extra_monitors=1))
-        # The domain's monitor is the machine's QMP client: fence it.
-        vm.domain.set_monitor(FencedMonitor(machine.qmp, a, "vm1"))
+        assert isinstance(vm.domain.monitor, FencedMonitor)  # the QMP client, fenced
         dom_a = vm.domain
         log.append(f"mgr-a: vm1 is {await query_status(dom_a)}")
         command = await journal_a.begin_command(

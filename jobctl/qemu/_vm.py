@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import final
 
 from jobctl._core._domain import Domain
+from jobctl.cluster import FencedMonitor, MonitorFence
 from jobctl.qemu._errors import FlowError, NotRunningError
 from jobctl.qemu._machine import Host, Machine
 from jobctl.qemu._observed import ObservedState, Observer
@@ -23,15 +24,31 @@ class VM:
 
     ``observer`` keeps what is known of the VM's QEMU without asking it
     (:class:`Observer`): read it with :attr:`observed`, which never waits.
+
+    With ``fence`` (a :class:`jobctl.cluster.Ownership`, when several
+    managers share the VM), every machine attached here is fenced: the
+    domain's monitor is a :class:`jobctl.cluster.FencedMonitor` over the
+    machine's QMP client, so once this manager's lease of the domain is lost
+    its jobs' commands are refused (:class:`jobctl.cluster.LeaseLostError`)
+    before they reach QEMU.
     """
 
-    __slots__ = ("_machine", "domain", "host", "observer")
+    __slots__ = ("_machine", "domain", "fence", "host", "observer")
 
-    def __init__(self, domain: Domain, host: Host, machine: Machine | None = None) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        host: Host,
+        machine: Machine | None = None,
+        *,
+        fence: MonitorFence | None = None,
+    ) -> None:
         if not isinstance(domain, Domain):
             raise TypeError(f"a VM needs a jobctl.Domain, not {domain!r}")
         self.domain = domain
         self.host = host
+        #: The lease every command to an attached machine is checked against.
+        self.fence = fence
         #: What is known of the VM without asking QEMU (see :attr:`observed`).
         self.observer = Observer(domain)
         self._machine: Machine | None = None
@@ -57,15 +74,20 @@ class VM:
 
     def attach(self, machine: Machine) -> None:
         """Make ``machine`` the VM's QEMU here: the domain's monitor becomes
-        its QMP client. Raises :class:`FlowError` if another machine that is
-        still running is attached."""
+        its QMP client (fenced, with :attr:`fence`). Raises
+        :class:`FlowError` if another machine that is still running is
+        attached."""
         current = self._machine
         if current is not None and current is not machine and not current.stopped:
             raise FlowError(f"{self.name!r} already runs {current!r}; cannot attach {machine!r}")
         if machine.stopped:
             raise FlowError(f"cannot attach {machine!r} to {self.name!r}: it is not running")
         self._machine = machine
-        self.domain.set_monitor(machine.qmp)
+        self.domain.set_monitor(
+            machine.qmp
+            if self.fence is None
+            else FencedMonitor(machine.qmp, self.fence, self.domain.name)
+        )
         if current is not machine:
             self.observer.watch(machine)
 
