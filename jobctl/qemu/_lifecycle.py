@@ -49,9 +49,15 @@ async def destroy(vm: VM, *, owner: str = "destroy", timeout: float | None = Non
     :class:`jobctl.JobTimeoutError` says which. The kill is not undone
     then: the host reaps the process all the same. If the VM does not run
     here, nothing is killed and it returns once the DESTROY job could begin.
+    With :attr:`VM.fence`, the lease is checked first: a manager that lost
+    it kills nothing and gets :class:`jobctl.cluster.LeaseLostError`.
     """
     dom = vm.domain
     limit = Deadline(dom.name, dom.wait_timeout if timeout is None else timeout, flow="destroy")
+    if vm.fence is not None and vm.machine is not None:
+        # A manager that lost the domain's lease kills nothing: the QEMU is
+        # another manager's now (raises jobctl.cluster.LeaseLostError).
+        await vm.fence.check(dom.name)
     killed = vm.machine
     if killed is not None:
         # Synchronous: the pre-emption below comes before any task sees the

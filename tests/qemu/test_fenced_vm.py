@@ -70,7 +70,13 @@ async def test_a_lost_lease_refuses_the_vms_commands_before_qemu() -> None:
             await domstats(there)
         assert info.value.owner == "mgr-b" and info.value.current_epoch == 2
         assert machine.qmp.statistics().commands_sent == sent  # nothing reached QEMU
+        # Nor does it kill the QEMU, which is another manager's now.
+        with pytest.raises(LeaseLostError):
+            await destroy(there)
+        assert not machine.stopped and there.machine is machine
+        there.fence = None  # the test's own clean-up
         await destroy(there)
+        assert machine.stopped
 
 
 async def test_without_a_fence_the_monitor_is_the_qmp_client() -> None:
