@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import final
+from typing import ClassVar, final
+
+from jobctl._pickling import PicklesAsMade
 
 __all__ = ["ClusterError", "LeaseLostError"]
 
@@ -12,12 +14,14 @@ class ClusterError(Exception):
 
 
 @final
-class LeaseLostError(ClusterError):
+class LeaseLostError(PicklesAsMade, ClusterError):
     """This manager may no longer act on ``domain``: its lease of ``epoch``
     was taken over (``owner`` at ``current_epoch`` own it now), released, or
     has run out by the local bound and could not be renewed (``owner`` and
     ``current_epoch`` None when the database could not say). A command
     refused with it was not sent."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("domain", "epoch", "owner", "current_epoch")
 
     def __init__(
         self,
@@ -33,17 +37,3 @@ class LeaseLostError(ClusterError):
         self.epoch = epoch
         self.owner = owner
         self.current_epoch = current_epoch
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Pickled as made (to another process), not from its message alone.
-        fields = {
-            "domain": self.domain,
-            "epoch": self.epoch,
-            "owner": self.owner,
-            "current_epoch": self.current_epoch,
-        }
-        return _rebuild, (type(self), str(self), fields)
-
-
-def _rebuild(cls: type[LeaseLostError], message: str, fields: dict[str, object]) -> Exception:
-    return cls(message, **fields)  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ still tell them apart by type.
 
 from __future__ import annotations
 
-from typing import final
+from typing import ClassVar, final
+
+from jobctl._pickling import PicklesAsMade
 
 __all__ = [
     "JournalClosedError",
@@ -34,13 +36,15 @@ class JournalSchemaError(JournalError):
 
 
 @final
-class JournalCorruptError(JournalError):
+class JournalCorruptError(PicklesAsMade, JournalError):
     """The journal is damaged: SQLite reports the file as damaged, a record
     fails its checksum or breaks the schema's rules, or the journal holds
     fewer commits than were acknowledged (a lost or foreign ``-wal``, a
     restored backup). The journal is never reset on this and the file is
     left as it was. ``path`` names the journal file; ``table`` and ``row``
     name the bad row when one is known."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("path", "table", "row")
 
     def __init__(
         self,
@@ -70,11 +74,13 @@ class JournalNotFoundError(JournalError, LookupError):
 
 
 @final
-class JournalInUseError(JournalError):
+class JournalInUseError(PicklesAsMade, JournalError):
     """Another open store (in this process or another) already writes this
     journal file, whatever name it was opened by. The journal has one
     writer; a second one could run a command's end action twice. ``path``
     is the database file; ``pid`` the holder's process id when it is known."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("path", "pid")
 
     def __init__(self, message: str, *, path: str, pid: int | None) -> None:
         super().__init__(message)
@@ -95,13 +101,15 @@ class RecoveryError(JournalError):
 
 
 @final
-class StaleEpochError(JournalError):
+class StaleEpochError(PicklesAsMade, JournalError):
     """A write for an owned domain was refused: the epoch it carries is not
     the domain's current one (another manager took the domain over, or the
     lease was released), or it carries none. ``domain`` is the domain,
     ``epoch`` the refused epoch (None: none carried), ``owner`` and
     ``current_epoch`` what the lease row says now (``owner`` None: nobody
     owns it; ``current_epoch`` None: nobody ever did). Nothing was written."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("domain", "epoch", "owner", "current_epoch")
 
     def __init__(
         self,
@@ -118,22 +126,14 @@ class StaleEpochError(JournalError):
         self.owner = owner
         self.current_epoch = current_epoch
 
-    def __reduce__(self) -> tuple[object, ...]:
-        # Pickled as made (to another process), not from its message alone.
-        fields = {
-            "domain": self.domain,
-            "epoch": self.epoch,
-            "owner": self.owner,
-            "current_epoch": self.current_epoch,
-        }
-        return _rebuild, (type(self), str(self), fields)
-
 
 @final
-class LeaseHeldError(JournalError):
+class LeaseHeldError(PicklesAsMade, JournalError):
     """A domain's lease could not be taken: another manager holds it and it
     has not expired on the database's clock. ``owner`` and ``epoch`` name the
     holder; ``remaining`` is how many seconds it still has."""
+
+    _fields: ClassVar[tuple[str, ...]] = ("domain", "owner", "epoch", "remaining")
 
     def __init__(
         self, message: str, *, domain: str, owner: str, epoch: int, remaining: float
@@ -143,16 +143,3 @@ class LeaseHeldError(JournalError):
         self.owner = owner
         self.epoch = epoch
         self.remaining = remaining
-
-    def __reduce__(self) -> tuple[object, ...]:
-        fields = {
-            "domain": self.domain,
-            "owner": self.owner,
-            "epoch": self.epoch,
-            "remaining": self.remaining,
-        }
-        return _rebuild, (type(self), str(self), fields)
-
-
-def _rebuild(cls: type[Exception], message: str, fields: dict[str, object]) -> Exception:
-    return cls(message, **fields)

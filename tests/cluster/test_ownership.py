@@ -169,12 +169,19 @@ async def test_bad_options_are_refused(postgres_server: ThrowawayPostgres, tmp_p
 def test_the_errors_pickle_as_made(anyio_backend: str) -> None:
     import pickle
 
-    from jobctl.journal import LeaseHeldError, StaleEpochError
+    from jobctl.journal import (
+        JournalCorruptError,
+        JournalInUseError,
+        LeaseHeldError,
+        StaleEpochError,
+    )
 
     for exc in (
         LeaseLostError("m", domain="vm1", epoch=1, owner="b", current_epoch=2),
         StaleEpochError("m", domain="vm1", epoch=1, owner="b", current_epoch=2),
         LeaseHeldError("m", domain="vm1", owner="b", epoch=2, remaining=3.0),
+        JournalCorruptError("m", path="/j.db", table="tasks", row="c1.0"),
+        JournalInUseError("m", path="/j.db", pid=42),
     ):
         again = pickle.loads(pickle.dumps(exc))
         assert type(again) is type(exc) and str(again) == "m"
