@@ -61,12 +61,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import anyio
 import anyio.abc
+from _spread import spread
 
 from jobctl import Domain, TraceEvent, TraceHub, TraceKind
 from jobctl.qemu import (
@@ -390,12 +391,6 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
-    if not values:
-        return "-"
-    return f"{fmt(min(values))} / {fmt(statistics.median(values))} / {fmt(max(values))}"
-
-
 def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -> None:
     print()
     print(
@@ -422,8 +417,7 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
     if closed:
         print(
             "closed: ms the source's domain was closed to queries outside monitor commands"
-            f" (aim < 10), over all migrations min / median / max:"
-            f" {spread(closed, lambda v: f'{v:.2f}')}"
+            f" (aim < 10), over all migrations: {spread(closed)}"
         )
     print()
     print("where each migration's slowest 1% of samples (>= its p99) fell:")
@@ -435,12 +429,15 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
                 places.update(run.where(b, x) for b, x in run.samples if x >= p99)
         print(f"  {kind:<6}  " + ", ".join(f"{n} {where}" for where, n in places.most_common()))
     print()
-    print("per kind, over migrations (min / median / max), ms:")
+    print("per kind, over migrations, median (min-max), ms:")
     for kind in ("jobctl", "floor"):
         kept = [run.summary for run in runs if run.kind == kind]
+        if not kept:
+            continue
         print(
-            f"  {kind:<6}  p50 {spread([s.p50 for s in kept], ms)}   "
-            f"p99 {spread([s.p99 for s in kept], ms)}   max {spread([s.max for s in kept], ms)}"
+            f"  {kind:<6}  p50 {spread([s.p50 for s in kept], scale=1e3)}   "
+            f"p99 {spread([s.p99 for s in kept], scale=1e3)}"
+            f"   max {spread([s.max for s in kept], scale=1e3)}"
         )
     pairs = [
         (runs[i], runs[i + 1]) if runs[i].kind == "jobctl" else (runs[i + 1], runs[i])
@@ -461,10 +458,10 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
             f"(downtime {mine_run.downtime_ms} / {floor_run.downtime_ms} ms)"
         )
 
-    def times(x: float) -> str:
-        return f"{x:.2f}x"
-
-    print(f"  p99 {spread(p99s, times)}   max {spread(maxes, times)}   (min / median / max)")
+    if p99s:
+        print(
+            f"  p99 {spread(p99s, unit='x')}   max {spread(maxes, unit='x')}   (median (min-max))"
+        )
     print()
     for name, ratios in (("p99", p99s), ("max", maxes)):
         if ratios:
