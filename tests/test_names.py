@@ -118,14 +118,16 @@ def exceptions(packages: Exports) -> list[tuple[str, type[BaseException]]]:
 
 
 def foreign_bases(errors: Iterable[tuple[str, type[BaseException]]]) -> list[str]:
-    """One line per exported exception with a base from another layer."""
+    """One line per exported exception with an exception base from another
+    layer (a mixin that is no exception, as jobctl._pickling's, is not a base
+    a handler catches by)."""
     lines = []
     for name, cls in errors:
         layer = layer_of(cls)
         foreign = [
             f"{base.__module__}.{base.__qualname__}"
             for base in cls.__mro__[1:]
-            if layer_of(base) not in (None, layer)
+            if issubclass(base, BaseException) and layer_of(base) not in (None, layer)
         ]
         if foreign:
             lines.append(f"{name} ({layer}) derives from {', '.join(foreign)}")
