@@ -9,13 +9,16 @@ what is measured is the facade's own cost:
 * ``one call``: the same job as ``BlockingDomain.execute("noop")`` from a
   plain thread, one round trip, as every ``BlockingVM`` flow is;
 * ``bare round trip``: ``EventLoopThread.call`` of an empty coroutine,
-  what crossing the thread boundary costs on this machine at all (the
-  floor under any facade; printed for reference, not a ratio's base);
+  what crossing the thread boundary costs at all (printed for reference,
+  not a ratio's base);
+* ``anyio from_thread.run``: the same empty coroutine through anyio's own
+  thread hand-off on the same loop (a task per call and a queue), the
+  plumbing jobctl would use without its own (for reference);
 * ``with job``: ``with bdom.job(QUERY) as job, job.monitor() as mon:
   mon.execute("noop")`` from a plain thread (five round trips: enter the
   job, enter the monitor, the command, leave the monitor, leave the job).
 
-Rounds are interleaved (async, one call, with job, again), each round times
+Rounds are interleaved (async, one call, with job, bare, anyio, again), each round times
 ``--calls`` calls; the median per call over the rounds is printed with the
 spread (min-max), and each facade form's ratio and µs over the async call.
 
@@ -27,7 +30,10 @@ from __future__ import annotations
 import argparse
 import time
 
+import anyio.from_thread
+import anyio.lowlevel
 from _spread import ratios, spread
+from anyio.lowlevel import EventLoopToken
 
 import jobctl
 from jobctl import Job
@@ -58,10 +64,21 @@ async def nothing() -> None:
     pass
 
 
+async def current_token() -> EventLoopToken:
+    return anyio.lowlevel.current_token()
+
+
 def bare_round(loop: EventLoopThread, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
         loop.call(nothing)
+    return (time.perf_counter() - start) / calls
+
+
+def anyio_round(token: EventLoopToken, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        anyio.from_thread.run(nothing, token=token)
     return (time.perf_counter() - start) / calls
 
 
@@ -81,14 +98,18 @@ def run(backend: str, calls: int, rounds: int) -> None:
         one: list[float] = []
         full: list[float] = []
         bare: list[float] = []
+        portal: list[float] = []
+        token = loop.call(current_token)
         for _ in range(rounds):
             base.append(loop.call(async_round, domain, calls))
             one.append(one_call_round(bdom, calls))
             full.append(with_job_round(bdom, calls))
             bare.append(bare_round(loop, calls))
+            portal.append(anyio_round(token, calls))
         print(f"{backend}: {rounds} interleaved rounds of {calls} calls")
         print(f"  async (in the loop)   {spread(base, scale=1e6, digits=1, unit=' µs')}")
         print(f"  bare round trip       {spread(bare, scale=1e6, digits=1, unit=' µs')}")
+        print(f"  anyio from_thread.run {spread(portal, scale=1e6, digits=1, unit=' µs')}")
         for name, samples in (("one call", one), ("with job+monitor", full)):
             over = [a - b for a, b in zip(samples, base, strict=True)]
             print(

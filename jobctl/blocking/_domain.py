@@ -41,8 +41,9 @@ class BlockingDomain:
         self._loop = loop
         self._domain = domain
         #: The job each thread holds through this wrapper: jobs do not nest
-        #: in a thread, as they do not in a task (the core keys by task, and
-        #: each call from a thread is a new task, so the facade keeps this).
+        #: in a thread, as they do not in a task. A thread's calls run in its
+        #: own task, so the core would refuse too; this refuses first, before
+        #: a round trip, and in a thread's words.
         self._held: dict[int, ActiveJob] = {}
         self._held_lock = threading.Lock()
 

@@ -7,7 +7,10 @@ each other with barriers and events, never with sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import gc
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -287,3 +290,142 @@ def test_the_executor_takes_commands_from_many_threads(loop: EventLoopThread) ->
             results = list(pool.map(submitter, range(16)))
     assert results == [[f"c{n}.{i}" for i in range(3)] for n in range(16)]
     assert running == [0, 1]
+
+
+async def _task_id() -> int:
+    await anyio.lowlevel.checkpoint()
+    return anyio.get_current_task().id
+
+
+def _other_thread(func: Any, *args: Any) -> Any:
+    """``func(*args)`` in a new thread that then ends; its result or error."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(func(*args))
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    return out[0]
+
+
+def test_a_thread_is_one_task_in_the_loop_and_two_threads_are_two(
+    loop: EventLoopThread,
+) -> None:
+    """A thread's calls (coroutines and plain functions) run in one task of
+    its own, so what the core keys by task is keyed by thread; another
+    thread's calls run in another task."""
+    mine = loop.call(_task_id)
+    assert loop.call(_task_id) == mine
+    assert loop.run_sync(lambda: anyio.get_current_task().id) == mine
+    theirs = _other_thread(loop.call, _task_id)
+    assert isinstance(theirs, int)
+    assert theirs != mine
+    # The core sees it so: a job held by this thread is this task's.
+    bdom = BlockingDomain(loop, Domain("d"))
+    with bdom.job(Job.MODIFY):
+        assert [j.kind for j in bdom.info().regular_jobs] == [Job.MODIFY]
+        refused = _other_thread(lambda: bdom.job(Job.QUERY, nowait=True).__enter__())
+        assert isinstance(refused, JobBusyError)
+    assert bdom.info().idle
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _until_thread_tasks(loop: EventLoopThread, count: int) -> None:
+    with anyio.fail_after(WAIT):
+        while loop.statistics().thread_tasks != count:
+            await anyio.lowlevel.checkpoint()
+
+
+def test_a_thread_that_ends_leaves_no_task_and_no_descriptor(loop: EventLoopThread) -> None:
+    """Each caller thread's task ends after the thread does, and its pipes
+    are closed: 32 threads come and go, the loop is left as it was."""
+    loop.call(_task_id)  # this thread's own task and pipes, kept
+    assert loop.statistics().thread_tasks == 1
+    gc.collect()  # what earlier tests left for the collector, not counted
+    before = _open_descriptors()
+    for _ in range(2):
+        start = threading.Barrier(16)
+
+        def caller(start: threading.Barrier = start) -> None:
+            start.wait(WAIT)
+            for _ in range(3):
+                loop.call(_task_id)
+
+        threads = [threading.Thread(target=caller) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+    gc.collect()
+    loop.call(_until_thread_tasks, loop, 1)
+    gc.collect()
+    assert _open_descriptors() == before
+    assert loop.statistics().calls == 1 + 32 * 3 + 1  # + _until_thread_tasks
+
+
+def test_a_cancellation_raised_inside_a_call_ends_only_that_threads_task() -> None:
+    """asyncio lets a coroutine raise CancelledError by hand: the caller
+    gets it, that thread's task ends, and its next call gets a new task."""
+    with EventLoopThread("asyncio") as loop:
+
+        async def cancelled() -> None:
+            raise asyncio.CancelledError
+
+        async def task() -> asyncio.Task[Any] | None:
+            return asyncio.current_task()  # kept alive here: no id reused
+
+        first = loop.call(task)
+        assert loop.call(task) is first
+        with pytest.raises(asyncio.CancelledError):
+            loop.call(cancelled)
+        second = loop.call(task)
+        assert second is not None
+        assert second is not first
+        assert loop.statistics().thread_tasks == 1
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_leaving_with_an_error_stops_a_waiting_call_with_loop_not_running(backend: str) -> None:
+    """A thread blocked in a call when the loop's block is left with an
+    error is woken with LoopNotRunningError (the call is cancelled with the
+    loop's tasks), and the thread may not call again."""
+
+    class Boom(Exception):
+        pass
+
+    loop = EventLoopThread(backend)
+    inside = threading.Event()
+    results: list[BaseException] = []
+
+    async def forever() -> None:
+        inside.set()
+        await anyio.sleep_forever()
+
+    def caller() -> None:
+        for _ in range(2):
+            try:
+                loop.call(forever)
+            except LoopNotRunningError as exc:
+                results.append(exc)
+
+    thread = threading.Thread(target=caller)
+    with pytest.raises(Boom), loop:
+        thread.start()
+        assert inside.wait(WAIT)
+        raise Boom
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert [str(e) for e in results] == [
+        "the EventLoopThread stopped during the call",
+        "the EventLoopThread is not running (enter it first)",
+    ]
+    assert loop.statistics().thread_tasks == 0
