@@ -11,6 +11,10 @@ what is measured is the facade's own cost:
 * ``bare round trip``: ``EventLoopThread.call`` of an empty coroutine,
   what crossing the thread boundary costs at all (printed for reference,
   not a ratio's base);
+* ``  to the loop / back``: the bare round trip split at the moment the
+  coroutine runs in the loop (medians of one round's calls): how long
+  waking the loop's task takes, and how long the answer takes to wake
+  the caller;
 * ``anyio from_thread.run``: the same empty coroutine through anyio's own
   thread hand-off on the same loop (a task per call and a queue), the
   plumbing jobctl would use without its own (for reference);
@@ -18,7 +22,7 @@ what is measured is the facade's own cost:
   mon.execute("noop")`` from a plain thread (five round trips: enter the
   job, enter the monitor, the command, leave the monitor, leave the job).
 
-Rounds are interleaved (async, one call, with job, bare, anyio, again), each round times
+Rounds are interleaved (async, one call, with job, bare, anyio, split, again), each round times
 ``--calls`` calls; the median per call over the rounds is printed with the
 spread (min-max), and each facade form's ratio and µs over the async call.
 
@@ -28,6 +32,7 @@ Run: ``python bench/bench_blocking.py`` (``--quick`` for a short run).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import anyio.from_thread
@@ -75,6 +80,22 @@ def bare_round(loop: EventLoopThread, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+async def stamp() -> float:
+    return time.perf_counter()
+
+
+def split_round(loop: EventLoopThread, calls: int) -> tuple[float, float]:
+    """Median (caller to loop, loop to caller) of one round's bare calls."""
+    there: list[float] = []
+    back: list[float] = []
+    for _ in range(calls):
+        sent = time.perf_counter()
+        ran = loop.call(stamp)
+        there.append(ran - sent)
+        back.append(time.perf_counter() - ran)
+    return statistics.median(there), statistics.median(back)
+
+
 def anyio_round(token: EventLoopToken, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -99,6 +120,8 @@ def run(backend: str, calls: int, rounds: int) -> None:
         full: list[float] = []
         bare: list[float] = []
         portal: list[float] = []
+        there: list[float] = []
+        back: list[float] = []
         token = loop.call(current_token)
         for _ in range(rounds):
             base.append(loop.call(async_round, domain, calls))
@@ -106,9 +129,16 @@ def run(backend: str, calls: int, rounds: int) -> None:
             full.append(with_job_round(bdom, calls))
             bare.append(bare_round(loop, calls))
             portal.append(anyio_round(token, calls))
+            to_loop, to_caller = split_round(loop, calls)
+            there.append(to_loop)
+            back.append(to_caller)
         print(f"{backend}: {rounds} interleaved rounds of {calls} calls")
         print(f"  async (in the loop)   {spread(base, scale=1e6, digits=1, unit=' µs')}")
         print(f"  bare round trip       {spread(bare, scale=1e6, digits=1, unit=' µs')}")
+        print(
+            f"    to the loop / back  {spread(there, scale=1e6, digits=1, unit=' µs')}"
+            f" / {spread(back, scale=1e6, digits=1, unit=' µs')}"
+        )
         print(f"  anyio from_thread.run {spread(portal, scale=1e6, digits=1, unit=' µs')}")
         for name, samples in (("one call", one), ("with job+monitor", full)):
             over = [a - b for a, b in zip(samples, base, strict=True)]
