@@ -220,7 +220,11 @@ class EventLoopThread:
     is keyed by thread, as a threaded manager expects. A call is one
     wake-up each way on two pipes of the thread's own (the task waits for
     its door pipe in the loop, the thread reads its reply pipe): four file
-    descriptors per live caller thread. anyio's ``from_thread.run`` spawns
+    descriptors per live caller thread. A call the thread gives up waiting
+    for (a signal handler raised: Ctrl-C) goes on in the loop, and the
+    thread's next calls run in a new task of its own instead of queueing
+    behind it, so an abort after Ctrl-C gets through; the old task ends
+    when that call does. anyio's ``from_thread.run`` spawns
     a task per call and waits on a queue; ``bench/bench_blocking.py``
     prints both.
     """
@@ -352,8 +356,15 @@ class EventLoopThread:
         try:
             box.calls.append((func, args, awaited, reply))
             box.door.ring()
-            while not reply.done:  # a stale ring of an abandoned call: again
-                box.reply.wait()
+            box.reply.wait()  # each answer rings once, and a mailbox's calls are one at a time
+        except BaseException:
+            if not reply.done:
+                # Given up (a signal handler raised, Ctrl-C): the call goes
+                # on in the loop. The thread's next calls get a new task
+                # rather than queue behind it (an abort after Ctrl-C must
+                # get through); the old one ends when the call does.
+                self._local.seat = None
+            raise
         finally:
             with self._counter_lock:
                 self._pending.discard(reply)

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import gc
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -429,3 +430,48 @@ def test_leaving_with_an_error_stops_a_waiting_call_with_loop_not_running(backen
         "the EventLoopThread is not running (enter it first)",
     ]
     assert loop.statistics().thread_tasks == 0
+
+
+def test_a_call_given_up_by_an_interrupt_does_not_hold_up_the_threads_next_calls(
+    loop: EventLoopThread,
+) -> None:
+    """A signal handler raising in the waiting thread (Ctrl-C) abandons the
+    call: it goes on in the loop, the thread's next calls run at once in a
+    new task of its own (an abort after Ctrl-C gets through), and the old
+    task ends when the abandoned call does."""
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    inside = threading.Event()
+    release: list[anyio.Event] = []
+    finished: list[str] = []
+
+    async def slow() -> None:
+        release.append(anyio.Event())
+        inside.set()
+        await release[0].wait()
+        finished.append("the abandoned call")
+
+    def poke(main: int) -> None:
+        assert inside.wait(WAIT)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        poker = threading.Thread(target=poke, args=(threading.get_ident(),))
+        poker.start()
+        with pytest.raises(Interrupted):
+            loop.call(slow)
+        poker.join(WAIT)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert loop.call(_task_id) != 0  # not queued behind the abandoned call
+    assert loop.statistics().thread_tasks == 2
+    assert finished == []
+    loop.run_sync(release[0].set)
+    loop.call(_until_thread_tasks, loop, 1)
+    assert finished == ["the abandoned call"]
