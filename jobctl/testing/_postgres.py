@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -86,6 +87,18 @@ class ThrowawayPostgres:
         return self.conninfo(dbname)
 
 
+#: The watchdog, run by ``python -I -c``: it reads standard input until the
+#: process that made the cluster closes its end (it is done, or it died,
+#: even by SIGKILL: the kernel closes the pipe), then stops the server
+#: (``argv[1:-1]``, pg_ctl stop) and removes the directory (``argv[-1]``).
+_WATCHDOG: Final = """\
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+subprocess.run(sys.argv[1:-1], capture_output=True, timeout=90)
+shutil.rmtree(sys.argv[-1], ignore_errors=True)
+"""
+
+
 def _as_user(user: str | None, argv: list[str]) -> list[str]:
     return argv if user is None else ["runuser", "-u", user, "--", *argv]
 
@@ -103,7 +116,9 @@ def throwaway_postgres(*, port: int = 5432) -> Iterator[ThrowawayPostgres]:
     on no TCP address, only on a unix socket in that directory; stopped
     (``pg_ctl stop -m immediate``) and removed on the way out, also when the
     body raises. Run as root, the cluster belongs to the ``postgres`` user
-    (the server refuses to run as root), else to the current user.
+    (the server refuses to run as root), else to the current user. A
+    watchdog process stops and removes it if this process dies without
+    getting there (killed by SIGKILL, say).
 
     Raises :class:`PostgresNotFoundError` when the server programs are
     missing and :class:`PostgresStartError` when they fail.
@@ -113,6 +128,7 @@ def throwaway_postgres(*, port: int = 5432) -> Iterator[ThrowawayPostgres]:
     user = run_as or pwd.getpwuid(os.geteuid()).pw_name
     directory = Path(tempfile.mkdtemp(prefix="jobctl-pg-"))
     data = directory / "data"
+    stack = contextlib.ExitStack()
     try:
         if run_as is not None:
             entry = pwd.getpwnam(run_as)
@@ -136,6 +152,32 @@ def throwaway_postgres(*, port: int = 5432) -> Iterator[ThrowawayPostgres]:
             ),
             "initdb",
         )
+        stop = _as_user(
+            run_as,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                str(_PG_CTL_WAIT),
+                "stop",
+            ],
+        )
+        # Started before the server, in a session of its own (a signal to
+        # this process group does not reach it): if this process dies
+        # without its ``finally``, the watchdog stops the server and removes
+        # the directory.
+        watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-c", _WATCHDOG, *stop, str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        stack.callback(_dismiss, watchdog)
         options = (
             f"-c listen_addresses='' -c unix_socket_directories='{directory}' -p {port}"
             " -c fsync=off -c full_page_writes=off -c max_connections=200"
@@ -162,22 +204,18 @@ def throwaway_postgres(*, port: int = 5432) -> Iterator[ThrowawayPostgres]:
         try:
             yield ThrowawayPostgres(directory=directory, socket_dir=directory, port=port, user=user)
         finally:
-            _run(
-                _as_user(
-                    run_as,
-                    [
-                        str(bindir / "pg_ctl"),
-                        "-D",
-                        str(data),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "-t",
-                        str(_PG_CTL_WAIT),
-                        "stop",
-                    ],
-                ),
-                "pg_ctl stop",
-            )
+            _run(stop, "pg_ctl stop")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        stack.close()
+
+
+def _dismiss(watchdog: subprocess.Popen[bytes]) -> None:
+    """The cluster is gone: let the watchdog find it so and end."""
+    assert watchdog.stdin is not None
+    watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=_PG_CTL_WAIT + 30)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()

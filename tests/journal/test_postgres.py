@@ -7,6 +7,9 @@ The store contract (the journal's guarantees) runs on it through the
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,4 +167,58 @@ def test_the_throwaway_server_listens_on_its_socket_only_and_leaves_nothing() ->
         assert sql(server.conninfo(), "SHOW listen_addresses") == [("",)]
         conninfo = server.create_database("mine")
         assert sql(conninfo, "SELECT current_database()") == [("mine",)]
+    assert not directory.exists()
+
+
+#: A process that makes a throwaway server, says where, and waits to be killed.
+OWNER = """\
+import sys
+from jobctl.testing import throwaway_postgres
+with throwaway_postgres() as server:
+    print(server.directory, flush=True)
+    sys.stdin.read()
+"""
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_a_killed_owner_leaves_no_server_and_no_directory() -> None:
+    """SIGKILL gives the owner no ``finally``: its watchdog stops the server
+    and removes the cluster's directory (each process's end is awaited on a
+    pidfd, not polled)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            directory = Path(owner.stdout.readline().strip())
+            assert directory.name.startswith("jobctl-pg-"), directory
+            postmaster = int((directory / "data" / "postmaster.pid").read_text().split()[0])
+            watchdogs = [
+                pid
+                for pid in _processes_naming(str(directory))
+                if pid != postmaster and b"-I" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+            assert len(watchdogs) == 1, watchdogs
+            ends = [os.pidfd_open(pid) for pid in (postmaster, watchdogs[0])]
+        finally:
+            owner.kill()
+    try:
+        for end in ends:
+            ready, _, _ = select.select([end], [], [], 120)
+            assert ready, "the server or its watchdog outlived the killed owner by 120 s"
+    finally:
+        for end in ends:
+            os.close(end)
     assert not directory.exists()
