@@ -38,7 +38,10 @@ The same slowest 1% of each migration is then counted by where it fell.
 (For this, a trace listener that keeps phase and gate events is subscribed
 in both kinds of migration, and the bench reads the source's STOP event.)
 Then per kind min / median / max over migrations, and per paired round
-the ratios jobctl / floor of p99 and max, with their median and spread.
+the ratios jobctl / floor of p99 and max, with their median and spread,
+and the CPU time each spent per sample: the floor client's own, and the
+bench process's in a jobctl migration minus its CPU in the paired floor
+migration (where it ran the same flow without the domstats loop).
 The issue's aims: p99 and max within 1.2x of the floor, and max <=
 downtime + 10 ms in every jobctl migration.
 
@@ -101,7 +104,8 @@ def _floor_client(path: str) -> None:
 
     Connects to ``path``, negotiates, prints ``ready``, waits for ``go`` on
     stdin, then loops over domstats' commands until stdin closes or QEMU
-    goes away, and prints its samples as JSON: ``[[start, seconds], ...]``
+    goes away, and prints its samples and the CPU time it spent sampling as
+    JSON: ``{"samples": [[start, seconds], ...], "cpu": seconds}``
     (``start`` on ``time.monotonic()``, which every process shares).
     Self-contained: it is run from its source text, with nothing imported
     but the standard library.
@@ -141,6 +145,7 @@ def _floor_client(path: str) -> None:
         for name in ("query-status", "query-blockstats", "query-migrate")
     ]
     samples: list[tuple[float, float]] = []
+    cpu = time.process_time()
     try:
         while not select.select([0], [], [], 0)[0]:  # stdin closed: stop
             began = time.monotonic()
@@ -150,7 +155,8 @@ def _floor_client(path: str) -> None:
             samples.append((began, time.monotonic() - began))
     except (EOFError, OSError):
         pass  # the source QEMU quit at the end of the migration
-    sys.stdout.write(json.dumps(samples))
+    cpu = time.process_time() - cpu
+    sys.stdout.write(json.dumps({"samples": samples, "cpu": cpu}))
     sys.stdout.flush()
 
 
@@ -180,6 +186,11 @@ class Run:
     #: (the flow's ``result.closed.outside_monitor``)
     closed_ms: float = 0.0
     errors: int = 0
+    #: CPU seconds of this (the bench's) process during the migration: the
+    #: flow's, plus the domstats loop's in a jobctl migration
+    cpu: float = 0.0
+    #: CPU seconds the floor client spent sampling (floor migrations)
+    client_cpu: float = 0.0
 
     @property
     def summary(self) -> LatencySummary:
@@ -307,7 +318,9 @@ async def floor_migration(
                 status = await process.wait()
     if status != 0:
         raise RuntimeError(f"the floor client failed (exit status {status})")
-    run.samples = [(float(began), float(latency)) for began, latency in json.loads(output)]
+    measured = json.loads(output)
+    run.samples = [(float(began), float(latency)) for began, latency in measured["samples"]]
+    run.client_cpu = float(measured["cpu"])
     return result
 
 
@@ -361,12 +374,14 @@ async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
                 for number, kind in enumerate(order(migrations), start=1):
                     run = Run(number, kind, here.name)
                     runs.append(run)
+                    cpu = time.process_time()
                     try:
                         result = await migrate_once(run, here, there, options, script)
                     except (FlowError, QMPError, RuntimeError, TimeoutError) as exc:
                         failed = f"migration {number} ({kind}) failed: {exc!r}"
                         runs.pop()
                         break
+                    run.cpu = time.process_time() - cpu
                     run.duration = result.duration
                     run.downtime_ms = result.progress.downtime
                     run.closed_ms = result.closed.outside_monitor * 1000
@@ -461,6 +476,20 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
     if p99s:
         print(
             f"  p99 {spread(p99s, unit='x')}   max {spread(maxes, unit='x')}   (median (min-max))"
+        )
+    mine_cpu = [
+        (mine.cpu - floor.cpu) / mine.summary.count
+        for mine, floor in pairs
+        if mine.summary.count and floor.summary.count
+    ]
+    floor_cpu = [
+        floor.client_cpu / floor.summary.count for _, floor in pairs if floor.summary.count
+    ]
+    if mine_cpu and floor_cpu:
+        print(
+            "CPU per sample: jobctl (the bench process's CPU in a jobctl migration minus the"
+            f" flow's alone in its paired floor one) {spread(mine_cpu, scale=1e6, unit=' µs')},"
+            f" floor client {spread(floor_cpu, scale=1e6, unit=' µs')}"
         )
     print()
     for name, ratios in (("p99", p99s), ("max", maxes)):
