@@ -178,6 +178,9 @@ class _ThreadTasks:
                     # a task.cancel() from outside): the caller gets it and
                     # this task ends quietly (letting it escape would cancel
                     # the whole group); the thread's next call starts anew.
+                    # Closed before the answer: woken, the thread must not
+                    # give its next call to this task.
+                    box.closed = True
                     reply.fail(exc)
                     return
                 except BaseException as exc:
@@ -344,7 +347,12 @@ class EventLoopThread:
             # This thread's first call, or its task ended (by someone
             # else's cancellation): a new task, started through the portal.
             seat = _ThreadSeat()
-            portal.call(self._start, seat.box)
+            try:
+                portal.call(self._start, seat.box)
+            except LoopNotRunningError:
+                raise
+            except RuntimeError as exc:  # the portal stopped under the call
+                raise LoopNotRunningError("the EventLoopThread is closing") from exc
             self._local.seat = seat
         box = seat.box
         reply = _Reply(box.reply)
