@@ -6,7 +6,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack, suppress
 from types import TracebackType
 from typing import Any, TypeVar, final
 
@@ -81,7 +81,7 @@ class _Mailbox:
     it) and a reply bell (the task rings, the thread waits). Four file
     descriptors, closed when both the thread and its task are gone."""
 
-    __slots__ = ("calls", "closed", "door", "reply")
+    __slots__ = ("calls", "closed", "door", "reply", "scope")
 
     def __init__(self) -> None:
         #: One call, unless the thread gave up waiting for an earlier call
@@ -91,10 +91,19 @@ class _Mailbox:
         self.closed = False
         self.door = Bell(blocking_wait=False)
         self.reply = Bell(blocking_wait=True)
+        #: The task's cancel scope (set and used in the loop thread).
+        self.scope: anyio.CancelScope | None = None
 
     def close(self) -> None:
         self.closed = True
         self.door.ring()
+
+    def cancel(self) -> None:
+        """Cancel the call under way and end the task (in the loop thread):
+        its thread has given up waiting for the call."""
+        self.closed = True
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 @final
@@ -158,36 +167,41 @@ class _ThreadTasks:
         # that hop makes the round trip several times dearer).
         calls, door = box.calls, box.door
         try:
-            while True:
-                if not calls:
-                    if box.closed:
+            with anyio.CancelScope() as scope:
+                box.scope = scope
+                while True:
+                    if not calls:
+                        if box.closed:
+                            return
+                        await anyio.wait_readable(door.fileno())
+                        door.clear()
+                        continue
+                    func, args, awaited, reply = calls.popleft()
+                    try:
+                        value = await func(*args) if awaited else func(*args)
+                    except anyio.get_cancelled_exc_class() as exc:
+                        if self._closing:  # the loop closes with an error
+                            reply.fail(
+                                LoopNotRunningError("the EventLoopThread stopped during the call")
+                            )
+                            raise
+                        if scope.cancel_called:  # its thread gave up waiting: over
+                            reply.fail(exc)
+                            raise
+                        # Not ours (an asyncio CancelledError raised by hand,
+                        # or a task.cancel() from outside): the caller gets
+                        # it and this task ends quietly (letting it escape
+                        # would cancel the whole group); the thread's next
+                        # call starts anew. Closed before the answer: woken,
+                        # the thread must not give its next call to this task.
+                        box.closed = True
+                        reply.fail(exc)
                         return
-                    await anyio.wait_readable(door.fileno())
-                    door.clear()
-                    continue
-                func, args, awaited, reply = calls.popleft()
-                try:
-                    value = await func(*args) if awaited else func(*args)
-                except anyio.get_cancelled_exc_class() as exc:
-                    if self._closing:  # the loop closes with an error
-                        reply.fail(
-                            LoopNotRunningError("the EventLoopThread stopped during the call")
-                        )
-                        raise
-                    # Not ours (an asyncio CancelledError raised by hand, or
-                    # a task.cancel() from outside): the caller gets it and
-                    # this task ends quietly (letting it escape would cancel
-                    # the whole group); the thread's next call starts anew.
-                    # Closed before the answer: woken, the thread must not
-                    # give its next call to this task.
-                    box.closed = True
-                    reply.fail(exc)
-                    return
-                except BaseException as exc:
-                    reply.fail(exc)
-                else:
-                    reply.succeed(value)
-                del func, args, reply
+                    except BaseException as exc:
+                        reply.fail(exc)
+                    else:
+                        reply.succeed(value)
+                    del func, args, reply
         finally:
             box.closed = True
             self.live.discard(box)
@@ -224,10 +238,12 @@ class EventLoopThread:
     wake-up each way on two pipes of the thread's own (the task waits for
     its door pipe in the loop, the thread reads its reply pipe): four file
     descriptors per live caller thread. A call the thread gives up waiting
-    for (a signal handler raised: Ctrl-C) goes on in the loop, and the
-    thread's next calls run in a new task of its own instead of queueing
-    behind it, so an abort after Ctrl-C gets through; the old task ends
-    when that call does. anyio's ``from_thread.run`` spawns
+    for (a signal handler raised: Ctrl-C) is cancelled in the loop, as an
+    async caller's cancellation would cancel it (a job or the monitor that
+    it waited for is not taken; a flow undoes what it began), and the
+    thread's next calls run at once in a new task of its own instead of
+    waiting for that to unwind, so an abort after Ctrl-C gets through.
+    anyio's ``from_thread.run`` spawns
     a task per call and waits on a queue; ``bench/bench_blocking.py``
     prints both.
     """
@@ -247,6 +263,7 @@ class EventLoopThread:
         "_pending",
         "_portal",
         "_refused",
+        "_soon",
         "_stack",
         "_submitted",
         "_tasks",
@@ -263,6 +280,10 @@ class EventLoopThread:
         self._stack: ExitStack | None = None
         self._loop_ident: int | None = None
         self._tasks: _ThreadTasks | None = None
+        #: The loop's own thread-safe "call this soon" (trio's
+        #: ``TrioToken.run_sync_soon``, asyncio's ``call_soon_threadsafe``),
+        #: for what must not wait for an answer (cancelling a given-up call).
+        self._soon: Callable[..., object] | None = None
         self._local = threading.local()
         self._counter_lock = threading.Lock()
         self._calls = 0
@@ -292,6 +313,10 @@ class EventLoopThread:
                 start_blocking_portal(self._backend, self._backend_options)
             )
             self._loop_ident = portal.call(_thread_ident)
+            native: Any = portal.call(anyio.lowlevel.current_token).native_token
+            self._soon = (
+                native.run_sync_soon if self._backend == "trio" else native.call_soon_threadsafe
+            )
             self._tasks = stack.enter_context(portal.wrap_async_context_manager(_ThreadTasks()))
             self._local = threading.local()
             self._portal = portal
@@ -316,6 +341,7 @@ class EventLoopThread:
                 stack.__exit__(exc_type, exc, tb)
         finally:
             self._tasks = None
+            self._soon = None
             with self._counter_lock:
                 left = list(self._pending)
                 self._pending.clear()
@@ -367,11 +393,16 @@ class EventLoopThread:
             box.reply.wait()  # each answer rings once, and a mailbox's calls are one at a time
         except BaseException:
             if not reply.done:
-                # Given up (a signal handler raised, Ctrl-C): the call goes
-                # on in the loop. The thread's next calls get a new task
-                # rather than queue behind it (an abort after Ctrl-C must
-                # get through); the old one ends when the call does.
+                # Given up (a signal handler raised, Ctrl-C): the call is
+                # cancelled in the loop, as a cancelled async call would be
+                # (a job or monitor waited for is not taken). The thread's
+                # next calls get a new task rather than wait for that
+                # cancellation to unwind (an abort after Ctrl-C gets through).
                 self._local.seat = None
+                soon = self._soon
+                if soon is not None:
+                    with suppress(RuntimeError):  # the loop has stopped
+                        soon(box.cancel)
             raise
         finally:
             with self._counter_lock:

@@ -432,29 +432,15 @@ def test_leaving_with_an_error_stops_a_waiting_call_with_loop_not_running(backen
     assert loop.statistics().thread_tasks == 0
 
 
-def test_a_call_given_up_by_an_interrupt_does_not_hold_up_the_threads_next_calls(
-    loop: EventLoopThread,
-) -> None:
-    """A signal handler raising in the waiting thread (Ctrl-C) abandons the
-    call: it goes on in the loop, the thread's next calls run at once in a
-    new task of its own (an abort after Ctrl-C gets through), and the old
-    task ends when the abandoned call does."""
+def _interrupted(loop: EventLoopThread, inside: threading.Event, func: Any, *args: Any) -> None:
+    """Call ``func(*args)`` through ``loop`` and interrupt the wait (a
+    signal handler raising, as Ctrl-C does) once ``inside`` is set."""
 
     class Interrupted(Exception):
         pass
 
     def handler(signum: int, frame: object) -> None:
         raise Interrupted
-
-    inside = threading.Event()
-    release: list[anyio.Event] = []
-    finished: list[str] = []
-
-    async def slow() -> None:
-        release.append(anyio.Event())
-        inside.set()
-        await release[0].wait()
-        finished.append("the abandoned call")
 
     def poke(main: int) -> None:
         assert inside.wait(WAIT)
@@ -465,13 +451,83 @@ def test_a_call_given_up_by_an_interrupt_does_not_hold_up_the_threads_next_calls
         poker = threading.Thread(target=poke, args=(threading.get_ident(),))
         poker.start()
         with pytest.raises(Interrupted):
-            loop.call(slow)
+            func(*args)
         poker.join(WAIT)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert loop.call(_task_id) != 0  # not queued behind the abandoned call
+
+
+def test_a_call_given_up_by_an_interrupt_is_cancelled_and_holds_nothing_up(
+    loop: EventLoopThread,
+) -> None:
+    """A call whose thread stops waiting (a signal handler raised: Ctrl-C)
+    is cancelled in the loop, and the thread's next calls run at once in a
+    new task of its own while the old one unwinds and ends."""
+    inside = threading.Event()
+    unwound = threading.Event()
+    release = threading.Event()
+    seen: list[str] = []
+
+    async def slow() -> None:
+        inside.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            seen.append("cancelled")
+            with anyio.CancelScope(shield=True):  # a clean-up that takes a while
+                unwound.set()
+                await anyio.to_thread.run_sync(release.wait, abandon_on_cancel=False)
+            raise
+
+    _interrupted(loop, inside, loop.call, slow)
+    assert unwound.wait(WAIT)
+    assert loop.call(_task_id) != 0  # runs now, not after the clean-up
     assert loop.statistics().thread_tasks == 2
-    assert finished == []
-    loop.run_sync(release[0].set)
+    release.set()
     loop.call(_until_thread_tasks, loop, 1)
-    assert finished == ["the abandoned call"]
+    assert seen == ["cancelled"]
+
+
+def test_a_job_waited_for_by_an_interrupted_thread_is_not_taken(loop: EventLoopThread) -> None:
+    """Ctrl-C while a thread waits for a job leaves nothing behind: the wait
+    is cancelled in the loop, so the job is not begun when the domain frees
+    up (it would be held forever, by a thread that no longer waits)."""
+    bdom = BlockingDomain(loop, Domain("d", wait_timeout=WAIT))
+    waiting = threading.Event()
+
+    def until_waiting() -> None:
+        loop.call(_until_waiting, bdom.domain)
+        waiting.set()
+
+    holder_done = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with bdom.job(Job.MODIFY, owner="holder"):
+            threading.Thread(target=until_waiting).start()
+            assert release.wait(WAIT)
+        holder_done.set()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    loop.call(_until_held, bdom.domain)
+    _interrupted(loop, waiting, lambda: bdom.job(Job.QUERY, owner="waiter").__enter__())
+    loop.call(_until_no_waiters, bdom.domain)
+    release.set()
+    assert holder_done.wait(WAIT)
+    thread.join(WAIT)
+    assert bdom.info().idle
+    with bdom.job(Job.MODIFY, nowait=True):  # nothing left holding it
+        pass
+
+
+async def _until_held(domain: Domain) -> None:
+    with anyio.fail_after(WAIT):
+        while not domain.info().regular_jobs:
+            await anyio.lowlevel.checkpoint()
+
+
+async def _until_no_waiters(domain: Domain) -> None:
+    with anyio.fail_after(WAIT):
+        while domain.info().waiters:
+            await anyio.lowlevel.checkpoint()
