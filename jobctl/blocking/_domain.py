@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
+from contextlib import suppress
 from types import TracebackType
 from typing import Any, final
 
@@ -14,10 +15,12 @@ from jobctl._core import (
     DomainInfo,
     DomainStatistics,
     Job,
+    JobError,
     JobStateError,
     MonitorSession,
 )
 
+from ._errors import BlockingError
 from ._loop import EventLoopThread
 
 __all__ = ["BlockingDomain", "BlockingJob", "BlockingMonitor"]
@@ -171,8 +174,12 @@ class BlockingJob:
             )
         try:
             self._loop.call(self._job.__aenter__)
-        except BaseException:
-            self._release()
+        except BaseException as exc:
+            try:
+                if not isinstance(exc, JobError | BlockingError):
+                    _undo(self._loop, self._job.__aexit__)
+            finally:
+                self._release()
             raise
         self._entered = True
         return self
@@ -213,7 +220,12 @@ class BlockingMonitor:
         self._entered = False
 
     def __enter__(self) -> BlockingMonitor:
-        self._loop.call(self._session.__aenter__)
+        try:
+            self._loop.call(self._session.__aenter__)
+        except BaseException as exc:
+            if not isinstance(exc, JobError | BlockingError):
+                _undo(self._loop, self._session.__aexit__)
+            raise
         self._entered = True
         return self
 
@@ -230,3 +242,13 @@ class BlockingMonitor:
     def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """:meth:`jobctl.MonitorSession.execute`, blocking for the reply."""
         return self._loop.call(self._session.execute, command, arguments)
+
+
+def _undo(loop: EventLoopThread, exit: Any) -> None:
+    """After an entry that failed other than by the core's refusal or the
+    facade's (an interrupt, Ctrl-C, raised while the thread waited): leave what the
+    entry may still have taken in the loop (granted just before the
+    interrupt), so nothing stays held for a thread that no longer waits.
+    ``exit`` does nothing for what was not taken."""
+    with suppress(BlockingError, JobError):
+        loop.call(exit, None, None, None)

@@ -32,6 +32,7 @@ from jobctl.blocking import (
 )
 from jobctl.host import Command, CommandContext, CommandExecutor, Entity
 from jobctl.qemu import BackupTarget
+from jobctl.testing import ScriptedMonitor
 
 from ..qemu._hosts import OPTIONS, Hosts, hosts
 
@@ -531,3 +532,42 @@ async def _until_no_waiters(domain: Domain) -> None:
     with anyio.fail_after(WAIT):
         while domain.info().waiters:
             await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("what", ["job", "monitor"])
+def test_an_interrupt_just_after_the_grant_leaves_nothing_held(
+    loop: EventLoopThread, what: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C can land after the loop granted the job (or the monitor) and
+    before the thread woke to hear it: the entry then ends what it took, so
+    the domain is not left held by a thread that no longer waits."""
+
+    class Interrupted(Exception):
+        pass
+
+    bdom = BlockingDomain(loop, Domain("d", monitor=ScriptedMonitor()))
+    real_call = EventLoopThread.call
+
+    def granted_then_interrupted(self: EventLoopThread, func: Any, *args: Any) -> Any:
+        result = real_call(self, func, *args)
+        if getattr(func, "__name__", "") == "__aenter__" and what in repr(func).lower():
+            raise Interrupted
+        return result
+
+    if what == "job":
+        monkeypatch.setattr(EventLoopThread, "call", granted_then_interrupted)
+        with pytest.raises(Interrupted):
+            bdom.job(Job.MODIFY).__enter__()
+        monkeypatch.undo()
+        assert bdom.info().idle
+    else:
+        with bdom.job(Job.MODIFY) as job:
+            monkeypatch.setattr(EventLoopThread, "call", granted_then_interrupted)
+            with pytest.raises(Interrupted):
+                job.monitor().__enter__()
+            monkeypatch.undo()
+            assert bdom.info().monitor_holder is None
+            with job.monitor() as mon:  # free again
+                mon.execute("noop")
+    with bdom.job(Job.MODIFY, nowait=True):
+        pass
