@@ -193,3 +193,41 @@ async def serving(hub: TraceHub, **options: Any) -> AsyncIterator[FeedAddress]:
         async with anyio.create_task_group() as tg:
             yield await tg.start(partial(serve_feed, hub, **options))
             tg.cancel_scope.cancel()
+
+
+class _UnbufferedHalf(anyio.abc.ByteStream):
+    """One end of :func:`unbuffered_stream_pair`."""
+
+    def __init__(
+        self,
+        send: anyio.abc.ObjectSendStream[bytes],
+        receive: anyio.abc.ObjectReceiveStream[bytes],
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._left = b""
+
+    async def send(self, item: bytes) -> None:
+        await self._send.send(bytes(item))
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._left:
+            self._left = await self._receive.receive()
+        data, self._left = self._left[:max_bytes], self._left[max_bytes:]
+        return data
+
+    async def send_eof(self) -> None:
+        await self._send.aclose()
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def unbuffered_stream_pair() -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
+    """Two anyio byte streams joined with no buffer between them: a send
+    returns only once the other end has received it (asyncio's own sockets
+    take megabytes on loopback before a write waits; this one stalls at once)."""
+    a_send, b_receive = anyio.create_memory_object_stream[bytes](0)
+    b_send, a_receive = anyio.create_memory_object_stream[bytes](0)
+    return _UnbufferedHalf(a_send, a_receive), _UnbufferedHalf(b_send, b_receive)

@@ -48,6 +48,7 @@ from ._loopback import (
     server_opcodes,
     serving,
     status_of,
+    unbuffered_stream_pair,
     wait_until,
 )
 from ._support import connected, receive_events, receive_type, refusal, refused
@@ -384,6 +385,28 @@ async def test_on_loopback_a_client_that_reads_its_101_and_nothing_more_is_cut_o
             assert (stats.clients, stats.unresponsive, stats.evicted) == (0, 1, 0)
             with anyio.fail_after(10):
                 await read_until_closed(stream)  # closed by the feed
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio's: the lockstep test above
+async def test_in_asyncio_a_client_that_reads_its_101_and_nothing_more_is_cut_off(
+    anyio_backend: Any,
+) -> None:
+    """The rule of the lockstep test above, for the asyncio backend: over a
+    stream with no buffer, the server's first frame after the 101 (the hello
+    or the first ping) stalls, holding the connection's send lock; the ping,
+    stalled or waiting for that lock, is bounded by the ping timeout, so the
+    client is still cut off."""
+    with Feed(TraceHub(), ping_interval=0.2, ping_timeout=0.3) as feed:
+        server, peer = unbuffered_stream_pair()
+        with anyio.fail_after(10):  # not cut off, it would hang
+            async with peer, anyio.create_task_group() as tg:
+                tg.start_soon(feed.handle_stream, server)
+                await peer.send(HANDSHAKE)
+                assert status_of(await read_head(peer)) == 101
+                await wait_until(lambda: feed.statistics().clients == 1)
+                # handle_stream returns: the ping went unanswered for ping_timeout.
+        stats = feed.statistics()
+        assert (stats.clients, stats.unresponsive, stats.connection_errors) == (0, 1, 0)
 
 
 @both
