@@ -169,6 +169,15 @@ def peeked(stream: anyio.abc.SocketStream) -> bytes:
             return b""
 
 
+def send_at_once(streams: Sequence[anyio.abc.SocketStream], data: bytes) -> None:
+    """Send ``data`` on every stream in one step, with no checkpoint between:
+    the server finds them all waiting together."""
+    for stream in streams:
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        with socket.socket(fileno=os.dup(raw.fileno())) as dup:
+            assert dup.send(data, socket.MSG_DONTWAIT) == len(data)
+
+
 def server_opcodes(data: bytes) -> list[int]:
     """The opcodes of the whole (unmasked) frames after an HTTP head."""
     _, _, frames = data.partition(b"\r\n\r\n")

@@ -45,6 +45,7 @@ from ._loopback import (
     raw_refusal,
     read_head,
     read_until_closed,
+    send_at_once,
     server_opcodes,
     serving,
     status_of,
@@ -434,7 +435,7 @@ async def test_on_loopback_a_full_feed_of_responsive_clients_still_refuses(
 async def test_on_loopback_handshakes_finishing_together_do_not_exceed_max_clients(
     anyio_backend: Any,
 ) -> None:
-    """Two complete handshakes sent in one burst to a feed with one slot: one
+    """Two complete handshakes sent in one step to a feed with one slot: one
     gets 101, the other 503, and the feed never counts two clients (a slot is
     taken in the same step as the check). The handshake time is shorter than
     UNRESPONSIVE_AFTER, so the second cannot wait to drop the first."""
@@ -460,8 +461,7 @@ async def test_on_loopback_handshakes_finishing_together_do_not_exceed_max_clien
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch)
                 async with anyio.create_task_group() as answers:
-                    for stream in streams:
-                        await stream.send(HANDSHAKE)
+                    send_at_once(streams, HANDSHAKE)
                     for stream in streams:
                         answers.start_soon(answer, stream)
                 tg.cancel_scope.cancel()
