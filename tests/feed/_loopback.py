@@ -204,7 +204,7 @@ async def serving(hub: TraceHub, **options: Any) -> AsyncIterator[FeedAddress]:
             tg.cancel_scope.cancel()
 
 
-class _UnbufferedHalf(anyio.abc.ByteStream):
+class UnbufferedStream(anyio.abc.ByteStream):
     """One end of :func:`unbuffered_stream_pair`."""
 
     def __init__(
@@ -228,15 +228,20 @@ class _UnbufferedHalf(anyio.abc.ByteStream):
     async def send_eof(self) -> None:
         await self._send.aclose()
 
+    async def stop_receiving(self) -> None:
+        """Close this end for reading only: the other end's sends fail
+        (as a reset connection's do), its receives still wait."""
+        await self._receive.aclose()
+
     async def aclose(self) -> None:
         await self._send.aclose()
         await self._receive.aclose()
 
 
-def unbuffered_stream_pair() -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
+def unbuffered_stream_pair() -> tuple[UnbufferedStream, UnbufferedStream]:
     """Two anyio byte streams joined with no buffer between them: a send
     returns only once the other end has received it (asyncio's own sockets
     take megabytes on loopback before a write waits; this one stalls at once)."""
     a_send, b_receive = anyio.create_memory_object_stream[bytes](0)
     b_send, a_receive = anyio.create_memory_object_stream[bytes](0)
-    return _UnbufferedHalf(a_send, a_receive), _UnbufferedHalf(b_send, b_receive)
+    return UnbufferedStream(a_send, a_receive), UnbufferedStream(b_send, b_receive)

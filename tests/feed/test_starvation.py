@@ -410,6 +410,31 @@ async def test_in_asyncio_a_client_that_reads_its_101_and_nothing_more_is_cut_of
         assert (stats.clients, stats.unresponsive, stats.connection_errors) == (0, 1, 0)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio-websocket's close does the same
+async def test_in_asyncio_a_client_gone_when_the_feed_shuts_down_is_no_feed_failure(
+    anyio_backend: Any,
+) -> None:
+    """The feed shuts down (its task is cancelled) while a client's
+    connection is already broken, unbeknown to the feed: the close frame
+    cannot go out. That is the client gone, not a failure of the feed's own:
+    nothing is logged or counted as one (the storm asserts there are none)."""
+    with Feed(TraceHub(), ping_interval=30, ping_timeout=30) as feed:
+        server, peer = unbuffered_stream_pair()
+        with anyio.fail_after(10):
+            async with peer, anyio.create_task_group() as tg:
+                tg.start_soon(feed.handle_stream, server)
+                await peer.send(HANDSHAKE)
+                data = await read_head(peer)
+                # The hello, the snapshot and the first ping: then the feed
+                # has nothing to send, and waits.
+                while sorted(server_opcodes(data)) != [0x1, 0x1, PING_OPCODE]:
+                    data += await peer.receive()
+                await peer.stop_receiving()  # the feed's next send fails
+                tg.cancel_scope.cancel()
+        stats = feed.statistics()
+        assert (stats.clients, stats.accepted, stats.connection_errors) == (0, 1, 0)
+
+
 @both
 async def test_on_loopback_a_full_feed_of_responsive_clients_still_refuses(
     anyio_backend: Any,
