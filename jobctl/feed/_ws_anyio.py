@@ -156,12 +156,13 @@ class _Connection:
         await waiter.wait()
 
     async def aclose(self, code: int, reason: str) -> None:
-        """Send a close frame, then read until the client's answers (or it goes)."""
+        """Send a close frame, then read until the client's answers (or it
+        goes: before the close frame could go out, too, as in trio-websocket)."""
         if self.close_code is not None or self._ws.state is not ConnectionState.OPEN:
             return
         self.close_code = code
-        await self._send(CloseConnection(code=code, reason=reason))
         try:
+            await self._send(CloseConnection(code=code, reason=reason))
             while not isinstance(await self.next_event(), CloseConnection):
                 pass
         except ConnectionGone:

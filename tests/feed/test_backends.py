@@ -10,92 +10,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 
 from jobctl import TraceHub, TraceKind
-from jobctl.feed import Feed, FeedAddress, FeedBackendError, serve_feed
+from jobctl.feed import Feed, FeedBackendError, serve_feed
+
+from ._loopback import anyio_backend_name, client, raw_exchange, serving
+from ._loopback import raw_refusal as refusal
 
 
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
-
-
-class Client:
-    """A websocket client of either backend: JSON messages in, text out."""
-
-    def __init__(self, recv: Any, send: Any) -> None:
-        self._recv = recv
-        self.send = send
-
-    async def receive(self) -> dict[str, Any]:
-        message = json.loads(await self._recv())
-        assert isinstance(message, dict)
-        return message
-
-    async def receive_type(self, kind: str) -> dict[str, Any]:
-        message = await self.receive()
-        assert message["type"] == kind, message
-        return message
-
-
-@asynccontextmanager
-async def client(url: str, headers: Sequence[tuple[str, str]] = ()) -> AsyncIterator[Client]:
-    if anyio_backend_name() == "trio":
-        from trio_websocket import open_websocket_url
-
-        extra = [(k.encode(), v.encode()) for k, v in headers]
-        async with open_websocket_url(url, extra_headers=extra) as ws:
-            yield Client(ws.get_message, ws.send_message)
-    else:
-        from websockets.asyncio.client import connect
-
-        async with connect(url, additional_headers=list(headers)) as ws:
-            yield Client(ws.recv, ws.send)
-
-
-def anyio_backend_name() -> str:
-    import sniffio
-
-    return sniffio.current_async_library()
-
-
-async def refusal(port: int, path: str = "/feed", headers: str = "") -> tuple[int, bytes]:
-    """A raw websocket handshake's answer: status and body."""
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
-    )
-    return await raw_exchange(port, request.encode())
-
-
-async def raw_exchange(port: int, data: bytes) -> tuple[int, bytes]:
-    """Send ``data``, read to the end: the HTTP status and body."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(data)
-        response = b""
-        try:
-            while True:
-                response += await stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            pass
-    status_line, _, rest = response.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
-
-
-@asynccontextmanager
-async def serving(hub: TraceHub, **options: Any) -> AsyncIterator[FeedAddress]:
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            yield await tg.start(partial(serve_feed, hub, **options))
-            tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio

@@ -1,4 +1,5 @@
-"""serve_feed over real loopback sockets, and the ``jobctl serve`` options."""
+"""serve_feed over real loopback sockets (in trio and in asyncio), and the
+``jobctl serve`` options."""
 
 from __future__ import annotations
 
@@ -11,40 +12,37 @@ import sys
 from functools import partial
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
 from jobctl import TraceHub, TraceKind
 from jobctl.cli import build_parser, main
 from jobctl.feed import FeedAddress, FeedConfigError, check_listen, serve_feed
 
-from ._support import refused
+from ._loopback import BOTH, client, raw_exchange, raw_refusal
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def anyio_backend() -> Any:
-    return "trio"  # real sockets: the real clock
+    """Real sockets, the real clock: trio, unless a test runs in both loops
+    (``BOTH``): ``jobctl serve`` itself runs in trio."""
+    return "trio"
 
 
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        response = b""
-        while chunk := await stream.receive_some():
-            response += chunk
-    status_line, _, rest = response.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+    return await raw_exchange(port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
 
 
-async def test_the_page_and_the_feed_on_loopback() -> None:
+@pytest.mark.parametrize("anyio_backend", BOTH)
+async def test_the_page_and_the_feed_on_loopback(anyio_backend: Any) -> None:
     hub = TraceHub()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(partial(serve_feed, hub))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            address = await tg.start(partial(serve_feed, hub))
             assert address.host == "127.0.0.1"
             assert address.page_url == f"http://127.0.0.1:{address.http_port}/"
             assert address.ws_url == f"ws://127.0.0.1:{address.ws_port}/feed"
@@ -59,36 +57,35 @@ async def test_the_page_and_the_feed_on_loopback() -> None:
                 "ws_path": "/feed",
                 "token_required": False,
             }
-            # trio-websocket answers plain HTTP on its own port with 400.
+            # Plain HTTP on the websocket's own port gets 400.
             assert (await http_get(address.ws_port, "/"))[0] == 400
 
-            page = [(b"Origin", f"http://127.0.0.1:{address.http_port}".encode())]
-            async with open_websocket_url(address.ws_url, extra_headers=page) as ws:
-                assert json.loads(await ws.get_message())["type"] == "hello"
-                assert json.loads(await ws.get_message())["type"] == "snapshot"
+            page = [("Origin", f"http://127.0.0.1:{address.http_port}")]
+            async with client(address.ws_url, page) as ws:
+                await ws.receive_type("hello")
+                await ws.receive_type("snapshot")
                 hub.emit("vm", TraceKind.GATE_OPEN)
-                (event,) = json.loads(await ws.get_message())["events"]
+                (event,) = (await ws.receive_type("events"))["events"]
                 assert (event["domain"], event["kind"]) == ("vm", "gate.open")
 
-            evil = [(b"Origin", b"http://evil.example")]
-            stream = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
-            assert (await refused(stream, headers=evil)).status_code == 403
-            nursery.cancel_scope.cancel()
+            evil = "Origin: http://evil.example\r\n"
+            assert (await raw_refusal(address.ws_port, headers=evil))[0] == 403
+            tg.cancel_scope.cancel()
     assert not hub.active  # the feed let go of the hub
 
 
-async def test_with_a_token() -> None:
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(partial(serve_feed, TraceHub(), token="s3cret"))
-            assert json.loads((await http_get(address.http_port, "/config.json"))[1])[
-                "token_required"
-            ]
-            stream = await trio.open_tcp_stream("127.0.0.1", address.ws_port)
-            assert (await refused(stream)).status_code == 403
-            async with open_websocket_url(address.ws_url + "?token=s3cret") as ws:
-                assert json.loads(await ws.get_message())["type"] == "hello"
-            nursery.cancel_scope.cancel()
+@pytest.mark.parametrize("anyio_backend", BOTH)
+async def test_with_a_token(anyio_backend: Any) -> None:
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            address = await tg.start(partial(serve_feed, TraceHub(), token="s3cret"))
+            config = json.loads((await http_get(address.http_port, "/config.json"))[1])
+            assert config["token_required"]
+            assert (await raw_refusal(address.ws_port))[0] == 403
+            assert (await raw_refusal(address.ws_port, path="/feed?token=wrong"))[0] == 403
+            async with client(address.ws_url + "?token=s3cret") as ws:
+                await ws.receive_type("hello")
+            tg.cancel_scope.cancel()
 
 
 async def test_off_loopback_without_a_token_is_refused_before_listening() -> None:
@@ -96,14 +93,14 @@ async def test_off_loopback_without_a_token_is_refused_before_listening() -> Non
         await serve_feed(TraceHub(), host="0.0.0.0")
 
 
-async def test_a_busy_port_is_an_error_and_leaks_nothing() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    try:
+@pytest.mark.parametrize("anyio_backend", BOTH)
+async def test_a_busy_port_is_an_error_and_leaks_nothing(anyio_backend: Any) -> None:
+    """The page's port is taken: serve_feed raises, after closing the
+    websocket's listener it had opened (an unclosed one would warn: an error)."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as taken:
+        port = taken.extra(anyio.abc.SocketAttribute.local_port)
         with pytest.raises(OSError):
             await serve_feed(TraceHub(), http_port=port)
-    finally:
-        await listeners[0].aclose()
 
 
 @pytest.mark.parametrize(
