@@ -692,7 +692,7 @@ async def test_the_command_line_limits_reach_a_feed_in_either_event_loop(
     takes the same options (``feed_options``) gets the same limits. Each is
     seen at work: a default would fail the check (buffer 1024, one of 64
     slots, 3 s to shake hands, a pool of 64, 10 s to answer a ping)."""
-    argv = "serve --port 0 --feed-port 0 --max-clients 1 --buffer 7 --handshake-timeout 1"
+    argv = "serve --port 0 --feed-port 0 --max-clients 1 --buffer 7 --handshake-timeout 0.5"
     argv += " --max-handshakes 3 --ping-interval 0.2 --ping-timeout 0.3"
     options = feed_options(build_parser().parse_args(argv.split()))
     async with serving(TraceHub(), **options) as address:
@@ -707,7 +707,7 @@ async def test_the_command_line_limits_reach_a_feed_in_either_event_loop(
                 assert (status, b"at most 1)" in body) == (503, True)
                 tg.cancel_scope.cancel()
         await wait_until(lambda: feed.statistics().clients == 0)
-        # A silent connection is cut after 1 s: well within the default's 3 s.
+        # A silent connection is cut after 0.5 s: well within the default's 3 s.
         async with await anyio.connect_tcp("127.0.0.1", address.ws_port) as silent:
             with anyio.fail_after(2.5):
                 assert await read_until_closed(silent) == b""
