@@ -13,7 +13,7 @@ import gc
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -244,9 +244,15 @@ def test_jobs_do_not_nest_in_a_thread(loop: EventLoopThread) -> None:
     assert bdom.info().idle
 
 
+async def _until(holds: Callable[[], bool]) -> None:
+    """Wait in the loop, checkpoint by checkpoint, until ``holds()``."""
+    with anyio.fail_after(WAIT):
+        while not holds():
+            await anyio.lowlevel.checkpoint()
+
+
 async def _until_waiting(domain: Domain) -> None:
-    while not domain.info().waiters:
-        await anyio.lowlevel.checkpoint()
+    await _until(lambda: bool(domain.info().waiters))
 
 
 def test_a_stopped_loop_refuses_calls() -> None:
@@ -341,12 +347,6 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def _until_thread_tasks(loop: EventLoopThread, count: int) -> None:
-    with anyio.fail_after(WAIT):
-        while loop.statistics().thread_tasks != count:
-            await anyio.lowlevel.checkpoint()
-
-
 def test_a_thread_that_ends_leaves_no_task_and_no_descriptor(loop: EventLoopThread) -> None:
     """Each caller thread's task ends after the thread does, and its pipes
     are closed: 32 threads come and go, the loop is left as it was."""
@@ -368,10 +368,10 @@ def test_a_thread_that_ends_leaves_no_task_and_no_descriptor(loop: EventLoopThre
         for thread in threads:
             thread.join(WAIT)
     gc.collect()
-    loop.call(_until_thread_tasks, loop, 1)
+    loop.call(_until, lambda: loop.statistics().thread_tasks == 1)
     gc.collect()
     assert _open_descriptors() == before
-    assert loop.statistics().calls == 1 + 32 * 3 + 1  # + _until_thread_tasks
+    assert loop.statistics().calls == 1 + 32 * 3 + 1  # + the _until
 
 
 def test_a_cancellation_raised_inside_a_call_ends_only_that_threads_task() -> None:
@@ -485,7 +485,7 @@ def test_a_call_given_up_by_an_interrupt_is_cancelled_and_holds_nothing_up(
     assert loop.call(_task_id) != 0  # runs now, not after the clean-up
     assert loop.statistics().thread_tasks == 2
     release.set()
-    loop.call(_until_thread_tasks, loop, 1)
+    loop.call(_until, lambda: loop.statistics().thread_tasks == 1)
     assert seen == ["cancelled"]
 
 
@@ -511,27 +511,15 @@ def test_a_job_waited_for_by_an_interrupted_thread_is_not_taken(loop: EventLoopT
 
     thread = threading.Thread(target=holder)
     thread.start()
-    loop.call(_until_held, bdom.domain)
+    loop.call(_until, lambda: bool(bdom.domain.info().regular_jobs))
     _interrupted(loop, waiting, lambda: bdom.job(Job.QUERY, owner="waiter").__enter__())
-    loop.call(_until_no_waiters, bdom.domain)
+    loop.call(_until, lambda: not bdom.domain.info().waiters)
     release.set()
     assert holder_done.wait(WAIT)
     thread.join(WAIT)
     assert bdom.info().idle
     with bdom.job(Job.MODIFY, nowait=True):  # nothing left holding it
         pass
-
-
-async def _until_held(domain: Domain) -> None:
-    with anyio.fail_after(WAIT):
-        while not domain.info().regular_jobs:
-            await anyio.lowlevel.checkpoint()
-
-
-async def _until_no_waiters(domain: Domain) -> None:
-    with anyio.fail_after(WAIT):
-        while domain.info().waiters:
-            await anyio.lowlevel.checkpoint()
 
 
 @pytest.mark.parametrize("what", ["job", "monitor"])
