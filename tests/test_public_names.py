@@ -53,6 +53,10 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     # _queue.py and selects the core's tests, and these paths are otherwise
     # reached only through jobctl.host's lockers, outside that selection.
     "tests/core/test_queue.py": frozenset({"jobctl._core._queue.WaitQueue"}),
+    # A caller's direct write that the socket takes only in part: no socket
+    # buffer is smaller than the 4 KiB the client writes directly, so the
+    # test raises that limit to reach the writer's finishing of the rest.
+    "tests/qmp/test_client.py": frozenset({"jobctl.qmp._client"}),
     # The layering test compares jobctl's lazy exports with the core's own.
     "tests/test_architecture.py": frozenset({"jobctl._core"}),
     # Which stage bounds a restore, at the edges (ties, fewer fetches than

@@ -5,8 +5,15 @@ the client, run the connection:
 
 * the *reader* parses every incoming line and routes it: a reply wakes the
   call with its id, an event goes to the subscriptions without ever waiting;
-* the *writer* writes queued commands. Callers never touch the stream, so a
-  caller's cancellation never interrupts a write half-way.
+* the *writer* writes queued commands. A caller never awaits a write, so
+  its cancellation never interrupts one half-way.
+
+On a plain socket (:mod:`jobctl.qmp._socket`) the reader reads the socket
+itself, and a caller whose command finds nothing in flight and nothing
+queued writes it there at once, without an await (every earlier command was
+read by the peer, so it fits the socket's buffer; what would not fit goes to
+the writer first): one task switch per command instead of three, the same
+order on the wire. ``statistics().direct_writes`` counts them.
 
 A command whose caller gives up (cancelled, ``timeout=``) after the writer
 took it stays in flight as an *orphan*: the writer writes nothing more until
@@ -62,6 +69,7 @@ from jobctl.qmp._events import EventFilter, EventHub, EventListener, EventSubscr
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting, parse_greeting
 from jobctl.qmp._show import show
+from jobctl.qmp._socket import SocketReceiver, plain_socket
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -86,6 +94,10 @@ DEFAULT_MAX_BUFFER: Final = 256
 #: (the greeting, a ``QMP`` member, comes first and only then). Other
 #: members are ignored, as the QMP specification asks of clients.
 _KINDS: Final = frozenset({"return", "error", "event"})
+
+#: Largest command a caller writes on the socket itself (far under any
+#: socket's send buffer); longer ones go through the writer.
+_DIRECT_BYTES: Final = 4096
 
 
 class _State(enum.Enum):
@@ -126,9 +138,13 @@ class QMPStatistics:
     of them by callers that gave up; ``queued`` wait to be written (behind an
     orphan, or for the writer's next turn). ``stray_errors`` counts error
     replies without an id that came while no command was in flight.
+    ``direct_writes`` of the ``commands_sent`` were written by their caller
+    itself, on a plain socket with nothing in flight (no task switch to the
+    writer); the others went through the writer task.
     """
 
     commands_sent: int
+    direct_writes: int
     replies: int
     events: int
     events_dropped: int
@@ -152,7 +168,16 @@ class QMPClient:
 
     def __init__(self, stream: AnyByteStream, *, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._stream = stream
-        self._lines = LineReader(stream, max_line)
+        #: The stream's own socket, read directly and written by a caller
+        #: when the line is clear (see :meth:`_send_now`); None for a stream
+        #: that is not a plain socket (in memory, TLS, an asyncio transport's).
+        self._socket = plain_socket(stream)
+        #: What a direct write left unwritten (the socket was full): the
+        #: writer writes it before anything else.
+        self._rest = b""
+        self._lines = LineReader(
+            stream if self._socket is None else SocketReceiver(self._socket), max_line
+        )
         self._events = EventHub()
         self._greeting: QMPGreeting | None = None
         self._greeted = anyio.Event()
@@ -164,6 +189,7 @@ class QMPClient:
         self._closed: tuple[type[QMPClosedError], str] | None = None
         self._running = False
         self._commands_sent = 0
+        self._direct_writes = 0
         self._replies = 0
         self._stray_errors = 0
 
@@ -185,6 +211,7 @@ class QMPClient:
         """
         return QMPStatistics(
             commands_sent=self._commands_sent,
+            direct_writes=self._direct_writes,
             replies=self._replies,
             events=self._events.events,
             events_dropped=self._events.dropped,
@@ -266,8 +293,16 @@ class QMPClient:
             raise self._closed_error()
         if not self._running:
             raise RuntimeError("QMPClient is not running: get one from open_qmp_unix() & co.")
-        self._outbox.append(call)
-        self._writer_wake.set()
+        if (
+            self._socket is not None
+            and not self._in_flight
+            and not self._outbox
+            and len(call.payload) <= _DIRECT_BYTES
+        ):
+            self._send_now(call)
+        else:
+            self._outbox.append(call)
+            self._writer_wake.set()
         try:
             await call.done.wait()
         except BaseException:
@@ -278,6 +313,30 @@ class QMPClient:
                 self._orphans += 1
             raise
         return self._reply_of(call)
+
+    def _send_now(self, call: _Call) -> None:
+        """Write ``call`` on the socket at once, without an await, so
+        nothing can interrupt it half-way and no task switch is spent on the
+        writer. Only when nothing is in flight and nothing queued: everything
+        written before has been read by the peer (each had its reply), so the
+        socket's buffer is empty and ``payload`` (at most
+        :data:`_DIRECT_BYTES`) fits; what did not fit all the same goes to
+        the writer, which writes it before anything else."""
+        assert self._socket is not None
+        call.state = _SENT
+        self._in_flight[call.id] = call
+        self._commands_sent += 1
+        self._direct_writes += 1
+        try:
+            sent = self._socket.send(call.payload)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close(QMPClosedError, f"QMP connection failed while writing: {_why(exc)}")
+            return
+        if sent < len(call.payload):
+            self._rest = call.payload[sent:]
+            self._writer_wake.set()
 
     def _reply_of(self, call: _Call) -> dict[str, Any]:
         if call.reply is None:
@@ -305,6 +364,10 @@ class QMPClient:
         outbox = self._outbox
         try:
             while self._closed is None:
+                if self._rest:
+                    rest, self._rest = self._rest, b""
+                    await send(rest)
+                    continue
                 if self._orphans or not outbox:
                     self._writer_wake = anyio.Event()
                     await self._writer_wake.wait()

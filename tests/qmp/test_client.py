@@ -81,6 +81,7 @@ async def test_greeting_negotiation_and_commands() -> None:
     assert requests[0]["id"] != requests[1]["id"]
     assert statistics == QMPStatistics(
         commands_sent=3,
+        direct_writes=3,  # one at a time on a unix socket: each caller wrote its own
         replies=3,
         events=0,
         events_dropped=0,
@@ -614,7 +615,12 @@ async def test_reset_fails_every_waiter() -> None:
         errors = await _run_three(client)
         assert len(errors) == 3
         assert {type(e) for e in errors} == {QMPClosedError}
-        assert all("ConnectionResetError" in str(e) for e in errors), errors
+        # The read sees the reset, or a write (a caller's own, on a clear
+        # line) sees the socket broken first: either names it.
+        assert len({str(e) for e in errors}) == 1, errors
+        assert all(
+            "ConnectionResetError" in str(e) or "BrokenPipeError" in str(e) for e in errors
+        ), errors
 
 
 async def test_stream_ending_inside_a_message() -> None:
@@ -867,3 +873,134 @@ async def test_cancelled_caller_does_not_disturb_the_connection() -> None:
         cancelled.set()
         assert await client.execute("after") == "after"
         assert client.statistics().orphaned == 0
+
+
+# -- a caller's own write, on a plain socket -----------------------------------
+
+
+async def test_a_command_on_a_clear_line_is_written_by_its_caller() -> None:
+    """One at a time, each caller writes its own command; a second caller
+    while one is in flight goes through the writer, and both are answered."""
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        await peer.reply(await peer.expect("alone"), 1)
+        first, second = await peer.receive(), await peer.receive()
+        await peer.reply(second, second["arguments"]["n"])
+        await peer.reply(first, first["arguments"]["n"])
+        await peer.expect_eof()
+
+    async with fake_qmp(script) as path, open_qmp_unix(path) as client:
+        assert client.statistics().direct_writes == 1  # qmp_capabilities
+        assert await client.execute("alone") == 1
+        assert client.statistics().direct_writes == 2
+        results: dict[int, Any] = {}
+
+        async def run(n: int) -> None:
+            results[n] = await client.execute("echo", {"n": n})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, 1)
+            tg.start_soon(run, 2)
+        assert results == {1: 1, 2: 2}
+        statistics = client.statistics()
+        assert (statistics.commands_sent, statistics.direct_writes) == (4, 3)
+
+
+async def test_no_command_is_written_directly_past_an_orphan() -> None:
+    """An orphan is in flight: the next caller's command waits for its
+    reply (through the writer), as one command in flight requires."""
+    queued = anyio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        slow = await peer.expect("slow")
+        await queued.wait()
+        assert not peer.has_pending()  # "next" is held back
+        await peer.reply(slow)
+        await peer.reply(await peer.expect("next"), "next")
+        await peer.expect_eof()
+
+    async with fake_qmp(script) as path, open_qmp_unix(path) as client:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_when_blocked, scope)
+                await client.execute("slow")
+        assert client.statistics().orphaned == 1
+        results: list[Any] = []
+
+        async def after() -> None:
+            results.append(await client.execute("next"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(after)
+            await anyio.wait_all_tasks_blocked()
+            assert client.statistics().queued == 1
+            queued.set()
+        assert results == ["next"]
+        statistics = client.statistics()
+        assert (statistics.commands_sent, statistics.direct_writes) == (3, 2)
+
+
+async def test_what_a_direct_write_leaves_the_writer_writes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A command longer than the socket's buffer (only with the limit on
+    direct writes raised: 4 KiB always fits) is written in part by its
+    caller and the rest by the writer, before anything queued after it."""
+    import socket
+
+    from anyio.abc import SocketAttribute
+
+    import jobctl.qmp._client as client_module
+
+    monkeypatch.setattr(client_module, "_DIRECT_BYTES", MAX_COMMAND_BYTES)
+    big = "x" * 300_000
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        request = await peer.expect("big")
+        assert request["arguments"] == {"blob": big}
+        after = await peer.expect("after")
+        await peer.reply(request, len(request["arguments"]["blob"]))
+        await peer.reply(after, "after")
+        await peer.expect_eof()
+
+    async with fake_qmp(script) as path:
+        stream = await anyio.connect_unix(path)
+        sock = stream.extra(SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel's minimum
+        async with open_qmp_stream(stream) as client:
+            results: list[Any] = []
+
+            async def after() -> None:
+                await anyio.wait_all_tasks_blocked()
+                results.append(await client.execute("after"))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(after)
+                    results.append(await client.execute("big", {"blob": big}))
+            assert sorted(map(str, results)) == ["300000", "after"]
+            assert client.statistics().direct_writes == 2  # capabilities, big
+
+
+async def test_memory_streams_go_through_the_writer() -> None:
+    to_server, from_client = anyio.create_memory_object_stream[bytes](10)
+    to_client, from_server = anyio.create_memory_object_stream[bytes](10)
+
+    async def server() -> None:
+        async with to_client, from_client:
+            await to_client.send(json.dumps(GREETING).encode() + b"\r\n")
+            for _ in range(2):
+                request = json.loads(await from_client.receive())
+                await to_client.send(
+                    json.dumps({"return": 7, "id": request["id"]}).encode() + b"\n"
+                )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server)
+        async with open_qmp_stream(StapledObjectStream(to_server, from_server)) as client:
+            assert await client.execute("seven") == 7
+            statistics = client.statistics()
+            assert (statistics.commands_sent, statistics.direct_writes) == (2, 0)
