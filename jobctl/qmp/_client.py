@@ -12,8 +12,10 @@ On a plain socket (:mod:`jobctl.qmp._socket`) the reader reads the socket
 itself, and a caller whose command finds nothing in flight and nothing
 queued writes it there at once, without an await (every earlier command was
 read by the peer, so it fits the socket's buffer; what would not fit goes to
-the writer first): one task switch per command instead of three, the same
-order on the wire. ``statistics().direct_writes`` counts them.
+the writer first): two turns of the event loop per command (the reader
+woken by the reply, then the caller) instead of five (also the writer's
+wake-up, and trio's checkpoints after a send and a receive), the same order
+on the wire. ``statistics().direct_writes`` counts them.
 
 A command whose caller gives up (cancelled, ``timeout=``) after the writer
 took it stays in flight as an *orphan*: the writer writes nothing more until
