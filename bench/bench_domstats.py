@@ -105,7 +105,9 @@ def _floor_client(path: str) -> None:
     Connects to ``path``, negotiates, prints ``ready``, waits for ``go`` on
     stdin, then loops over domstats' commands until stdin closes or QEMU
     goes away, and prints its samples and the CPU time it spent sampling as
-    JSON: ``{"samples": [[start, seconds], ...], "cpu": seconds}``
+    JSON: ``{"samples": [[start, seconds], ...], "cpu": seconds, "waited": seconds}``
+    (``waited``: the time it was ready to run but waited for a CPU, from
+    ``/proc/thread-self/schedstat``)
     (``start`` on ``time.monotonic()``, which every process shares).
     Self-contained: it is run from its source text, with nothing imported
     but the standard library.
@@ -144,8 +146,15 @@ def _floor_client(path: str) -> None:
         json.dumps({"execute": name}).encode() + b"\n"
         for name in ("query-status", "query-blockstats", "query-migrate")
     ]
+
+    def waited() -> float:
+        # Seconds this thread has spent runnable but waiting for a CPU.
+        with open("/proc/thread-self/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+
     samples: list[tuple[float, float]] = []
     cpu = time.process_time()
+    wait = waited()
     try:
         while not select.select([0], [], [], 0)[0]:  # stdin closed: stop
             began = time.monotonic()
@@ -156,8 +165,16 @@ def _floor_client(path: str) -> None:
     except (EOFError, OSError):
         pass  # the source QEMU quit at the end of the migration
     cpu = time.process_time() - cpu
-    sys.stdout.write(json.dumps({"samples": samples, "cpu": cpu}))
+    wait = waited() - wait
+    sys.stdout.write(json.dumps({"samples": samples, "cpu": cpu, "waited": wait}))
     sys.stdout.flush()
+
+
+def waited() -> float:
+    """Seconds the calling thread has spent ready to run but waiting for a
+    CPU (the second field of ``/proc/thread-self/schedstat``)."""
+    with open("/proc/thread-self/schedstat") as stat:
+        return int(stat.read().split()[1]) / 1e9
 
 
 def floor_script() -> str:
@@ -191,6 +208,11 @@ class Run:
     cpu: float = 0.0
     #: CPU seconds the floor client spent sampling (floor migrations)
     client_cpu: float = 0.0
+    #: seconds the bench's event loop thread was ready to run but waited for
+    #: a CPU during the migration (the kernel's run-queue wait)
+    waited: float = 0.0
+    #: the same for the floor client while it sampled (floor migrations)
+    client_waited: float = 0.0
 
     @property
     def summary(self) -> LatencySummary:
@@ -321,6 +343,7 @@ async def floor_migration(
     measured = json.loads(output)
     run.samples = [(float(began), float(latency)) for began, latency in measured["samples"]]
     run.client_cpu = float(measured["cpu"])
+    run.client_waited = float(measured["waited"])
     return result
 
 
@@ -375,6 +398,7 @@ async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
                     run = Run(number, kind, here.name)
                     runs.append(run)
                     cpu = time.process_time()
+                    wait = waited()
                     try:
                         result = await migrate_once(run, here, there, options, script)
                     except (FlowError, QMPError, RuntimeError, TimeoutError) as exc:
@@ -382,6 +406,7 @@ async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
                         runs.pop()
                         break
                     run.cpu = time.process_time() - cpu
+                    run.waited = waited() - wait
                     run.duration = result.duration
                     run.downtime_ms = result.progress.downtime
                     run.closed_ms = result.closed.outside_monitor * 1000
@@ -490,6 +515,28 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
             "CPU per sample: jobctl (the bench process's CPU in a jobctl migration minus the"
             f" flow's alone in its paired floor one) {spread(mine_cpu, scale=1e6, unit=' µs')},"
             f" floor client {spread(floor_cpu, scale=1e6, unit=' µs')}"
+        )
+    mine_wait = [mine.waited / mine.summary.count for mine, _ in pairs if mine.summary.count]
+    floor_wait = [
+        floor.client_waited / floor.summary.count for _, floor in pairs if floor.summary.count
+    ]
+    mine_share = [
+        mine.waited / total
+        for mine, _ in pairs
+        if (total := sum(latency for _, latency in mine.samples))
+    ]
+    floor_share = [
+        floor.client_waited / total
+        for _, floor in pairs
+        if (total := sum(latency for _, latency in floor.samples))
+    ]
+    if mine_wait and floor_wait:
+        print(
+            "waiting for a CPU (run-queue wait, /proc/thread-self/schedstat) per sample: jobctl"
+            f" (the bench's loop thread, flow included) {spread(mine_wait, scale=1e6, unit=' µs')}"
+            f" = {spread(mine_share, scale=100, digits=1, unit='%')} of its sampling time,"
+            f" floor client {spread(floor_wait, scale=1e6, unit=' µs')}"
+            f" = {spread(floor_share, scale=100, digits=1, unit='%')}"
         )
     print()
     for name, ratios in (("p99", p99s), ("max", maxes)):
