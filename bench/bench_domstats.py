@@ -41,7 +41,9 @@ Then per kind min / median / max over migrations, and per paired round
 the ratios jobctl / floor of p99 and max, with their median and spread,
 and the CPU time each spent per sample: the floor client's own, and the
 bench process's in a jobctl migration minus its CPU in the paired floor
-migration (where it ran the same flow without the domstats loop).
+migration (where it ran the same flow without the domstats loop), and how
+long each waited for a CPU per sample (ready to run, not running: the
+kernel's run-queue wait): the bench's loop thread and the floor client.
 The issue's aims: p99 and max within 1.2x of the floor, and max <=
 downtime + 10 ms in every jobctl migration.
 
