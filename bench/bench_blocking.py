@@ -26,14 +26,25 @@ Rounds are interleaved (async, one call, with job, bare, anyio, split, again), e
 ``--calls`` calls; the median per call over the rounds is printed with the
 spread (min-max), and each facade form's ratio and µs over the async call.
 
+Each of that is done twice, in two placements of the two threads (the
+caller and the loop's), one after the other: first as the OS places them
+(on a machine of several CPUs, mostly on two: each hand-off then wakes a
+thread on another CPU, which is what a cross-thread call costs there), then
+both pinned to one CPU (``os.sched_setaffinity``), where a wake-up is a
+switch on the same CPU and what is left is the facade's own work.
+
 Run: ``python bench/bench_blocking.py`` (``--quick`` for a short run).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import threading
 import time
+from dataclasses import dataclass, field
+from typing import Final
 
 import anyio.from_thread
 import anyio.lowlevel
@@ -111,42 +122,84 @@ def with_job_round(bdom: BlockingDomain, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def run(backend: str, calls: int, rounds: int) -> None:
-    with EventLoopThread(backend) as loop:
-        domain = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=jobctl.TraceHub())
-        bdom = BlockingDomain(loop, domain)
-        base: list[float] = []
-        one: list[float] = []
-        full: list[float] = []
-        bare: list[float] = []
-        portal: list[float] = []
-        there: list[float] = []
-        back: list[float] = []
-        token = loop.call(current_token)
-        for _ in range(rounds):
-            base.append(loop.call(async_round, domain, calls))
-            one.append(one_call_round(bdom, calls))
-            full.append(with_job_round(bdom, calls))
-            bare.append(bare_round(loop, calls))
-            portal.append(anyio_round(token, calls))
-            to_loop, to_caller = split_round(loop, calls)
-            there.append(to_loop)
-            back.append(to_caller)
-        print(f"{backend}: {rounds} interleaved rounds of {calls} calls")
-        print(f"  async (in the loop)   {spread(base, scale=1e6, digits=1, unit=' µs')}")
-        print(f"  bare round trip       {spread(bare, scale=1e6, digits=1, unit=' µs')}")
+@dataclass
+class Series:
+    """One placement's samples (seconds per call, one per round)."""
+
+    base: list[float] = field(default_factory=list)
+    one: list[float] = field(default_factory=list)
+    full: list[float] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)
+    portal: list[float] = field(default_factory=list)
+    there: list[float] = field(default_factory=list)
+    back: list[float] = field(default_factory=list)
+
+
+#: Where the two threads (the caller, the loop's) may run: every CPU, as
+#: the OS places them, and one CPU for both (their wake-ups stay on it).
+PLACEMENTS: Final = ("as the OS places them", "both on CPU 0")
+
+
+def place(loop_thread: int, cpus: set[int]) -> None:
+    """Let the calling thread and the loop's thread run only on ``cpus``."""
+    os.sched_setaffinity(0, cpus)  # 0: the calling thread
+    os.sched_setaffinity(loop_thread, cpus)
+
+
+def measure(loop: EventLoopThread, domain: jobctl.Domain, calls: int, into: Series) -> None:
+    bdom = BlockingDomain(loop, domain)
+    token = loop.call(current_token)
+    into.base.append(loop.call(async_round, domain, calls))
+    into.one.append(one_call_round(bdom, calls))
+    into.full.append(with_job_round(bdom, calls))
+    into.bare.append(bare_round(loop, calls))
+    into.portal.append(anyio_round(token, calls))
+    to_loop, to_caller = split_round(loop, calls)
+    into.there.append(to_loop)
+    into.back.append(to_caller)
+
+
+def report(placement: str, series: Series) -> None:
+    print(f" threads {placement}:")
+    print(f"  async (in the loop)   {spread(series.base, scale=1e6, digits=1, unit=' µs')}")
+    print(f"  bare round trip       {spread(series.bare, scale=1e6, digits=1, unit=' µs')}")
+    print(
+        f"    to the loop / back  {spread(series.there, scale=1e6, digits=1, unit=' µs')}"
+        f" / {spread(series.back, scale=1e6, digits=1, unit=' µs')}"
+    )
+    print(f"  anyio from_thread.run {spread(series.portal, scale=1e6, digits=1, unit=' µs')}")
+    for name, samples in (("one call", series.one), ("with job+monitor", series.full)):
+        over = [a - b for a, b in zip(samples, series.base, strict=True)]
         print(
-            f"    to the loop / back  {spread(there, scale=1e6, digits=1, unit=' µs')}"
-            f" / {spread(back, scale=1e6, digits=1, unit=' µs')}"
+            f"  {name:<20}  {spread(samples, scale=1e6, digits=1, unit=' µs')}  ratio"
+            f" {spread(ratios(samples, series.base), digits=1, unit='x')},"
+            f" over async +{spread(over, scale=1e6, digits=1, unit=' µs')} (per round)"
         )
-        print(f"  anyio from_thread.run {spread(portal, scale=1e6, digits=1, unit=' µs')}")
-        for name, samples in (("one call", one), ("with job+monitor", full)):
-            over = [a - b for a, b in zip(samples, base, strict=True)]
-            print(
-                f"  {name:<20}  {spread(samples, scale=1e6, digits=1, unit=' µs')}  ratio"
-                f" {spread(ratios(samples, base), digits=1, unit='x')},"
-                f" over async +{spread(over, scale=1e6, digits=1, unit=' µs')} (per round)"
-            )
+
+
+def run(backend: str, calls: int, rounds: int) -> None:
+    everywhere = os.sched_getaffinity(0)
+    try:
+        with EventLoopThread(backend) as loop:
+            domain = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=jobctl.TraceHub())
+            loop_thread = loop.call(native_id)
+            series = {placement: Series() for placement in PLACEMENTS}
+            # One placement after the other, the OS's first: threads pinned
+            # together stay together for a while after they are let go.
+            for placement, cpus in zip(PLACEMENTS, (everywhere, {min(everywhere)}), strict=True):
+                place(loop_thread, cpus)
+                for _ in range(rounds):
+                    measure(loop, domain, calls, series[placement])
+            place(loop_thread, everywhere)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+    print(f"{backend}: {rounds} interleaved rounds of {calls} calls in each placement")
+    for placement in PLACEMENTS:
+        report(placement, series[placement])
+
+
+async def native_id() -> int:
+    return threading.get_native_id()
 
 
 def main() -> None:
