@@ -145,4 +145,4 @@ def test_jobctl_exports_exactly_the_cores_names() -> None:
     for name in jobctl._core.__all__:
         assert getattr(jobctl, name) is getattr(jobctl._core, name)
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
-        _ = jobctl.Nope  # type: ignore[attr-defined]
+        _ = jobctl.Nope

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # (no stubs installed)
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CONFIG: Final = yaml.safe_load((ROOT / "mkdocs.yml").read_text())

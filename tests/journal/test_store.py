@@ -206,7 +206,7 @@ async def test_a_seal_that_cannot_be_written_stops_the_writer(tmp_path: Path) ->
     await store.add_command("c1", "k", {}, [], [])
     # The seal's descriptor turns read-only: the next seal write fails.
     read_only = os.open(f"{path}-seal", os.O_RDONLY)
-    os.dup2(read_only, store._seal._fd)  # type: ignore[attr-defined]
+    os.dup2(read_only, store._seal._fd)
     os.close(read_only)
     # Committed before the seal failed: its result stands...
     assert (await store.add_command("c2", "k", {}, [], [])).id == "c2"
