@@ -51,6 +51,7 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Final, final
 
 import anyio
@@ -71,7 +72,7 @@ from jobctl.qmp._events import EventFilter, EventHub, EventListener, EventSubscr
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting, parse_greeting
 from jobctl.qmp._show import show
-from jobctl.qmp._socket import SocketReceiver, plain_socket
+from jobctl.qmp._socket import NO_SIGNAL, SocketReceiver, plain_socket, send_all
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -330,7 +331,9 @@ class QMPClient:
         self._commands_sent += 1
         self._direct_writes += 1
         try:
-            sent = self._socket.send(call.payload)
+            # No SIGPIPE for a peer gone, whatever the embedding program
+            # did with that signal: the error says it.
+            sent = self._socket.send(call.payload, NO_SIGNAL)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -362,7 +365,8 @@ class QMPClient:
             raise QMPProtocolError(f"QMP capabilities negotiation failed: {exc}") from exc
 
     async def _write_loop(self) -> None:
-        send = self._stream.send
+        sock = self._socket
+        send = self._stream.send if sock is None else partial(send_all, sock)
         outbox = self._outbox
         try:
             while self._closed is None:

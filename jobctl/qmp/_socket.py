@@ -4,23 +4,30 @@ anyio's socket streams cost the reading task an extra turn of the event loop
 on every receive (trio's socket methods end with a checkpoint even when
 they did not wait), and a write through the client's writer task costs two
 more. On a plain socket the client reads with :class:`SocketReceiver`
-(wait until readable, then ``recv`` at once) and lets a caller write a
+(wait until readable, then ``recv`` at once), lets a caller write a
 short command itself when the line is clear (see
-``QMPClient._send_now``). Other streams (in memory, TLS, an asyncio
-transport's) go through anyio as before.
+``QMPClient._send_now``), and its writer task writes with
+:func:`send_all`. Every write passes :data:`NO_SIGNAL`. Other streams (in
+memory, TLS, an asyncio transport's) go through anyio as before.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import Any, Final, final
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import AnyByteStream, ByteReceiveStream, SocketAttribute
 
-__all__ = ["SocketReceiver", "plain_socket"]
+__all__ = ["NO_SIGNAL", "SocketReceiver", "plain_socket", "send_all"]
+
+#: The ``send`` flag that makes a write to a peer that is gone fail with
+#: EPIPE (:class:`BrokenPipeError`) instead of raising SIGPIPE, which kills
+#: a program that has not set it aside (Python does by default; an
+#: embedding program may not have).
+NO_SIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def plain_socket(stream: AnyByteStream) -> socket.socket | None:
@@ -62,3 +69,20 @@ class SocketReceiver(ByteReceiveStream):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return {}
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data`` on the non-blocking ``sock``, waiting while its
+    buffer is full (a checkpoint either way). A peer that is gone raises
+    :class:`BrokenPipeError`, never SIGPIPE."""
+    view = memoryview(data)
+    while True:
+        try:
+            sent = sock.send(view, NO_SIGNAL)
+        except BlockingIOError:
+            sent = 0
+        view = view[sent:]
+        if not view:
+            break
+        await anyio.wait_writable(sock)
+    await anyio.lowlevel.checkpoint()

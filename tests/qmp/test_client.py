@@ -971,3 +971,76 @@ async def test_memory_streams_go_through_the_writer() -> None:
             assert await client.execute("seven") == 7
             statistics = client.statistics()
             assert (statistics.commands_sent, statistics.direct_writes) == (2, 0)
+
+
+_SIGPIPE_PROGRAM = """
+import json, signal, socket, sys, threading
+import anyio, anyio.abc
+from jobctl.qmp import QMPClosedError, open_qmp_stream
+
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a program may have it: SIGPIPE kills
+path, backend = sys.argv[1], sys.argv[2]
+
+async def main() -> None:
+    ours, theirs = socket.socketpair()
+    greeting = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7},
+                                    "package": ""}, "capabilities": []}}
+    theirs.sendall(json.dumps(greeting).encode() + b"\\r\\n")
+    shut = threading.Event()
+
+    def peer() -> None:
+        reader = theirs.makefile("rb")
+        request = json.loads(reader.readline())
+        theirs.sendall(json.dumps({"return": {}, "id": request["id"]}).encode() + b"\\r\\n")
+        if path == "writer":
+            json.loads(reader.readline())  # "first", left unanswered
+        theirs.shutdown(socket.SHUT_RD)  # reads no more: a write to it is EPIPE
+        shut.set()
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    stream = await anyio.abc.UNIXSocketStream.from_socket(ours)
+    errors = []
+
+    async def run(command):
+        try:
+            await client.execute(command)
+        except QMPClosedError as exc:
+            errors.append(str(exc))
+
+    async with open_qmp_stream(stream) as client, anyio.create_task_group() as tg:
+        if path == "writer":
+            tg.start_soon(run, "first")  # in flight: the next goes through the writer
+        await anyio.to_thread.run_sync(shut.wait)
+        await run("query-status")
+    thread.join()
+    print(json.dumps({"errors": errors, "direct": client.statistics().direct_writes}))
+
+anyio.run(main, backend=backend)
+"""
+
+
+@pytest.mark.parametrize("path", ["direct", "writer"])
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_peer_gone_is_an_error_not_sigpipe(path: str, backend: str) -> None:
+    """In a program where SIGPIPE kills (its default action), a write to a
+    peer that reads no more fails every waiter with the broken pipe, by the
+    caller's own write and by the writer's; the program lives on."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGPIPE_PROGRAM, path, backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    outcome = json.loads(done.stdout)
+    expected = 1 if path == "direct" else 2
+    assert len(outcome["errors"]) == expected, outcome
+    assert all("failed while writing: BrokenPipeError" in e for e in outcome["errors"]), outcome
+    # Callers' own writes: capabilities, then query-status ("direct") or
+    # "first" ("writer": query-status went through the writer).
+    assert outcome["direct"] == 2, outcome
