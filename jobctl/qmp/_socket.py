@@ -19,7 +19,7 @@ from typing import Any, Final, final
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import AnyByteStream, ByteReceiveStream, SocketAttribute
+from anyio.abc import AnyByteStream, ByteReceiveStream, SocketAttribute, SocketStream
 
 __all__ = ["NO_SIGNAL", "SocketReceiver", "plain_socket", "send_all"]
 
@@ -31,9 +31,14 @@ NO_SIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def plain_socket(stream: AnyByteStream) -> socket.socket | None:
-    """The non-blocking socket under ``stream`` that only ``stream``'s own
+    """The non-blocking socket of ``stream`` when ``stream`` is a socket
+    stream of anyio's whose bytes are the socket's and that only its own
     calls read and write (anyio's trio streams and its asyncio UNIX socket
-    stream), else None (an asyncio transport's socket, a memory stream)."""
+    stream), else None: an asyncio transport's socket (the transport reads
+    it), a memory stream, and a wrapper such as anyio's ``TLSStream``, which
+    names its transport's socket too but whose bytes are not the socket's."""
+    if not isinstance(stream, SocketStream):
+        return None
     raw = stream.extra(SocketAttribute.raw_socket, None)
     if type(raw) is not socket.socket or raw.gettimeout() != 0.0:
         return None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 import trio.testing
+from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import StapledObjectStream
 
 import jobctl
@@ -1044,3 +1048,59 @@ def test_a_peer_gone_is_an_error_not_sigpipe(path: str, backend: str) -> None:
     # Callers' own writes: capabilities, then query-status ("direct") or
     # "first" ("writer": query-status went through the writer).
     assert outcome["direct"] == 2, outcome
+
+
+class _Masked(anyio.abc.ByteStream):
+    """A stream over a socket stream that changes the bytes both ways (XOR)
+    and names the socket's attributes as its own, as anyio's ``TLSStream``
+    does: its bytes are not the socket's."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        self.inner = inner
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(bytes(b ^ 0x55 for b in item))
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return bytes(b ^ 0x55 for b in await self.inner.receive(max_bytes))
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Any:
+        return self.inner.extra_attributes
+
+
+async def test_a_wrapper_naming_its_socket_goes_through_the_stream() -> None:
+    """The socket under a wrapper stream (TLS) is not written or read
+    directly: the wrapper's bytes are what the peer speaks."""
+    with tempfile.TemporaryDirectory(prefix="qmp", dir="/tmp") as tmp:
+        await _serve_masked(os.path.join(tmp, "qmp.sock"))
+
+
+async def _serve_masked(path: str) -> None:
+    async with await anyio.create_unix_listener(path) as listener:
+
+        async def peer() -> None:
+            async with await listener.accept() as raw:
+                masked = _Masked(raw)
+                await masked.send(json.dumps(GREETING).encode() + b"\r\n")
+                buffered = BufferedByteReceiveStream(masked)
+                values: list[Any] = [{}, "fine"]
+                for value in values:
+                    request = json.loads(await buffered.receive_until(b"\n", 1 << 16))
+                    await masked.send(
+                        json.dumps({"return": value, "id": request["id"]}).encode() + b"\r\n"
+                    )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer)
+            stream = _Masked(await anyio.connect_unix(path))
+            assert stream.extra(anyio.abc.SocketAttribute.raw_socket) is not None
+            async with open_qmp_stream(stream, timeout=5) as client:
+                assert await client.execute("query-status") == "fine"
+                assert client.statistics().direct_writes == 0
