@@ -50,8 +50,13 @@ downtime + 10 ms in every jobctl migration.
 Exits 0 whether or not the aims are met (a bench, not a test); 2 for bad
 options or no QEMU; 1 if a migration fails.
 
+``--floor-burn µs`` is a diagnostic: the floor client then also spends that
+much CPU per sample (a busy loop after each reply, on its own thread's CPU
+clock), so that a client as CPU-hungry as jobctl can be seen in the same
+place; the floor is then no floor and the aims do not apply.
+
 Run: ``.venv/bin/python bench/bench_domstats.py [--migrations N] [--ram MiB]
-[--bandwidth MiB/s] [--quick]``.
+[--bandwidth MiB/s] [--quick] [--floor-burn µs]``.
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ Kind = Literal["jobctl", "floor"]
 GATE_KINDS: Final = frozenset({TraceKind.GATE_OPEN, TraceKind.GATE_CLOSE})
 
 
-def _floor_client(path: str) -> None:
+def _floor_client(path: str, burn: float = 0.0) -> None:
     """The floor: a raw QMP client, run alone in its own process (by source).
 
     Connects to ``path``, negotiates, prints ``ready``, waits for ``go`` on
@@ -163,6 +168,10 @@ def _floor_client(path: str) -> None:
             for command in commands:
                 sock.sendall(command)
                 reply()
+                if burn:  # --floor-burn: spend CPU as a heavier client would
+                    until = time.thread_time() + burn / len(commands)
+                    while time.thread_time() < until:
+                        pass
             samples.append((began, time.monotonic() - began))
     except (EOFError, OSError):
         pass  # the source QEMU quit at the end of the migration
@@ -179,8 +188,15 @@ def waited() -> float:
         return int(stat.read().split()[1]) / 1e9
 
 
+#: --floor-burn, in seconds of CPU per sample (0: the real floor).
+FLOOR_BURN: Final = [0.0]
+
+
 def floor_script() -> str:
-    return f"import sys\n\n{inspect.getsource(_floor_client)}\n_floor_client(sys.argv[1])\n"
+    return (
+        f"import sys\n\n{inspect.getsource(_floor_client)}\n"
+        "_floor_client(sys.argv[1], float(sys.argv[2]))\n"
+    )
 
 
 @dataclass
@@ -322,7 +338,7 @@ async def migrate_once(
 async def floor_migration(
     run: Run, source: Machine, here: VM, there: VM, options: MigrationOptions, script: str
 ) -> MigrationResult:
-    argv = [sys.executable, "-I", "-c", script, source.extra_monitors[0]]
+    argv = [sys.executable, "-I", "-c", script, source.extra_monitors[0], str(FLOOR_BURN[0])]
     async with await anyio.open_process(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
     ) as process:
@@ -439,6 +455,12 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
         f"{len(runs)} of {migrations} migration(s) of {ram_mib} MiB of random RAM "
         f"at {bandwidth_mib} MiB/s, real QEMU, interleaved in paired rounds"
     )
+    if FLOOR_BURN[0]:
+        print(
+            f"DIAGNOSTIC (--floor-burn): the floor client spent {FLOOR_BURN[0] * 1e6:.0f} µs"
+            " more CPU per sample than it needs: it is not the floor, and the aims below"
+            " do not apply"
+        )
     print()
     header = (
         f"{'#':>2} {'kind':<6} {'secs':>5} {'samples':>7} {'p50 ms':>7} {'p99 ms':>7} "
@@ -604,7 +626,18 @@ def main() -> int:
         help="the migration's max-bandwidth (default 160; --quick: 128)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run: 2 small migrations")
+    parser.add_argument(
+        "--floor-burn",
+        type=float,
+        default=0.0,
+        metavar="µs",
+        help="a diagnostic, not the floor: the floor client also spends this much CPU per sample"
+        " (busy, spread over its commands), to see what a client as CPU-hungry as jobctl gets",
+    )
     args = parser.parse_args()
+    if not args.floor_burn >= 0:
+        parser.error("--floor-burn must be >= 0")
+    FLOOR_BURN[0] = args.floor_burn / 1e6
     migrations: int = args.migrations or (2 if args.quick else 10)
     ram: int = args.ram or (128 if args.quick else 512)
     bandwidth: int = args.bandwidth or (128 if args.quick else 160)

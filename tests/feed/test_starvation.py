@@ -547,6 +547,7 @@ async def test_a_storm_of_idle_and_deaf_clients_cannot_starve_a_normal_one(
     hub = TraceHub()
     bystander_ticks = 0
     bystander = anyio.CancelScope()
+    finished = False
 
     async def job_control() -> None:
         """What runs beside the feed: it must never be cancelled, nor wait."""
@@ -613,8 +614,11 @@ async def test_a_storm_of_idle_and_deaf_clients_cannot_starve_a_normal_one(
             assert bystander_ticks > ticks and not bystander.cancel_called
             async with client(address.ws_url) as ws:
                 await ws.receive_type("hello")
+            finished = True
             nursery.cancel_scope.cancel()
-    print(f"{stats}")
+    # Once (of many runs, in a whole-suite run) this block ended early with no
+    # error at all, as if a cancellation were swallowed: say so if it recurs.
+    assert finished, "the storm test's block ended early without an error"
 
 
 async def _read_all(ws: Any) -> None:
