@@ -563,6 +563,9 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
             f" = {spread(floor_share, scale=100, digits=1, unit='%')}"
         )
     print()
+    if FLOOR_BURN[0]:
+        print("aims: not judged (--floor-burn: the floor client is no floor)")
+        return
     for name, ratios in (("p99", p99s), ("max", maxes)):
         if ratios:
             median = statistics.median(ratios)
