@@ -433,6 +433,39 @@ def test_leaving_with_an_error_stops_a_waiting_call_with_loop_not_running(backen
     assert loop.statistics().thread_tasks == 0
 
 
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_call_that_no_task_took_is_answered_when_the_loop_stops(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call handed to a thread's task that is gone (a call racing its
+    task's end as the loop closes) is answered with LoopNotRunningError when
+    the loop stops, not left waiting for good. The race is forced by
+    starting no thread task at all."""
+    from jobctl.blocking._loop import _ThreadTasks
+
+    monkeypatch.setattr(_ThreadTasks, "start", lambda self, box: None)
+    loop = EventLoopThread(backend)
+    results: list[BaseException] = []
+
+    async def nothing() -> None:
+        pass
+
+    def caller() -> None:
+        try:
+            loop.call(nothing)
+        except LoopNotRunningError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=caller)
+    with loop:
+        thread.start()
+        # Submitted tasks do not go through thread tasks: this one runs.
+        loop.submit(_until, lambda: loop.statistics().calls == 1).result(WAIT)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [str(e) for e in results] == ["the EventLoopThread stopped before the call ran"]
+
+
 def _interrupted(loop: EventLoopThread, inside: threading.Event, func: Any, *args: Any) -> None:
     """Call ``func(*args)`` through ``loop`` and interrupt the wait (a
     signal handler raising, as Ctrl-C does) once ``inside`` is set."""
