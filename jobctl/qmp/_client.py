@@ -17,9 +17,9 @@ woken by the reply, then the caller) instead of five (also the writer's
 wake-up, and trio's checkpoints after a send and a receive), the same order
 on the wire. ``statistics().direct_writes`` counts them.
 
-A command whose caller gives up (cancelled, ``timeout=``) after the writer
-took it stays in flight as an *orphan*: the writer writes nothing more until
-every orphan's reply has arrived, so a caller that keeps one command in
+A command whose caller gives up (cancelled, ``timeout=``) after it was
+written (or taken by the writer) stays in flight as an *orphan*: nothing
+more is written until every orphan's reply has arrived, so a caller that keeps one command in
 flight (the :class:`jobctl.Monitor` contract) keeps that guarantee across
 cancellation. Without orphans, concurrent callers pipeline their commands.
 
@@ -106,7 +106,7 @@ _DIRECT_BYTES: Final = 4096
 class _State(enum.Enum):
     QUEUED = "queued"  # waiting for the writer
     WITHDRAWN = "withdrawn"  # caller left before the writer took it; never written
-    SENT = "sent"  # taken by the writer; its reply will come
+    SENT = "sent"  # written by its caller, or taken by the writer; its reply will come
     ORPHANED = "orphaned"  # sent, and its caller left; the writer waits for its reply
     DONE = "done"  # answered, or failed by the connection closing
 
