@@ -146,9 +146,11 @@ def place(loop_thread: int, cpus: set[int]) -> None:
     os.sched_setaffinity(loop_thread, cpus)
 
 
-def measure(loop: EventLoopThread, domain: jobctl.Domain, calls: int, into: Series) -> None:
-    bdom = BlockingDomain(loop, domain)
-    token = loop.call(current_token)
+def measure(
+    loop: EventLoopThread, bdom: BlockingDomain, token: EventLoopToken, calls: int, into: Series
+) -> None:
+    """One round of every form, into ``into``."""
+    domain = bdom.domain
     into.base.append(loop.call(async_round, domain, calls))
     into.one.append(one_call_round(bdom, calls))
     into.full.append(with_job_round(bdom, calls))
@@ -182,6 +184,8 @@ def run(backend: str, calls: int, rounds: int) -> None:
     try:
         with EventLoopThread(backend) as loop:
             domain = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=jobctl.TraceHub())
+            bdom = BlockingDomain(loop, domain)
+            token = loop.call(current_token)
             loop_thread = loop.call(native_id)
             series = {placement: Series() for placement in PLACEMENTS}
             # One placement after the other, the OS's first: threads pinned
@@ -189,7 +193,7 @@ def run(backend: str, calls: int, rounds: int) -> None:
             for placement, cpus in zip(PLACEMENTS, (everywhere, {min(everywhere)}), strict=True):
                 place(loop_thread, cpus)
                 for _ in range(rounds):
-                    measure(loop, domain, calls, series[placement])
+                    measure(loop, bdom, token, calls, series[placement])
             place(loop_thread, everywhere)
     finally:
         os.sched_setaffinity(0, everywhere)

@@ -116,8 +116,8 @@ def _floor_client(path: str, burn: float = 0.0) -> None:
     (``waited``: the time it was ready to run but waited for a CPU, from
     ``/proc/thread-self/schedstat``)
     (``start`` on ``time.monotonic()``, which every process shares).
-    Self-contained: it is run from its source text, with nothing imported
-    but the standard library.
+    Self-contained: it is run from its source text (with :func:`waited`'s),
+    with nothing imported but the standard library.
     """
     import json
     import os
@@ -154,11 +154,6 @@ def _floor_client(path: str, burn: float = 0.0) -> None:
         for name in ("query-status", "query-blockstats", "query-migrate")
     ]
 
-    def waited() -> float:
-        # Seconds this thread has spent runnable but waiting for a CPU.
-        with open("/proc/thread-self/schedstat") as stat:
-            return int(stat.read().split()[1]) / 1e9
-
     samples: list[tuple[float, float]] = []
     cpu = time.process_time()
     wait = waited()
@@ -188,14 +183,12 @@ def waited() -> float:
         return int(stat.read().split()[1]) / 1e9
 
 
-#: --floor-burn, in seconds of CPU per sample (0: the real floor).
-FLOOR_BURN: Final = [0.0]
-
-
-def floor_script() -> str:
+def floor_script(burn: float) -> str:
+    """The floor client's program; ``burn``: seconds of CPU it also spends
+    per sample (``--floor-burn``; 0 for the real floor)."""
     return (
-        f"import sys\n\n{inspect.getsource(_floor_client)}\n"
-        "_floor_client(sys.argv[1], float(sys.argv[2]))\n"
+        f"import sys\n\n{inspect.getsource(waited)}\n{inspect.getsource(_floor_client)}\n"
+        f"_floor_client(sys.argv[1], {burn!r})\n"
     )
 
 
@@ -338,7 +331,7 @@ async def migrate_once(
 async def floor_migration(
     run: Run, source: Machine, here: VM, there: VM, options: MigrationOptions, script: str
 ) -> MigrationResult:
-    argv = [sys.executable, "-I", "-c", script, source.extra_monitors[0], str(FLOOR_BURN[0])]
+    argv = [sys.executable, "-I", "-c", script, source.extra_monitors[0]]
     async with await anyio.open_process(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
     ) as process:
@@ -391,9 +384,9 @@ def order(migrations: int) -> list[Kind]:
     return kinds
 
 
-async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
+async def bench(migrations: int, ram_mib: int, bandwidth_mib: int, burn: float) -> int:
     storage = tempfile.mkdtemp(prefix="jobctl-bench-")
-    script = floor_script()
+    script = floor_script(burn)
     runs: list[Run] = []
     hub = TraceHub()
     offset = time.monotonic() - anyio.current_time()
@@ -438,26 +431,31 @@ async def bench(migrations: int, ram_mib: int, bandwidth_mib: int) -> int:
                 await destroy(here)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    report(runs, migrations, ram_mib, bandwidth_mib)
+    report(runs, migrations, ram_mib, bandwidth_mib, burn)
     if failed is not None:
         print(f"\n{failed}")
         return 1
     return 0
 
 
+def sampled(samples: list[tuple[float, float]]) -> float:
+    """The time spent sampling: the samples' latencies together."""
+    return sum(latency for _, latency in samples)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -> None:
+def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int, burn: float) -> None:
     print()
     print(
         f"{len(runs)} of {migrations} migration(s) of {ram_mib} MiB of random RAM "
         f"at {bandwidth_mib} MiB/s, real QEMU, interleaved in paired rounds"
     )
-    if FLOOR_BURN[0]:
+    if burn:
         print(
-            f"DIAGNOSTIC (--floor-burn): the floor client spent {FLOOR_BURN[0] * 1e6:.0f} µs"
+            f"DIAGNOSTIC (--floor-burn): the floor client spent {burn * 1e6:.0f} µs"
             " more CPU per sample than it needs: it is not the floor, and the aims below"
             " do not apply"
         )
@@ -540,21 +538,17 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
             f" flow's alone in its paired floor one) {spread(mine_cpu, scale=1e6, unit=' µs')},"
             f" floor client {spread(floor_cpu, scale=1e6, unit=' µs')}"
         )
-    mine_wait = [mine.waited / mine.summary.count for mine, _ in pairs if mine.summary.count]
-    floor_wait = [
-        floor.client_waited / floor.summary.count for _, floor in pairs if floor.summary.count
+    # Per sample, and as a share of the time spent sampling.
+    sampling = [
+        (mine.waited, floor.client_waited, mine.samples, floor.samples)
+        for mine, floor in pairs
+        if mine.samples and floor.samples
     ]
-    mine_share = [
-        mine.waited / total
-        for mine, _ in pairs
-        if (total := sum(latency for _, latency in mine.samples))
-    ]
-    floor_share = [
-        floor.client_waited / total
-        for _, floor in pairs
-        if (total := sum(latency for _, latency in floor.samples))
-    ]
-    if mine_wait and floor_wait:
+    mine_wait = [wait / len(samples) for wait, _, samples, _ in sampling]
+    floor_wait = [wait / len(samples) for _, wait, _, samples in sampling]
+    mine_share = [wait / sampled(samples) for wait, _, samples, _ in sampling]
+    floor_share = [wait / sampled(samples) for _, wait, _, samples in sampling]
+    if sampling:
         print(
             "waiting for a CPU (run-queue wait, /proc/thread-self/schedstat) per sample: jobctl"
             f" (the bench's loop thread, flow included) {spread(mine_wait, scale=1e6, unit=' µs')}"
@@ -563,7 +557,7 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int) -
             f" = {spread(floor_share, scale=100, digits=1, unit='%')}"
         )
     print()
-    if FLOOR_BURN[0]:
+    if burn:
         print("aims: not judged (--floor-burn: the floor client is no floor)")
         return
     for name, ratios in (("p99", p99s), ("max", maxes)):
@@ -640,14 +634,13 @@ def main() -> int:
     args = parser.parse_args()
     if not args.floor_burn >= 0:
         parser.error("--floor-burn must be >= 0")
-    FLOOR_BURN[0] = args.floor_burn / 1e6
     migrations: int = args.migrations or (2 if args.quick else 10)
     ram: int = args.ram or (128 if args.quick else 512)
     bandwidth: int = args.bandwidth or (128 if args.quick else 160)
     if shutil.which("qemu-system-x86_64") is None:
         print("bench_domstats: qemu-system-x86_64 is not installed", file=sys.stderr)
         return 2
-    return anyio.run(bench, migrations, ram, bandwidth, backend="trio")
+    return anyio.run(bench, migrations, ram, bandwidth, args.floor_burn / 1e6, backend="trio")
 
 
 if __name__ == "__main__":

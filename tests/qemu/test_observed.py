@@ -116,14 +116,13 @@ async def test_reads_during_a_migration_never_wait_and_follow_it() -> None:
     assert len(sent) >= 2 and sent == sorted(sent)
     passes = [m.passes for m in figures if m.passes is not None]
     assert passes == sorted(passes) and passes[-1] >= 1
-    # Ages are never negative. The migration's figures are renewed by the
-    # flow's polls (every 0.05 s); the run state only by what tells it (a
-    # query, an event), so it may grow old while the destination starts
-    # (under virtual time that start's real work, the simulated
+    # Every stamp is from before its snapshot. The migration's figures are
+    # renewed by the flow's polls (every 0.05 s); the run state only by what
+    # tells it (a query, an event), so it may grow old while the destination
+    # starts (under virtual time that start's real work, the simulated
     # destination's unix listener, which anyio sets up in a worker thread,
     # lets the clock jump on by as much as the reader's sleeps allow: 1 to
     # 4.5 virtual seconds were seen, so no bound holds there).
-    # Every stamp is from before its snapshot.
     for state in seen:
         assert state.monotonic is not None
         if state.run is not None:
