@@ -72,7 +72,7 @@ from jobctl.qmp._events import EventFilter, EventHub, EventListener, EventSubscr
 from jobctl.qmp._framing import DEFAULT_MAX_LINE, MAX_COMMAND_BYTES, LineReader, encode_command
 from jobctl.qmp._greeting import QMPGreeting, parse_greeting
 from jobctl.qmp._show import show
-from jobctl.qmp._socket import NO_SIGNAL, SocketReceiver, plain_socket, send_all
+from jobctl.qmp._socket import SocketReceiver, plain_socket, send_all, send_some
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -331,11 +331,7 @@ class QMPClient:
         self._commands_sent += 1
         self._direct_writes += 1
         try:
-            # No SIGPIPE for a peer gone, whatever the embedding program
-            # did with that signal: the error says it.
-            sent = self._socket.send(call.payload, NO_SIGNAL)
-        except BlockingIOError:
-            sent = 0
+            sent = send_some(self._socket, call.payload)
         except OSError as exc:
             self._close(QMPClosedError, f"QMP connection failed while writing: {_why(exc)}")
             return

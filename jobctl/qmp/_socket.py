@@ -4,11 +4,11 @@ anyio's socket streams cost the reading task an extra turn of the event loop
 on every receive (trio's socket methods end with a checkpoint even when
 they did not wait), and a write through the client's writer task costs two
 more. On a plain socket the client reads with :class:`SocketReceiver`
-(wait until readable, then ``recv`` at once), lets a caller write a
-short command itself when the line is clear (see
-``QMPClient._send_now``), and its writer task writes with
-:func:`send_all`. Every write passes :data:`NO_SIGNAL`. Other streams (in
-memory, TLS, an asyncio transport's) go through anyio as before.
+(wait until readable, then ``recv`` at once), lets a caller write a short
+command itself when the line is clear (``QMPClient._send_now``, with
+:func:`send_some`), and its writer task writes with :func:`send_all`.
+Every write passes :data:`NO_SIGNAL`. Other streams (in memory, TLS, an
+asyncio transport's) go through anyio as before.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import AnyByteStream, ByteReceiveStream, SocketAttribute, SocketStream
 
-__all__ = ["NO_SIGNAL", "SocketReceiver", "plain_socket", "send_all"]
+__all__ = ["SocketReceiver", "plain_socket", "send_all", "send_some"]
 
 #: The ``send`` flag that makes a write to a peer that is gone fail with
 #: EPIPE (:class:`BrokenPipeError`) instead of raising SIGPIPE, which kills
@@ -76,18 +76,20 @@ class SocketReceiver(ByteReceiveStream):
         return {}
 
 
+def send_some(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Write what the non-blocking ``sock`` takes of ``data`` now, without
+    waiting; how many bytes (0 when its buffer is full). A peer that is gone
+    raises :class:`BrokenPipeError`, never SIGPIPE."""
+    try:
+        return sock.send(data, NO_SIGNAL)
+    except BlockingIOError:
+        return 0
+
+
 async def send_all(sock: socket.socket, data: bytes) -> None:
     """Write all of ``data`` on the non-blocking ``sock``, waiting while its
-    buffer is full (a checkpoint either way). A peer that is gone raises
-    :class:`BrokenPipeError`, never SIGPIPE."""
+    buffer is full (a checkpoint either way); raises as :func:`send_some`."""
     view = memoryview(data)
-    while True:
-        try:
-            sent = sock.send(view, NO_SIGNAL)
-        except BlockingIOError:
-            sent = 0
-        view = view[sent:]
-        if not view:
-            break
+    while view := view[send_some(sock, view) :]:
         await anyio.wait_writable(sock)
     await anyio.lowlevel.checkpoint()
