@@ -109,13 +109,14 @@ def test_the_core_loads_only_the_core() -> None:
     loaded = _loaded_by("from jobctl import Domain")
     # jobctl._public: the one helper every package's __init__ calls (it gives
     # public names their public path), knowing nothing of any layer.
-    shared = {"jobctl", "jobctl._public"}
+    # jobctl._backend: the running loop's own primitives (the bottom layer).
+    shared = {"jobctl", "jobctl._public", "jobctl._backend"}
     assert loaded and all(m in shared or m.startswith("jobctl._core") for m in loaded), loaded
 
 
 def test_import_jobctl_qmp_loads_only_the_client() -> None:
     loaded = _loaded_by("import jobctl.qmp")
-    allowed = ("jobctl", "jobctl._groups", "jobctl._public")
+    allowed = ("jobctl", "jobctl._groups", "jobctl._public", "jobctl._backend")
     assert all(m in allowed or m.startswith("jobctl.qmp") for m in loaded), loaded
 
 

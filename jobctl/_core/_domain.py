@@ -41,6 +41,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from jobctl._backend import current_task_key, native
 from jobctl._core._clock import Stamp
 from jobctl._core._errors import (
     JobAbortedError,
@@ -60,7 +61,6 @@ from jobctl._core._info import (
 from jobctl._core._kinds import DEFAULT_ALLOWED, AsyncJob, Job
 from jobctl._core._monitor import Monitor
 from jobctl._core._queue import WaitQueue
-from jobctl._core._tasks import current_task_key
 from jobctl._core._trace import TraceHub, TraceKind, default_trace_hub
 
 __all__ = [
@@ -170,10 +170,12 @@ def _exempt(job: ActiveJob | ActiveAsyncJob) -> bool:
 class _JobBase:
     """What regular and async jobs share: identity, state, and the monitor."""
 
-    __slots__ = ("_domain", "_state", "_task", "id", "owner", "started")
+    __slots__ = ("_domain", "_kind_name", "_state", "_task", "id", "owner", "started")
 
-    def __init__(self, domain: Domain, owner: str | None) -> None:
+    def __init__(self, domain: Domain, owner: str | None, kind_name: str) -> None:
         self._domain = domain
+        #: The kind's name, as traced (read per trace event: kept, not looked up).
+        self._kind_name = kind_name
         self.id = next(_job_ids)
         self.owner = owner
         self.started = 0.0
@@ -188,9 +190,6 @@ class _JobBase:
     def active(self) -> bool:
         """Whether the job has begun and not yet ended."""
         return self._state == _JobState.ACTIVE
-
-    def _kind_name(self) -> str:
-        raise NotImplementedError
 
     def monitor(self, *, nowait: bool = False) -> MonitorSession:
         """Enter the domain's monitor: ``async with job.monitor() as mon:``.
@@ -220,14 +219,11 @@ class ActiveJob(_JobBase):
     ) -> None:
         if not isinstance(kind, Job):
             raise TypeError(f"dom.job() takes a jobctl.Job kind, not {kind!r}")
-        super().__init__(domain, owner)
+        super().__init__(domain, owner, kind.name)
         self.kind = kind
         self._nowait = nowait
         self._timeout = timeout
         self._in_section = False
-
-    def _kind_name(self) -> str:
-        return self.kind.name
 
     @property
     def in_section(self) -> bool:
@@ -290,7 +286,7 @@ class ActiveAsyncJob(_JobBase):
     ) -> None:
         if not isinstance(kind, AsyncJob):
             raise TypeError(f"dom.async_job() takes a jobctl.AsyncJob kind, not {kind!r}")
-        super().__init__(domain, owner)
+        super().__init__(domain, owner, kind.name)
         self.kind = kind
         self._allowed = _allowed_set(allowed)
         self._nowait = nowait
@@ -310,9 +306,6 @@ class ActiveAsyncJob(_JobBase):
         self._scope_entered = False
         self._outcome: str | None = None
         self._ended_at: float | None = None
-
-    def _kind_name(self) -> str:
-        return self.kind.name
 
     # -- owner's controls ------------------------------------------------------
 
@@ -616,7 +609,7 @@ class MonitorSession:
             )
         assert self._monitor is not None
         # A cancelled caller (a pre-empted async job, too) sends nothing.
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await native().checkpoint_if_cancelled()
         job = self._job
         dom = job._domain
         self._busy = True
@@ -885,9 +878,10 @@ class Domain:
 
     # -- tracing -------------------------------------------------------------
 
-    def _emit(self, kind: TraceKind, job: _JobBase, detail: Mapping[str, Any] | None) -> None:
+    def _emit(self, kind: TraceKind, job: _JobBase, detail: dict[str, Any] | None) -> None:
+        # Every caller passes a dict literal made for the event: not copied.
         if self._trace.active:
-            self._trace.emit(self.name, kind, job.id, job._kind_name(), job.owner, detail)
+            self._trace.emit_owned(self.name, kind, job.id, job._kind_name, job.owner, detail)
 
     # -- admission -----------------------------------------------------------
     #
@@ -944,9 +938,9 @@ class Domain:
             return _FULL
         return _WAIT
 
-    def _grant(self, job: ActiveJob | ActiveAsyncJob, waited: bool) -> None:
+    def _grant(self, job: ActiveJob | ActiveAsyncJob, waited: bool, now: float) -> None:
         job._state = _JobState.ACTIVE
-        job.started = anyio.current_time()
+        job.started = now
         self._holders[job._task] = job
         if isinstance(job, ActiveAsyncJob):
             self._async = job
@@ -976,7 +970,7 @@ class Domain:
             if not waiter.exempt:
                 self._counted_waiters -= 1
             waiter.granted = True
-            self._grant(waiter.job, True)
+            self._grant(waiter.job, True, anyio.current_time())
             waiter.event.set()
 
     def _describe_holders(self) -> str:
@@ -1008,23 +1002,24 @@ class Domain:
         held = self._holders.get(task)
         if held is not None:
             raise JobStateError(
-                f"cannot begin {job._kind_name()} job on domain {self.name!r}: this task "
+                f"cannot begin {job._kind_name} job on domain {self.name!r}: this task "
                 f"already holds {held!r} (jobs do not nest)"
             )
         limit = self.wait_timeout if timeout is None else timeout
         if limit is not None and not limit >= 0:
             raise ValueError(f"a job's timeout must be >= 0 or None, not {limit!r}")
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        loop = native()
+        await loop.checkpoint_if_cancelled()
         job._task = task
         if isinstance(job, ActiveJob) and job.kind is Job.DESTROY:
             self._destroys_preempt()
         decision = self._decide(job, nowait)
         if decision is _BEGIN:
-            self._grant(job, False)
-            await anyio.lowlevel.cancel_shielded_checkpoint()
+            self._grant(job, False, loop.current_time())
+            await loop.cancel_shielded_checkpoint()
             return
         is_async = isinstance(job, ActiveAsyncJob)
-        what = f"cannot begin {job._kind_name()} job on domain {self.name!r}"
+        what = f"cannot begin {job._kind_name} job on domain {self.name!r}"
         if decision is not _WAIT:
             job._state = _JobState.ENDED
             if decision is _BUSY:
@@ -1234,13 +1229,14 @@ class Domain:
 
         The monitor is handed over (and ``monitor.enter`` traced) by the
         releasing side, so the order of holders is the order of arrival."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        loop = native()
+        await loop.checkpoint_if_cancelled()
         job = session._job
         holder = self._monitor_session
         # (Sessions queue only behind a holder: a release hands on at once.)
         if holder is None:
             self._hand_monitor(session, False)
-            await anyio.lowlevel.cancel_shielded_checkpoint()
+            await loop.cancel_shielded_checkpoint()
             return
         if session._nowait:
             session._state = _SessionState.CLOSED

@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, final
 
-import anyio
 import attrs
+
+from jobctl._backend import native
 
 __all__ = [
     "TRACE_SCHEMA_VERSION",
@@ -245,18 +246,33 @@ class TraceHub:
         owner: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Build one event and hand it to every listener (no-op when inactive)."""
+        """Build one event and hand it to every listener (no-op when inactive).
+        ``detail`` is copied: the event never changes with it."""
+        if self.active:
+            self.emit_owned(domain, kind, job_id, job, owner, None if not detail else dict(detail))
+
+    def emit_owned(
+        self,
+        domain: str,
+        kind: TraceKind,
+        job_id: int | None,
+        job: str | None,
+        owner: str | None,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        """:meth:`emit`, for an emitter that hands ``detail`` over: a dict
+        made for this event that nothing else holds (it is not copied)."""
         if not self.active:
             return
         event = TraceEvent(
             next(_seq),
-            anyio.current_time(),
+            native().current_time(),
             domain,
             kind,
             job_id,
             job,
             owner,
-            _EMPTY if not detail else MappingProxyType(dict(detail)),
+            _EMPTY if not detail else MappingProxyType(detail),
         )
         failed: list[tuple[TraceSubscription, Exception]] = []
         for subscription in self._subscriptions:

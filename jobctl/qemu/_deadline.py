@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import Any, final
 
 import anyio
@@ -89,17 +90,25 @@ class Deadline:
             f"{self.flow} on domain {self.domain!r}: {what} within {self.timeout:g} s"
         )
 
-    @asynccontextmanager
-    async def monitor(
+    def monitor(
         self, job: ActiveJob | ActiveAsyncJob, *, observer: Observer | None = None
-    ) -> AsyncIterator[BoundedSession]:
+    ) -> AbstractAsyncContextManager[BoundedSession]:
         """``job.monitor()``, bounded: the wait for the monitor and every
         command of the block end at the deadline with :meth:`error`.
         ``observer`` is told every answer.
 
         The block's exception (and the monitor's release) happens before the
         error is raised, so the job leaves no command and no holder behind.
+        Without a deadline it is ``job.monitor()`` and the observer only.
         """
+        if self.timeout is None:
+            return _Unbounded(job.monitor(), observer)
+        return self._bounded(job, observer)
+
+    @asynccontextmanager
+    async def _bounded(
+        self, job: ActiveJob | ActiveAsyncJob, observer: Observer | None
+    ) -> AsyncIterator[BoundedSession]:
         bounded: BoundedSession | None = None
         with anyio.CancelScope(deadline=self._at) as scope:
             async with job.monitor() as session:
@@ -111,3 +120,26 @@ class Deadline:
             if bounded.pending is not None:
                 raise self.error(f"{bounded.pending} did not answer")
             raise self.error("the monitor work did not end")
+
+
+@final
+class _Unbounded:
+    """:meth:`Deadline.monitor` without a deadline: the monitor session, told
+    to the observer; no cancel scope, no generator (it runs per query)."""
+
+    __slots__ = ("_observer", "_session")
+
+    def __init__(self, session: MonitorSession, observer: Observer | None) -> None:
+        self._session = session
+        self._observer = observer
+
+    async def __aenter__(self) -> BoundedSession:
+        return BoundedSession(await self._session.__aenter__(), self._observer)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._session.__aexit__(exc_type, exc, tb)

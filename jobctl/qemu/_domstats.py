@@ -15,7 +15,6 @@ is older does it run the QUERY job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, final
 
 import attrs
@@ -24,7 +23,7 @@ from jobctl._core._domain import Domain
 from jobctl._core._errors import JobBusyError
 from jobctl._core._kinds import Job
 from jobctl.qemu._deadline import Deadline
-from jobctl.qemu._observed import BlockStats, Observer, Stamp
+from jobctl.qemu._observed import BlockStats, Observer, Stamp, block_devices, dirty_rate
 from jobctl.qemu._progress import MigrationProgress
 from jobctl.qemu._vm import VM
 
@@ -164,12 +163,23 @@ async def domstats(
                 now = Stamp.now()
                 return DomainStats(dom.name, now.monotonic, "shutoff", False, wall=now.wall)
             migration = None
-            async with limit.monitor(job, observer=observer) as mon:
+            devices: tuple[BlockStats, ...] = ()
+            # The observer is told here, each answer parsed once for both.
+            async with limit.monitor(job) as mon:
                 status = await mon.execute("query-status")
+                if observer is not None:
+                    observer.saw_reply("query-status", status)
                 blocks = await mon.execute("query-blockstats")
+                if type(blocks) is list:
+                    devices = block_devices(blocks)
+                    if observer is not None:
+                        observer.saw_blocks(devices)
                 if job.in_section:
                     # Only an async job's section lets a query in: it may be migrating.
-                    progress = MigrationProgress.from_reply(await mon.execute("query-migrate"))
+                    reply = await mon.execute("query-migrate")
+                    progress = MigrationProgress.from_reply(reply)
+                    if observer is not None:
+                        observer.saw_migration(progress, dirty_rate(reply))
                     if progress.active:
                         migration = progress
     except JobBusyError:
@@ -183,7 +193,7 @@ async def domstats(
         now.monotonic,
         str(status.get("status", "unknown")),
         bool(status.get("running")),
-        tuple(BlockStats.from_entry(entry) for entry in blocks if isinstance(entry, Mapping)),
+        devices,
         migration,
         wall=now.wall,
     )

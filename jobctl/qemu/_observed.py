@@ -254,7 +254,18 @@ class ObservedState:
         return max(0.0, self.wall - stamp.wall)
 
 
-def _dirty_rate(reply: Mapping[str, Any]) -> int | None:
+def block_devices(reply: list[Any]) -> tuple[BlockStats, ...]:
+    """The devices of a ``query-blockstats`` answer (entries that are not
+    objects are left out)."""
+    return tuple(
+        BlockStats.from_entry(entry)
+        for entry in reply
+        if type(entry) is dict or isinstance(entry, Mapping)
+    )
+
+
+def dirty_rate(reply: Mapping[str, Any]) -> int | None:
+    """Bytes dirtied per second, from a ``query-migrate`` answer's ``ram``."""
     ram = reply.get("ram")
     if not isinstance(ram, Mapping):
         return None
@@ -395,10 +406,13 @@ class Observer:
                 )
         elif command == "query-migrate":
             if isinstance(reply, Mapping):
-                self.saw_migration(MigrationProgress.from_reply(reply), _dirty_rate(reply))
+                self.saw_migration(MigrationProgress.from_reply(reply), dirty_rate(reply))
         elif command == "query-blockstats" and isinstance(reply, list):
-            devices = tuple(BlockStats.from_entry(e) for e in reply if isinstance(e, Mapping))
-            self._block = ObservedBlock(devices, Stamp.now())
+            self.saw_blocks(block_devices(reply))
+
+    def saw_blocks(self, devices: tuple[BlockStats, ...]) -> None:
+        """A ``query-blockstats`` answer, parsed (:func:`block_devices`; now)."""
+        self._block = ObservedBlock(devices, Stamp.now())
 
     def saw_migration(self, progress: MigrationProgress, dirty_rate: int | None = None) -> None:
         """A ``query-migrate`` answer, parsed (now). A QEMU that never

@@ -58,10 +58,10 @@ class MigrationProgress:
     def from_reply(cls, reply: Mapping[str, Any]) -> MigrationProgress:
         """Parse a ``query-migrate`` reply. A QEMU that never migrated answers
         ``{}``: its status is ``"none"``."""
-        if not isinstance(reply, Mapping):
+        if type(reply) is not dict and not isinstance(reply, Mapping):
             raise TypeError(f"query-migrate answered {reply!r}, not an object")
         ram = reply.get("ram")
-        if not isinstance(ram, Mapping):
+        if type(ram) is not dict and not isinstance(ram, Mapping):
             ram = {}
         mbps = ram.get("mbps")
         status = reply.get("status")

@@ -55,10 +55,10 @@ from functools import partial
 from typing import Any, Final, final
 
 import anyio
-import anyio.lowlevel
 import attrs
 from anyio.abc import AnyByteStream
 
+from jobctl._backend import NativeEvent, native
 from jobctl._groups import unwrap_single
 from jobctl.qmp._errors import (
     QMPClosedError,
@@ -122,12 +122,12 @@ _DONE: Final = _State.DONE
 class _Call:
     __slots__ = ("command", "done", "id", "payload", "reply", "state")
 
-    def __init__(self, call_id: int, command: str, payload: bytes) -> None:
+    def __init__(self, call_id: int, command: str, payload: bytes, done: NativeEvent) -> None:
         self.id = call_id
         self.command = command
         self.payload = payload
         self.state = _QUEUED
-        self.done = anyio.Event()
+        self.done = done
         #: The reply message; ``None`` when the connection closed first.
         self.reply: dict[str, Any] | None = None
 
@@ -171,6 +171,11 @@ class QMPClient:
 
     def __init__(self, stream: AnyByteStream, *, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._stream = stream
+        #: The event loop's own primitives: its event type, for the calls'
+        #: replies, and its checkpoint before a call.
+        loop = native()
+        self._new_event = loop.event
+        self._checkpoint_if_cancelled = loop.checkpoint_if_cancelled
         #: The stream's own socket, read directly and written by a caller
         #: when the line is clear (see :meth:`_send_now`); None for a stream
         #: that is not a plain socket (in memory, TLS, an asyncio transport's).
@@ -246,7 +251,12 @@ class QMPClient:
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout}")
         self._last_id += 1
-        call = _Call(self._last_id, command, encode_command(command, arguments, self._last_id))
+        call = _Call(
+            self._last_id,
+            command,
+            encode_command(command, arguments, self._last_id),
+            self._new_event(),
+        )
         if timeout is None:
             reply = await self._call(call)
         else:
@@ -291,7 +301,7 @@ class QMPClient:
     # -- callers' side ---------------------------------------------------------
 
     async def _call(self, call: _Call) -> dict[str, Any]:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._checkpoint_if_cancelled()
         if self._closed is not None:
             raise self._closed_error()
         if not self._running:
@@ -419,6 +429,9 @@ class QMPClient:
         self._greeted.set()
         while True:
             message = await receive()
+            if "return" in message and "error" not in message and "event" not in message:
+                self._on_reply(message)  # the common case, decided without a set
+                continue
             kinds = _KINDS.intersection(message)
             if len(kinds) > 1:
                 raise QMPProtocolError(

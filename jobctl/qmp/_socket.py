@@ -21,6 +21,8 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import AnyByteStream, ByteReceiveStream, SocketAttribute, SocketStream
 
+from jobctl._backend import native
+
 __all__ = ["SocketReceiver", "plain_socket", "send_all", "send_some"]
 
 #: The ``send`` flag that makes a write to a peer that is gone fail with
@@ -49,17 +51,21 @@ def plain_socket(stream: AnyByteStream) -> socket.socket | None:
 class SocketReceiver(ByteReceiveStream):
     """The receive side of a plain non-blocking socket: each :meth:`receive`
     waits until the socket is readable (a checkpoint), then reads what is
-    there. The socket is closed by the stream it belongs to, not by this."""
+    there. The socket is closed by the stream it belongs to, not by this.
+    Made inside the event loop that reads it (it waits with that backend's
+    own ``wait_readable``)."""
 
-    __slots__ = ("_socket",)
+    __slots__ = ("_socket", "_wait_readable")
 
     def __init__(self, sock: socket.socket) -> None:
         self._socket = sock
+        self._wait_readable = native().wait_readable
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         sock = self._socket
+        wait_readable = self._wait_readable
         while True:
-            await anyio.wait_readable(sock)
+            await wait_readable(sock)
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:  # woken for nothing: wait again

@@ -392,3 +392,19 @@ async def test_wait_errors_name_the_holders_and_info_shows_the_state() -> None:
     assert (completed.outcome, completed.ended, completed.error) == ("ok", 7.0, None)
     assert dom.info().completed_async_job == completed  # reading does not consume it
     assert dom.info().idle
+
+
+async def test_an_emitted_event_keeps_the_detail_it_was_given() -> None:
+    """``TraceHub.emit`` copies ``detail``: a caller that changes its dict
+    afterwards changes no event (the core hands its own fresh dicts over
+    without a copy), and an event's detail cannot be changed through it."""
+    hub = jobctl.TraceHub()
+    events: list[jobctl.TraceEvent] = []
+    detail: dict[str, Any] = {"command": "query-status"}
+    with hub.subscribe(events.append):
+        hub.emit("vm", TraceKind.COMMAND_SENT, 1, "QUERY", "me", detail)
+    detail["command"] = "changed"
+    assert dict(events[0].detail) == {"command": "query-status"}
+    with pytest.raises(TypeError):
+        events[0].detail["command"] = "x"  # type: ignore[index]
+    assert events[0].time <= anyio.current_time()  # the loop's clock

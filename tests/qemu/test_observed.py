@@ -281,3 +281,43 @@ async def test_max_age_runs_a_query_only_when_stale() -> None:
         assert gone.observed and gone.state == "shutoff" and queries(h, src) == count
         await destroy(dst)
     h.check()
+
+
+async def test_a_fresh_domstats_tells_the_observer_what_it_read() -> None:
+    """Each answer of a fresh domstats is the observed state's at once: the
+    run state, the block counters and, in a migration's section, its
+    figures, each stamped when domstats read it (within the call)."""
+    async with hosts() as h:
+        src, dst = await h.started()
+        checked = 0
+
+        def within(stamp: float, began: float, stats: Any) -> bool:
+            return began <= stamp <= stats.time
+
+        async def poll() -> None:
+            nonlocal checked
+            while True:
+                began = anyio.current_time()
+                stats = await domstats(src)
+                if stats.state == "shutoff":
+                    return
+                state = src.observed
+                assert state.run is not None and state.block is not None
+                assert within(state.run.observed.monotonic, began, stats)
+                assert state.run.status == stats.state
+                assert within(state.block.observed.monotonic, began, stats)
+                assert state.block.devices == stats.block and stats.block
+                if stats.migration is not None:
+                    figures = state.migration
+                    assert figures is not None and figures.figures is not None
+                    assert within(figures.figures.monotonic, began, stats)
+                    assert figures.transferred == stats.migration.transferred
+                    checked += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll)
+            await migrate(src, dst, OPTIONS)
+        await destroy(dst)
+    h.check()
+    assert checked > 3, checked

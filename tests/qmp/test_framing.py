@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 import anyio
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from jobctl.qmp import (
     MAX_COMMAND_BYTES,
+    MAX_NUMBER_CHARS,
     LineReader,
     QMPClosedError,
     QMPProtocolError,
@@ -86,3 +88,97 @@ def test_encode_command() -> None:
         encode_command("x", {"n": float("inf")}, 1)
     with pytest.raises(ValueError, match="byte limit"):
         encode_command("x", {"s": "a" * MAX_COMMAND_BYTES}, 1)
+
+
+@given(
+    command=st.text(max_size=20),
+    call_id=st.integers(min_value=-(2**70), max_value=2**70),
+)
+def test_a_command_without_arguments_is_written_as_the_general_encoder_writes_it(
+    command: str, call_id: int
+) -> None:
+    """The short path for argument-less commands writes what json writes."""
+    general = (
+        json.dumps({"execute": command, "id": call_id}, separators=(",", ":")).encode() + b"\n"
+    )
+    assert encode_command(command, None, call_id) == general
+    assert encode_command(command, {}, call_id) != general  # the other path, arguments and all
+
+
+def test_a_command_name_past_the_size_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="byte limit"):
+        encode_command("x" * MAX_COMMAND_BYTES, None, 1)
+
+
+_number_text = st.text(alphabet='-+.0123456789eE"x ,:[]{}', max_size=200)
+
+
+def _oracle_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError("too long")
+    return int(text)
+
+
+def _oracle_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS or not math.isfinite(float(text)):
+        raise ValueError("too long or not finite")
+    return float(text)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(name)
+
+
+#: What the reader must decode: standard JSON, every literal's length checked.
+_oracle = json.JSONDecoder(
+    parse_int=_oracle_int, parse_float=_oracle_float, parse_constant=_no_constant
+).decode
+
+
+def _decoded(line: bytes) -> object:
+    try:
+        return anyio.run(_read_all, [line + b"\n"])
+    except QMPProtocolError:
+        return QMPProtocolError
+
+
+@given(
+    text=_number_text
+    | st.builds(
+        lambda n, wrap: wrap.replace("N", n),
+        st.text(alphabet="0123456789", min_size=60, max_size=70),
+        st.sampled_from(["N", "-N", "[N]", '{"a": N}', '"N"', "N.5", "1.N", "1eN", '["-N"]']),
+    )
+)
+def test_every_line_decodes_as_the_strict_decoder_decodes_it(text: str) -> None:
+    """The reader takes a short path (integers converted in C) unless a line
+    has a run of number characters that could be a literal too long: either
+    way it yields what a decoder that checks every literal yields, or refuses
+    what that one refuses."""
+    line = b'{"v": ' + text.encode() + b"}"
+    try:
+        expected: object = [_oracle(line.decode())]
+    except (ValueError, RecursionError):
+        expected = QMPProtocolError
+    assert _decoded(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("literal", "refused"),
+    [
+        ("1" * MAX_NUMBER_CHARS, False),
+        ("1" * (MAX_NUMBER_CHARS + 1), True),
+        ("-" + "1" * (MAX_NUMBER_CHARS - 1), False),
+        ("-" + "1" * MAX_NUMBER_CHARS, True),
+        ("1." + "1" * (MAX_NUMBER_CHARS - 2), False),
+        ("1." + "1" * 30 + "e-" + "0" * 31 + "1", True),  # no run of 65 digits alone
+        ('"' + "1" * 200 + '"', False),  # in a string: taken, by the checking path
+    ],
+)
+def test_the_number_limit_holds_at_its_edge(literal: str, refused: bool) -> None:
+    line = b'{"return": ' + literal.encode() + b', "id": 1}'
+    if refused:
+        assert _decoded(line) is QMPProtocolError
+    else:
+        decoded = _decoded(line)
+        assert isinstance(decoded, list) and decoded[0]["id"] == 1
