@@ -18,6 +18,7 @@ import pytest
 from jobctl import AsyncJob, Job, JobTimeoutError, TraceEvent, TraceKind
 from jobctl.qemu import (
     VM,
+    DomainStats,
     ObservedState,
     destroy,
     domstats,
@@ -291,7 +292,7 @@ async def test_a_fresh_domstats_tells_the_observer_what_it_read() -> None:
         src, dst = await h.started()
         checked = 0
 
-        def within(stamp: float, began: float, stats: Any) -> bool:
+        def within(stamp: float, began: float, stats: DomainStats) -> bool:
             return began <= stamp <= stats.time
 
         async def poll() -> None:
