@@ -12,8 +12,9 @@ import datetime
 import time
 from typing import Any, final
 
-import anyio
 import attrs
+
+from jobctl._backend import native
 
 __all__ = ["Stamp"]
 
@@ -31,7 +32,7 @@ class Stamp:
     @classmethod
     def now(cls) -> Stamp:
         """Now (on the event loop's thread)."""
-        return cls(anyio.current_time(), time.time())
+        return cls(native().current_time(), time.time())
 
     @property
     def utc(self) -> datetime.datetime:

@@ -304,8 +304,9 @@ async def test_a_fresh_domstats_tells_the_observer_what_it_read() -> None:
                     return
                 state = src.observed
                 assert state.run is not None and state.block is not None
+                # (An event read during the call, after query-status, may be newer.)
                 assert within(state.run.observed.monotonic, began, stats)
-                assert state.run.status == stats.state
+                assert state.run.status == stats.state or state.run.via != "query-status"
                 assert within(state.block.observed.monotonic, began, stats)
                 assert state.block.devices == stats.block and stats.block
                 if stats.migration is not None:
