@@ -629,26 +629,29 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int, b
     if burn:
         print("aims: not judged (--floor-burn: the floor client is no floor)")
         return
-    for name in ("p99", "max"):
+    judged = (
+        ("p99", "aim p99 <= {aim}x floor (median over rounds): {verdict}"),
+        ("max", "aim max <= {aim}x floor (median over rounds): {verdict}"),
+        (
+            "paced p99",
+            "not the issue's aim, for the same samples per second: p99 <= {aim}x the floor"
+            " at jobctl's pace: {answer}",
+        ),
+        (
+            "paced max",
+            "not the issue's aim, for the same samples per second: max <= {aim}x the floor"
+            " at jobctl's pace: {answer}",
+        ),
+    )
+    for name, line in judged:
         values = ratios[name]
         if values:
             median = statistics.median(values)
             within = sum(ratio <= RATIO_AIM for ratio in values)
-            verdict = "met" if median <= RATIO_AIM else "NOT met"
+            verdict, answer = ("met", "yes") if median <= RATIO_AIM else ("NOT met", "no")
             print(
-                f"aim {name} <= {RATIO_AIM}x floor (median over rounds): {verdict} "
-                f"({median:.2f}x; {within} of {len(values)} rounds within)"
-            )
-    for name in ("paced p99", "paced max"):
-        values = ratios[name]
-        if values:
-            median = statistics.median(values)
-            within = sum(ratio <= RATIO_AIM for ratio in values)
-            answer = "yes" if median <= RATIO_AIM else "no"
-            print(
-                f"not the issue's aim, for the same samples per second: {name.split()[1]} <="
-                f" {RATIO_AIM}x the floor at jobctl's pace: {answer}"
-                f" ({median:.2f}x; {within} of {len(values)} rounds within)"
+                line.format(aim=RATIO_AIM, verdict=verdict, answer=answer)
+                + f" ({median:.2f}x; {within} of {len(values)} rounds within)"
             )
     for kind in KINDS:
         held = [run.within_slack() for run in runs if run.kind == kind]
