@@ -13,6 +13,7 @@ detector watch every run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -141,13 +142,16 @@ class Probes:
                 tg.start_soon(self.probe, self.vms[domain])
 
     async def probe(self, vm: VM) -> None:
-        # No timeout: in virtual time a deadline is the next thing the clock
-        # jumps to whenever every task waits, and on a loaded machine a
-        # socket's data can come a moment late, so a probe's timeout would
-        # fire with nothing wrong (seen: "waited 10.0 s" in a 0.5 s run).
-        # What the probes check is in the trace: none waited across a phase
-        # change (waits_across_phases); pytest's timeout guards a hang.
-        await domstats(vm, owner="probe")
+        # No timeout, not even the domain's wait_timeout (30 s): in virtual
+        # time a deadline is the next thing the clock jumps to whenever every
+        # task waits, and on a loaded machine a socket's data or a worker
+        # thread (the simulated destination's listener) can come a moment
+        # late, so a probe's timeout would fire with nothing wrong (seen:
+        # "waited 10.0 s" in a 0.5 s run, and once "waited 30.0 s" on the
+        # destination while it started). What the probes check is in the
+        # trace: none waited across a phase change (waits_across_phases);
+        # pytest's timeout guards a hang.
+        await domstats(vm, owner="probe", timeout=math.inf)
 
 
 def waits_across_phases(events: list[TraceEvent], domain: str) -> list[str]:
