@@ -46,7 +46,8 @@ flow's interruptible sections, e.g. while the flow polls ``query-migrate``).
 The same slowest 1% of each migration is then counted by where it fell.
 (For this, a trace listener that keeps phase and gate events is subscribed
 in both kinds of migration, and the bench reads the source's STOP event.)
-Then per kind min / median / max over migrations; per kind the samples
+Then per kind min / median / max over migrations, and the p99 of all of a
+kind's samples together (pooled); per kind the samples
 slower than 1, 2 and 5 ms (outside the switchover) per second of sampling:
 how often each client met a stall; per round the ratios jobctl / floor and
 jobctl / paced of p99 and max, with their median and spread; the CPU time
@@ -546,6 +547,20 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int, b
             f"  {kind:<6}  p50 {spread([s.p50 for s in kept], scale=1e3)}   "
             f"p99 {spread([s.p99 for s in kept], scale=1e3)}"
             f"   max {spread([s.max for s in kept], scale=1e3)}"
+        )
+    # Every sample of a kind together: a p99 over thousands of samples more,
+    # less at the mercy of one migration's luck than a median of ratios.
+    pooled = {
+        kind: LatencySummary.of(x for run in runs if run.kind == kind for _, x in run.samples)
+        for kind in KINDS
+        if any(run.kind == kind and run.samples for run in runs)
+    }
+    if len(pooled) == len(KINDS):
+        print(
+            "all samples of a kind together, p99 ms: "
+            + ", ".join(f"{kind} {ms(summary.p99)}" for kind, summary in pooled.items())
+            + f"; jobctl / floor {pooled['jobctl'].p99 / pooled['floor'].p99:.2f}x,"
+            f" jobctl / paced {pooled['jobctl'].p99 / pooled['paced'].p99:.2f}x"
         )
     print()
     print(
