@@ -47,6 +47,9 @@ class Native:
     event: Callable[[], NativeEvent]
     #: Wait until a socket is readable (a checkpoint); one waiter per socket.
     wait_readable: Callable[[socket.socket], Awaitable[None]]
+    #: What ``wait_readable`` raises when the socket is closed under the
+    #: wait (trio's own ``ClosedResourceError``, which anyio translates).
+    closed_error: type[Exception]
     #: The loop's clock (:func:`anyio.current_time`).
     current_time: Callable[[], float]
     #: :func:`anyio.lowlevel.checkpoint_if_cancelled`
@@ -58,6 +61,7 @@ class Native:
 _ASYNCIO = Native(
     event=asyncio.Event,
     wait_readable=anyio.wait_readable,
+    closed_error=anyio.ClosedResourceError,
     current_time=anyio.current_time,
     checkpoint_if_cancelled=anyio.lowlevel.checkpoint_if_cancelled,
     cancel_shielded_checkpoint=anyio.lowlevel.cancel_shielded_checkpoint,
@@ -77,6 +81,7 @@ def native() -> Native:
         found = _found[library] = Native(
             event=trio.Event,
             wait_readable=lowlevel.wait_readable,
+            closed_error=trio.ClosedResourceError,
             current_time=trio.current_time,
             checkpoint_if_cancelled=lowlevel.checkpoint_if_cancelled,
             cancel_shielded_checkpoint=lowlevel.cancel_shielded_checkpoint,

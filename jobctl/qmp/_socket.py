@@ -55,17 +55,27 @@ class SocketReceiver(ByteReceiveStream):
     Made inside the event loop that reads it (it waits with that backend's
     own ``wait_readable``)."""
 
-    __slots__ = ("_socket", "_wait_readable")
+    __slots__ = ("_closed_error", "_socket", "_wait_readable")
 
     def __init__(self, sock: socket.socket) -> None:
         self._socket = sock
-        self._wait_readable = native().wait_readable
+        loop = native()
+        self._wait_readable = loop.wait_readable
+        self._closed_error = loop.closed_error
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        """What the socket holds, once it holds something; raises
+        :class:`anyio.ClosedResourceError` (on every backend) if the socket
+        is closed under the wait, :class:`anyio.EndOfStream` at its end."""
         sock = self._socket
         wait_readable = self._wait_readable
         while True:
-            await wait_readable(sock)
+            try:
+                await wait_readable(sock)
+            except self._closed_error as exc:
+                if isinstance(exc, anyio.ClosedResourceError):
+                    raise
+                raise anyio.ClosedResourceError(str(exc)) from exc
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:  # woken for nothing: wait again

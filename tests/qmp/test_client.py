@@ -1104,3 +1104,29 @@ async def _serve_masked(path: str) -> None:
             async with open_qmp_stream(stream, timeout=5) as client:
                 assert await client.execute("query-status") == "fine"
                 assert client.statistics().direct_writes == 0
+
+
+async def test_a_stream_closed_under_the_client_is_a_closed_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream its owner closes while the client waits to read (through
+    ``open_qmp_stream``) ends the connection as a failed read, on either
+    backend: the backend's own error for a socket closed under a wait is
+    named as such, not taken for a message the client could not handle
+    (it was, with trio's own socket wait, until that error was translated)."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    client_end = await anyio.abc.UNIXSocketStream.from_socket(ours)
+    peer = Peer(await anyio.abc.UNIXSocketStream.from_socket(theirs))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(peer.handshake)
+        async with open_qmp_stream(client_end) as client:
+            await anyio.wait_all_tasks_blocked()  # the reader waits for the socket
+            await client_end.aclose()
+            # (On asyncio the command's own write meets the closed socket first.)
+            with pytest.raises(QMPClosedError, match=r"failed while (reading|writing)") as info:
+                await client.execute("query-status")
+            assert type(info.value) is QMPClosedError  # not a protocol error
+    await peer.stream.aclose()
+    assert not [r for r in caplog.records if r.name == "jobctl.qmp" and r.levelname == "ERROR"]
