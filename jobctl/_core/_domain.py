@@ -880,7 +880,7 @@ class Domain:
 
     def _emit(self, kind: TraceKind, job: _JobBase, detail: dict[str, Any] | None) -> None:
         # Every caller passes a dict literal made for the event: not copied.
-        if self._trace.active:
+        if kind in self._trace.wanted:
             self._trace.emit_owned(self.name, kind, job.id, job._kind_name, job.owner, detail)
 
     # -- admission -----------------------------------------------------------
@@ -1055,7 +1055,7 @@ class Domain:
         self._waiters.push(waiter.lane, waiter)
         job._state = _JobState.WAITING
         self._waits += 1
-        if self._trace.active:
+        if TraceKind.JOB_WAIT in self._trace.wanted:
             detail: dict[str, Any] = {
                 "async": is_async,
                 "position": position,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, final
 
@@ -180,11 +180,15 @@ TraceListener = Callable[[TraceEvent], None]
 class TraceSubscription:
     """A registered listener; ``close()`` (or leaving its ``with`` block) removes it."""
 
-    __slots__ = ("_hub", "_listener")
+    __slots__ = ("_hub", "_listener", "kinds")
 
-    def __init__(self, hub: TraceHub, listener: TraceListener) -> None:
+    def __init__(
+        self, hub: TraceHub, listener: TraceListener, kinds: frozenset[TraceKind] | None
+    ) -> None:
         self._hub = hub
         self._listener = listener
+        #: The kinds of event delivered to the listener; None: every kind.
+        self.kinds = kinds
 
     @property
     def active(self) -> bool:
@@ -211,31 +215,60 @@ class TraceHub:
     """Fans trace events out to listeners.
 
     Domains share :data:`default_trace_hub` unless given their own. ``active``
-    is False while nobody listens, and emitters check it before building an
-    event, so an unobserved trace costs next to nothing.
+    is False while nobody listens, and ``wanted`` holds the kinds some
+    listener takes (a subscription may take only some kinds); emitters check
+    it before building an event, so an event nobody takes costs next to
+    nothing.
 
     Guarantee: ``emit`` never raises. A listener that raises is dropped (see
     :data:`TraceListener`); every other listener still gets every event.
     """
 
-    __slots__ = ("_subscriptions", "active", "failed_listeners")
+    __slots__ = ("_subscriptions", "active", "failed_listeners", "wanted")
 
     def __init__(self) -> None:
         self._subscriptions: tuple[TraceSubscription, ...] = ()
         self.active = False
+        #: The kinds of event some listener takes now (read-only; empty
+        #: while nobody listens).
+        self.wanted: frozenset[TraceKind] = frozenset()
         #: Listeners dropped because they raised.
         self.failed_listeners = 0
 
-    def subscribe(self, listener: TraceListener) -> TraceSubscription:
-        """Deliver every later event to ``listener`` until the subscription closes."""
-        subscription = TraceSubscription(self, listener)
+    def subscribe(
+        self, listener: TraceListener, *, kinds: Iterable[TraceKind] | None = None
+    ) -> TraceSubscription:
+        """Deliver every later event to ``listener`` until the subscription
+        closes; with ``kinds``, only events of those kinds (a listener that
+        reads a few kinds spares the emitters building the others, when no
+        other listener takes them)."""
+        taken = None
+        if kinds is not None:
+            taken = frozenset(kinds)
+            if not all(isinstance(kind, TraceKind) for kind in taken):
+                raise TypeError(f"kinds must be TraceKind members, not {sorted(map(repr, taken))}")
+        subscription = TraceSubscription(self, listener, taken)
         self._subscriptions = (*self._subscriptions, subscription)
-        self.active = True
+        self._update()
         return subscription
+
+    def wants(self, kind: TraceKind) -> bool:
+        """Whether some listener takes events of ``kind`` now."""
+        return kind in self.wanted
 
     def _remove(self, subscription: TraceSubscription) -> None:
         self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+        self._update()
+
+    def _update(self) -> None:
         self.active = bool(self._subscriptions)
+        wanted: set[TraceKind] = set()
+        for subscription in self._subscriptions:
+            if subscription.kinds is None:
+                wanted = set(TraceKind)
+                break
+            wanted |= subscription.kinds
+        self.wanted = frozenset(wanted)
 
     def emit(
         self,
@@ -246,9 +279,10 @@ class TraceHub:
         owner: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Build one event and hand it to every listener (no-op when inactive).
-        ``detail`` is copied: the event never changes with it."""
-        if self.active:
+        """Build one event and hand it to every listener that takes its kind
+        (no-op when none does). ``detail`` is copied: the event never
+        changes with it."""
+        if kind in self.wanted:
             self.emit_owned(domain, kind, job_id, job, owner, None if not detail else dict(detail))
 
     def emit_owned(
@@ -262,7 +296,7 @@ class TraceHub:
     ) -> None:
         """:meth:`emit`, for an emitter that hands ``detail`` over: a dict
         made for this event that nothing else holds (it is not copied)."""
-        if not self.active:
+        if kind not in self.wanted:
             return
         event = TraceEvent(
             next(_seq),
@@ -276,6 +310,8 @@ class TraceHub:
         )
         failed: list[tuple[TraceSubscription, Exception]] = []
         for subscription in self._subscriptions:
+            if subscription.kinds is not None and kind not in subscription.kinds:
+                continue
             try:
                 subscription._listener(event)
             except Exception as error:

@@ -408,3 +408,37 @@ async def test_an_emitted_event_keeps_the_detail_it_was_given() -> None:
     with pytest.raises(TypeError):
         events[0].detail["command"] = "x"  # type: ignore[index]
     assert events[0].time <= anyio.current_time()  # the loop's clock
+
+
+async def test_a_listener_of_some_kinds_gets_those_and_spares_the_rest() -> None:
+    """``subscribe(kinds=...)`` delivers only those kinds, and the hub's
+    ``wanted`` is what some listener takes: an event of a kind nobody takes
+    is not even built (no sequence number is spent on it)."""
+    hub = jobctl.TraceHub()
+    assert not hub.wanted and not hub.wants(TraceKind.JOB_BEGIN)
+    with pytest.raises(TypeError, match="TraceKind"):
+        hub.subscribe(lambda event: None, kinds=["job.begin"])  # type: ignore[list-item]
+    dom = jobctl.Domain("vm", monitor=ScriptedMonitor(), trace=hub, wait_timeout=None)
+    begins: list[jobctl.TraceEvent] = []
+    everything: list[jobctl.TraceEvent] = []
+    with hub.subscribe(begins.append, kinds={TraceKind.JOB_BEGIN}) as some:
+        assert some.kinds == frozenset({TraceKind.JOB_BEGIN})
+        assert hub.wanted == {TraceKind.JOB_BEGIN} and hub.active
+        for _ in range(2):
+            async with dom.job(Job.QUERY) as job, job.monitor() as mon:
+                await mon.execute("query-status")
+            # Emitted by hand, of a kind nobody takes: not built either.
+            hub.emit("vm", TraceKind.GATE_OPEN)
+            hub.emit_owned("vm", TraceKind.GATE_CLOSE, None, None, None, {"x": 1})
+        assert [e.kind for e in begins] == [TraceKind.JOB_BEGIN] * 2
+        # Between the two begins the monitor, the command and the end were
+        # not built: the sequence numbers are consecutive.
+        assert begins[1].seq == begins[0].seq + 1
+        with hub.subscribe(everything.append):
+            assert hub.wanted == frozenset(TraceKind)
+            async with dom.job(Job.QUERY) as job, job.monitor() as mon:
+                await mon.execute("query-status")
+        assert len(begins) == 3
+        assert TraceKind.COMMAND_SENT in {e.kind for e in everything}
+        assert hub.wanted == {TraceKind.JOB_BEGIN}
+    assert not hub.wanted and not hub.active

@@ -369,9 +369,7 @@ async def run_all(scripts: list[Script], call_timeout: float) -> list[Outcome]:
     return [outcome for outcome in outcomes if outcome is not None]
 
 
-def run_scripts(
-    backend: str, scripts: list[Script], *, real_timeout: float = 0.3
-) -> list[Outcome]:
+def run_scripts(backend: str, scripts: list[Script], *, real_timeout: float = 0.3) -> list[Outcome]:
     """``real_timeout``: the opening's and the call's limit on asyncio, in
     real time (short, as scripts that never answer wait it out)."""
     if backend == "trio":
