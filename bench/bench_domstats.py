@@ -600,24 +600,15 @@ def report(runs: list[Run], migrations: int, ram_mib: int, bandwidth_mib: int, b
             + "   ".join(f"{name} {spread(values, unit='x')}" for name, values in ratios.items())
             + "   (median (min-max))"
         )
+
     # jobctl's own CPU: the bench process's in a jobctl migration minus its
     # CPU in the same round's floor migration (the flow alone).
-    mine_cpu = [
-        (kinds["jobctl"].cpu - kinds["floor"].cpu) / kinds["jobctl"].summary.count
-        for kinds in rounds
-        if kinds["jobctl"].summary.count
-    ]
-    floor_cpu = [
-        kinds[kind].client_cpu / kinds[kind].summary.count
-        for kinds in rounds
-        for kind in ("floor",)
-        if kinds[kind].summary.count
-    ]
-    paced_cpu = [
-        kinds["paced"].client_cpu / kinds["paced"].summary.count
-        for kinds in rounds
-        if kinds["paced"].summary.count
-    ]
+    def per_sample(kind: Kind, cpu: Callable[[dict[Kind, Run]], float]) -> list[float]:
+        return [cpu(kinds) / kinds[kind].summary.count for kinds in rounds if kinds[kind].samples]
+
+    mine_cpu = per_sample("jobctl", lambda kinds: kinds["jobctl"].cpu - kinds["floor"].cpu)
+    floor_cpu = per_sample("floor", lambda kinds: kinds["floor"].client_cpu)
+    paced_cpu = per_sample("paced", lambda kinds: kinds["paced"].client_cpu)
     if mine_cpu and floor_cpu and paced_cpu:
         print(
             "CPU per sample: jobctl (the bench process's CPU in a jobctl migration minus the"

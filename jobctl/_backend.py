@@ -46,10 +46,11 @@ class Native:
     #: A new, unset event.
     event: Callable[[], NativeEvent]
     #: Wait until a socket is readable (a checkpoint); one waiter per socket.
+    #: A socket closed under the wait raises :class:`anyio.ClosedResourceError`,
+    #: on either backend, as :func:`anyio.wait_readable` does.
     wait_readable: Callable[[socket.socket], Awaitable[None]]
-    #: What ``wait_readable`` raises when the socket is closed under the
-    #: wait (trio's own ``ClosedResourceError``, which anyio translates).
-    closed_error: type[Exception]
+    #: The calling task, as an identity (see :func:`current_task_key`).
+    current_task: Callable[[], object]
     #: The loop's clock (:func:`anyio.current_time`).
     current_time: Callable[[], float]
     #: :func:`anyio.lowlevel.checkpoint_if_cancelled`
@@ -58,10 +59,17 @@ class Native:
     cancel_shielded_checkpoint: Callable[[], Awaitable[None]]
 
 
+def _asyncio_task() -> object:
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - only outside any task
+        raise RuntimeError("jobctl must be called from inside a task")
+    return task
+
+
 _ASYNCIO = Native(
     event=asyncio.Event,
     wait_readable=anyio.wait_readable,
-    closed_error=anyio.ClosedResourceError,
+    current_task=_asyncio_task,
     current_time=anyio.current_time,
     checkpoint_if_cancelled=anyio.lowlevel.checkpoint_if_cancelled,
     cancel_shielded_checkpoint=anyio.lowlevel.cancel_shielded_checkpoint,
@@ -78,10 +86,18 @@ def native() -> Native:
             raise RuntimeError(f"jobctl runs on trio or asyncio, not {library!r}")
         trio = sys.modules["trio"]
         lowlevel = trio.lowlevel
+        closed = trio.ClosedResourceError
+
+        async def wait_readable(sock: socket.socket) -> None:
+            try:
+                await lowlevel.wait_readable(sock)
+            except closed as exc:  # anyio's error, as anyio's own front end raises
+                raise anyio.ClosedResourceError(str(exc)) from exc
+
         found = _found[library] = Native(
             event=trio.Event,
-            wait_readable=lowlevel.wait_readable,
-            closed_error=trio.ClosedResourceError,
+            wait_readable=wait_readable,
+            current_task=lowlevel.current_task,
             current_time=trio.current_time,
             checkpoint_if_cancelled=lowlevel.checkpoint_if_cancelled,
             cancel_shielded_checkpoint=lowlevel.cancel_shielded_checkpoint,
@@ -91,9 +107,4 @@ def native() -> Native:
 
 def current_task_key() -> object:
     """An object that identifies the calling task for as long as it runs."""
-    if sniffio.current_async_library() == "trio":
-        return sys.modules["trio"].lowlevel.current_task()
-    task = asyncio.current_task()
-    if task is None:  # pragma: no cover - only outside any task
-        raise RuntimeError("jobctl must be called from inside a task")
-    return task
+    return native().current_task()

@@ -205,8 +205,7 @@ class LineReader:
         return self._checked(line)
 
     async def _received_line(self) -> bytes:
-        """Receive until a line ends; the common case (nothing buffered, a
-        chunk that ends the line) takes no copy."""
+        """Receive until a line ends (the buffer holds none)."""
         buffer = self._buffer
         while True:
             if len(buffer) >= self._max_line:
@@ -221,18 +220,10 @@ class LineReader:
                 raise QMPClosedError(
                     f"QMP stream ended inside a message: {_excerpt(buffer)}"
                 ) from None
-            end = data.find(b"\n")
-            if end < 0:
-                buffer += data
-                continue
-            if buffer:
-                line = bytes(buffer) + data[:end]
-                buffer.clear()
-            else:
-                line = data[:end]
-            buffer += data[end + 1 :]
-            self._searched = 0
-            return self._checked(line)
+            buffer += data
+            line = self._buffered_line()
+            if line is not None:
+                return line
 
     def _checked(self, line: bytes) -> bytes:
         if len(line) > self._max_line:

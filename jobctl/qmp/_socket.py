@@ -55,13 +55,11 @@ class SocketReceiver(ByteReceiveStream):
     Made inside the event loop that reads it (it waits with that backend's
     own ``wait_readable``)."""
 
-    __slots__ = ("_closed_error", "_socket", "_wait_readable")
+    __slots__ = ("_socket", "_wait_readable")
 
     def __init__(self, sock: socket.socket) -> None:
         self._socket = sock
-        loop = native()
-        self._wait_readable = loop.wait_readable
-        self._closed_error = loop.closed_error
+        self._wait_readable = native().wait_readable
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """What the socket holds, once it holds something; raises
@@ -70,12 +68,7 @@ class SocketReceiver(ByteReceiveStream):
         sock = self._socket
         wait_readable = self._wait_readable
         while True:
-            try:
-                await wait_readable(sock)
-            except self._closed_error as exc:
-                if isinstance(exc, anyio.ClosedResourceError):
-                    raise
-                raise anyio.ClosedResourceError(str(exc)) from exc
+            await wait_readable(sock)
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:  # woken for nothing: wait again
