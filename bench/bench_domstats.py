@@ -163,10 +163,8 @@ def _floor_client(path: str, burn: float = 0.0, period: float = 0.0) -> None:
     with nothing imported but the standard library.
     """
     import json
-    import os
     import select
     import socket
-    import sys
     import time
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -188,9 +186,7 @@ def _floor_client(path: str, burn: float = 0.0, period: float = 0.0) -> None:
         raise EOFError("QEMU closed the monitor before its greeting")
     sock.sendall(b'{"execute": "qmp_capabilities"}\n')
     reply()
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    if os.read(0, 3) != b"go\n":
+    if not _ready():
         return
     commands = [
         json.dumps({"execute": name}).encode() + b"\n"
@@ -216,9 +212,25 @@ def _floor_client(path: str, burn: float = 0.0, period: float = 0.0) -> None:
                 time.sleep(began + period - ended)
     except (EOFError, OSError):
         pass  # the source QEMU quit at the end of the migration
-    cpu = time.process_time() - cpu
-    wait = waited() - wait
-    sys.stdout.write(json.dumps({"samples": samples, "cpu": cpu, "waited": wait}))
+    _report(samples, time.process_time() - cpu, waited() - wait)
+
+
+def _ready() -> bool:
+    """A client's ``ready`` on stdout, then whether the bench said ``go`` on stdin."""
+    import os
+    import sys
+
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    return os.read(0, 3) == b"go\n"
+
+
+def _report(samples: list[tuple[float, float]], cpu: float, waited: float) -> None:
+    """A client's samples and the CPU and run-queue seconds it spent, as JSON on stdout."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps({"samples": samples, "cpu": cpu, "waited": waited}))
     sys.stdout.flush()
 
 
@@ -235,10 +247,8 @@ def _trio_client(path: str) -> None:
     library.
     """
     import json
-    import os
     import select
     import socket
-    import sys
     import time
 
     import outcome
@@ -293,9 +303,7 @@ def _trio_client(path: str) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(reader)
             await call(b'{"execute": "qmp_capabilities", "id": %d}\n')
-            sys.stdout.write("ready\n")
-            sys.stdout.flush()
-            if os.read(0, 3) != b"go\n":
+            if not _ready():
                 nursery.cancel_scope.cancel()
                 return
             commands = [
@@ -313,10 +321,7 @@ def _trio_client(path: str) -> None:
                     samples.append((began, time.monotonic() - began))
             except (EOFError, OSError):
                 pass  # the source QEMU quit at the end of the migration
-            cpu = time.process_time() - cpu
-            wait = waited() - wait
-            sys.stdout.write(json.dumps({"samples": samples, "cpu": cpu, "waited": wait}))
-            sys.stdout.flush()
+            _report(samples, time.process_time() - cpu, waited() - wait)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -333,7 +338,7 @@ def floor_script(burn: float) -> str:
     """The floor client's program; ``burn``: seconds of CPU it also spends
     per sample (``--floor-burn``; 0 for the real floor)."""
     return (
-        f"import sys\n\n{inspect.getsource(waited)}\n{inspect.getsource(_floor_client)}\n"
+        f"import sys\n\n{_helpers()}\n{inspect.getsource(_floor_client)}\n"
         f"_floor_client(sys.argv[1], {burn!r}, float(sys.argv[2]))\n"
     )
 
@@ -341,9 +346,14 @@ def floor_script(burn: float) -> str:
 def trio_script() -> str:
     """The raw trio client's program."""
     return (
-        f"import sys\n\n{inspect.getsource(waited)}\n{inspect.getsource(_trio_client)}\n"
+        f"import sys\n\n{_helpers()}\n{inspect.getsource(_trio_client)}\n"
         "_trio_client(sys.argv[1])\n"
     )
+
+
+def _helpers() -> str:
+    """The source of what both client programs call."""
+    return "\n".join(inspect.getsource(helper) for helper in (waited, _ready, _report))
 
 
 @dataclass
