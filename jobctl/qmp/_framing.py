@@ -208,7 +208,7 @@ class LineReader:
         """Receive until a line ends (the buffer holds none)."""
         buffer = self._buffer
         while True:
-            if len(buffer) >= self._max_line:
+            if len(buffer) > self._max_line:  # no newline in it: the line is longer
                 raise QMPProtocolError(
                     f"QMP line longer than the {self._max_line}-byte limit: {_excerpt(buffer)}"
                 )

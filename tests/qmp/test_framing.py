@@ -182,3 +182,66 @@ def test_the_number_limit_holds_at_its_edge(literal: str, refused: bool) -> None
     else:
         decoded = _decoded(line)
         assert isinstance(decoded, list) and decoded[0]["id"] == 1
+
+
+def test_a_literal_at_the_limit_is_taken_on_the_checking_path_too() -> None:
+    """A long string sends the whole line to the checking decoder; a number
+    of exactly MAX_NUMBER_CHARS characters is still taken there, one more is
+    refused."""
+    run = '"' + "7" * 200 + '"'
+    taken = _decoded(
+        b'{"return": [' + run.encode() + b", " + b"1" * MAX_NUMBER_CHARS + b'], "id": 1}'
+    )
+    assert isinstance(taken, list) and taken[0]["return"][1] == int("1" * MAX_NUMBER_CHARS)
+    too_long = b"1" * (MAX_NUMBER_CHARS + 1)
+    assert _decoded(b'{"return": [' + run.encode() + b", " + too_long + b'], "id": 1}') is (
+        QMPProtocolError
+    )
+
+
+def _line_of(size: int) -> bytes:
+    """A JSON object line of exactly ``size`` bytes (without its newline)."""
+    line = b'{"s": ""}'
+    return line[:-2] + b"a" * (size - len(line)) + line[-2:]
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("split", [False, True])
+def test_a_line_of_exactly_max_line_bytes_is_taken_however_it_arrives(
+    backend: str, split: bool
+) -> None:
+    """The limit is on the line: one of max_line bytes is taken, whether its
+    newline comes with it or in a later chunk; one byte more is refused."""
+    limit = 64
+    for size, taken in ((limit, True), (limit + 1, False)):
+        line = _line_of(size)
+        chunks = [line, b"\n"] if split else [line + b"\n"]
+        if taken:
+            assert anyio.run(_read_all, chunks, limit, backend=backend) == [json.loads(line)]
+        else:
+            with pytest.raises(QMPProtocolError, match=f"{limit}-byte limit"):
+                anyio.run(_read_all, chunks, limit, backend=backend)
+
+
+def test_the_line_limit_is_a_positive_whole_number() -> None:
+    send, receive = anyio.create_memory_object_stream[bytes](1)
+    with send, receive:
+        LineReader(receive, 1)  # the smallest limit there is
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(ValueError, match="max_line must be a positive number"):
+                LineReader(receive, bad)  # type: ignore[arg-type]
+
+
+def test_a_command_of_exactly_the_size_limit_is_written() -> None:
+    base = len(encode_command("x", {"s": ""}, 1))
+    line = encode_command("x", {"s": "a" * (MAX_COMMAND_BYTES - base)}, 1)
+    assert len(line) == MAX_COMMAND_BYTES
+    with pytest.raises(ValueError, match=f"{MAX_COMMAND_BYTES + 1} bytes"):
+        encode_command("x", {"s": "a" * (MAX_COMMAND_BYTES - base + 1)}, 1)
+
+
+def test_a_bad_request_is_refused_naming_what_was_wrong() -> None:
+    with pytest.raises(TypeError, match="command name must be a str, not int"):
+        encode_command(5, None, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="arguments of 'x' must be a mapping, not list"):
+        encode_command("x", [1], 1)  # type: ignore[arg-type]
