@@ -245,3 +245,15 @@ def test_a_bad_request_is_refused_naming_what_was_wrong() -> None:
         encode_command(5, None, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="arguments of 'x' must be a mapping, not list"):
         encode_command("x", [1], 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_bad_line_is_quoted_in_its_error_up_to_80_bytes(backend: str) -> None:
+    short = b'{"a": nope}'
+    with pytest.raises(QMPProtocolError) as caught:
+        anyio.run(_read_all, [short + b"\n"], backend=backend)
+    assert str(caught.value).endswith(repr(short))
+    long = b'{"a": nope, "b": "' + b"x" * 100 + b'"}'
+    with pytest.raises(QMPProtocolError) as caught:
+        anyio.run(_read_all, [long + b"\n"], backend=backend)
+    assert str(caught.value).endswith(repr(long[:80]) + "...")
