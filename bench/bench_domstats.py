@@ -188,10 +188,7 @@ def _floor_client(path: str, burn: float = 0.0, period: float = 0.0) -> None:
     reply()
     if not _ready():
         return
-    commands = [
-        json.dumps({"execute": name}).encode() + b"\n"
-        for name in ("query-status", "query-blockstats", "query-migrate")
-    ]
+    commands = [json.dumps({"execute": name}).encode() + b"\n" for name in _queries()]
 
     samples: list[tuple[float, float]] = []
     cpu = time.process_time()
@@ -213,6 +210,12 @@ def _floor_client(path: str, burn: float = 0.0, period: float = 0.0) -> None:
     except (EOFError, OSError):
         pass  # the source QEMU quit at the end of the migration
     _report(samples, time.process_time() - cpu, waited() - wait)
+
+
+def _queries() -> tuple[str, ...]:
+    """What a client process sends in each sample: what domstats sends
+    during a migration (it runs only inside the migration's sections)."""
+    return ("query-status", "query-blockstats", "query-migrate")
 
 
 def _ready() -> bool:
@@ -306,10 +309,7 @@ def _trio_client(path: str) -> None:
             if not _ready():
                 nursery.cancel_scope.cancel()
                 return
-            commands = [
-                b'{"execute": "%s", "id": %%d}\n' % name
-                for name in (b"query-status", b"query-blockstats", b"query-migrate")
-            ]
+            commands = [b'{"execute": "%s", "id": %%d}\n' % name.encode() for name in _queries()]
             samples: list[tuple[float, float]] = []
             cpu = time.process_time()
             wait = waited()
@@ -353,7 +353,7 @@ def trio_script() -> str:
 
 def _helpers() -> str:
     """The source of what both client programs call."""
-    return "\n".join(inspect.getsource(helper) for helper in (waited, _ready, _report))
+    return "\n".join(inspect.getsource(helper) for helper in (waited, _queries, _ready, _report))
 
 
 @dataclass
@@ -506,14 +506,17 @@ async def migrate_once(
                 result = await migrate(here, there, options)
                 done.set()
         else:  # a client in its own process
-            result = await floor_migration(run, source, here, there, options, scripts[run.kind])
+            result = await client_migration(run, source, here, there, options, scripts[run.kind])
         drain_stop(events, run)
     return result
 
 
-async def floor_migration(
+async def client_migration(
     run: Run, source: Machine, here: VM, there: VM, options: MigrationOptions, script: str
 ) -> MigrationResult:
+    """The migration, while the client program ``script`` (the floor, paced or
+    not, or the raw trio client) samples the source's second monitor in its
+    own process; its samples and CPU go into ``run``."""
     argv = [sys.executable, "-I", "-c", script, source.extra_monitors[0], repr(run.period)]
     async with await anyio.open_process(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
